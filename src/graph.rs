@@ -1,0 +1,251 @@
+//! The closure graph: which store paths an image holds and how they refer to
+//! each other, plus the popularity data that layering weighs them by.
+//!
+//! The graph comes from Nix's `exportReferencesGraph` under
+//! `__structuredAttrs`: Nix writes, into the builder's `.attrs.json`,
+//!
+//! ```json
+//! { "exportReferencesGraph": { "graph": ["/nix/store/…-hello"] },
+//!   "graph": [ { "path": "/nix/store/…-hello", "narSize": 123,
+//!                "closureSize": 456, "references": ["/nix/store/…-glibc"] } ] }
+//! ```
+//!
+//! The roots are the content packages (in the order the user gave them); the
+//! `graph` list is their whole runtime closure. This module parses and checks
+//! that input and owns nothing else: it does not decide layers.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+
+/// Where Nix keeps store paths. Images always place paths at this prefix.
+pub const STORE_DIR: &str = "/nix/store";
+
+/// Errors in a closure graph or in popularity data.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    #[error("the closure graph is not valid JSON of the expected shape: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0:?} is not a store path (expected {STORE_DIR}/<hash>-<name>)")]
+    NotAStorePath(String),
+    #[error("store path {path} refers to {reference}, which is not in the graph")]
+    DanglingReference { path: String, reference: String },
+    #[error("root {0} is not in the graph")]
+    UnknownRoot(String),
+    #[error("store path {0} appears twice in the graph")]
+    Duplicate(String),
+    #[error("popularity data is not a JSON object of name to count: {0}")]
+    Popularity(serde_json::Error),
+}
+
+/// One store path of the closure.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PathInfo {
+    /// Absolute store path, `/nix/store/<hash>-<name>`.
+    pub path: String,
+    /// Size of the path's own NAR serialisation, in bytes.
+    #[serde(default)]
+    pub nar_size: u64,
+    /// Size of the path's whole closure, in bytes.
+    #[serde(default)]
+    pub closure_size: u64,
+    /// Store paths this path refers to (may include itself).
+    #[serde(default)]
+    pub references: Vec<String>,
+}
+
+/// A checked closure graph: every reference resolves, every root is present.
+#[derive(Debug, Clone, Default)]
+pub struct ClosureGraph {
+    /// All paths, keyed (and so iterated) in sorted order.
+    pub paths: BTreeMap<String, PathInfo>,
+    /// The content packages the image was asked for, in the user's order,
+    /// without duplicates.
+    pub roots: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct RawGraphFile {
+    graph: Vec<PathInfo>,
+    #[serde(default, rename = "exportReferencesGraph")]
+    export: Option<RawExport>,
+}
+
+#[derive(Deserialize)]
+struct RawExport {
+    #[serde(default)]
+    graph: Vec<String>,
+}
+
+impl ClosureGraph {
+    /// Parses the JSON Nix writes for `exportReferencesGraph.graph` under
+    /// structured attributes. Roots come from `exportReferencesGraph.graph`;
+    /// when that key is absent, every path no other path refers to is a root.
+    pub fn from_json(text: &str) -> Result<ClosureGraph, GraphError> {
+        let raw: RawGraphFile = serde_json::from_str(text)?;
+        let roots = raw.export.map(|e| e.graph);
+        ClosureGraph::new(raw.graph, roots)
+    }
+
+    /// Builds and checks a graph from path infos and (optionally) its roots.
+    pub fn new(infos: Vec<PathInfo>, roots: Option<Vec<String>>) -> Result<ClosureGraph, GraphError> {
+        let mut paths = BTreeMap::new();
+        for mut info in infos {
+            check_store_path(&info.path)?;
+            info.references.sort();
+            info.references.dedup();
+            if paths.contains_key(&info.path) {
+                return Err(GraphError::Duplicate(info.path));
+            }
+            paths.insert(info.path.clone(), info);
+        }
+        for info in paths.values() {
+            for r in &info.references {
+                if !paths.contains_key(r) {
+                    return Err(GraphError::DanglingReference {
+                        path: info.path.clone(),
+                        reference: r.clone(),
+                    });
+                }
+            }
+        }
+        let roots = match roots {
+            Some(roots) => {
+                let mut seen = BTreeSet::new();
+                let mut ordered = Vec::new();
+                for r in roots {
+                    if !paths.contains_key(&r) {
+                        return Err(GraphError::UnknownRoot(r));
+                    }
+                    if seen.insert(r.clone()) {
+                        ordered.push(r);
+                    }
+                }
+                ordered
+            }
+            None => {
+                let referenced: BTreeSet<&String> = paths
+                    .values()
+                    .flat_map(|i| i.references.iter().filter(move |r| **r != i.path))
+                    .collect();
+                paths.keys().filter(|p| !referenced.contains(p)).cloned().collect()
+            }
+        };
+        Ok(ClosureGraph { paths, roots })
+    }
+
+    /// Total NAR size of all paths.
+    pub fn total_size(&self) -> u64 {
+        self.paths.values().map(|p| p.nar_size).sum()
+    }
+}
+
+fn check_store_path(path: &str) -> Result<(), GraphError> {
+    let bad = || GraphError::NotAStorePath(path.to_string());
+    let rest = path.strip_prefix(STORE_DIR).and_then(|r| r.strip_prefix('/')).ok_or_else(bad)?;
+    // <32 base-32 hash chars>-<name>, one component, nothing that escapes.
+    if rest.len() < 34 || rest.contains('/') || rest.as_bytes()[32] != b'-' || rest == ".." {
+        return Err(bad());
+    }
+    if !rest[..32].bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// The package name of a store path: the part after `<hash>-`, as the
+/// original Nixery's popularity data keys it (`glibc-2.37-8`).
+pub fn package_name(path: &str) -> &str {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    match base.get(33..) {
+        Some(name) if base.as_bytes().get(32) == Some(&b'-') => name,
+        _ => base,
+    }
+}
+
+/// Popularity data: how many packages of a package set refer to each
+/// package name. Names are store path names without the hash.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Popularity(pub BTreeMap<String, u64>);
+
+impl Popularity {
+    /// Parses `{"glibc-2.37-8": 12345, …}`.
+    pub fn from_json(text: &str) -> Result<Popularity, GraphError> {
+        serde_json::from_str(text).map(Popularity).map_err(GraphError::Popularity)
+    }
+
+    /// The popularity of a store path (0 when unknown).
+    pub fn of(&self, path: &str) -> u64 {
+        self.0.get(package_name(path)).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A fake store path with a valid-looking hash derived from the name.
+    pub fn sp(name: &str) -> String {
+        let mut hash: String = name.bytes().map(|b| (b'a' + b % 26) as char).collect();
+        while hash.len() < 32 {
+            hash.push('0');
+        }
+        hash.truncate(32);
+        format!("/nix/store/{hash}-{name}")
+    }
+
+    #[test]
+    fn parses_structured_attrs_graph() {
+        let (a, b) = (sp("a-1"), sp("b-2"));
+        let json = format!(
+            r#"{{"exportReferencesGraph":{{"graph":["{a}"]}},
+                "graph":[{{"path":"{a}","narSize":10,"closureSize":30,"references":["{b}","{a}"]}},
+                         {{"path":"{b}","narSize":20,"closureSize":20,"references":[]}}]}}"#
+        );
+        let g = ClosureGraph::from_json(&json).unwrap();
+        assert_eq!(g.roots, vec![a.clone()]);
+        assert_eq!(g.paths.len(), 2);
+        assert_eq!(g.total_size(), 30);
+        let mut want = vec![a.clone(), b];
+        want.sort();
+        assert_eq!(g.paths[&a].references, want);
+    }
+
+    #[test]
+    fn roots_default_to_unreferenced_paths() {
+        let (a, b) = (sp("a"), sp("b"));
+        let json = format!(
+            r#"{{"graph":[{{"path":"{a}","narSize":1,"references":["{a}","{b}"]}},{{"path":"{b}","narSize":1,"references":[]}}]}}"#
+        );
+        assert_eq!(ClosureGraph::from_json(&json).unwrap().roots, vec![a]);
+    }
+
+    #[test]
+    fn rejects_dangling_references_and_unknown_roots() {
+        let (a, b) = (sp("a"), sp("b"));
+        let json = format!(r#"{{"graph":[{{"path":"{a}","narSize":1,"references":["{b}"]}}]}}"#);
+        let err = ClosureGraph::from_json(&json).unwrap_err().to_string();
+        assert!(err.contains("not in the graph"), "{err}");
+        let json = format!(r#"{{"exportReferencesGraph":{{"graph":["{b}"]}},"graph":[{{"path":"{a}"}}]}}"#);
+        assert!(matches!(ClosureGraph::from_json(&json), Err(GraphError::UnknownRoot(_))));
+    }
+
+    #[test]
+    fn rejects_paths_outside_the_store() {
+        for bad in ["/etc/passwd", "/nix/store/short-x", "/nix/store/../../etc", "relative"] {
+            let json = format!(r#"{{"graph":[{{"path":"{bad}"}}]}}"#);
+            assert!(matches!(ClosureGraph::from_json(&json), Err(GraphError::NotAStorePath(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn package_names_drop_the_hash() {
+        assert_eq!(package_name("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-glibc-2.37-8"), "glibc-2.37-8");
+        assert_eq!(package_name("not-a-store-path"), "not-a-store-path");
+        let pop = Popularity::from_json(r#"{"glibc-2.37-8": 7}"#).unwrap();
+        assert_eq!(pop.of("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-glibc-2.37-8"), 7);
+        assert_eq!(pop.of(&sp("other")), 0);
+        assert!(Popularity::from_json("[1]").is_err());
+    }
+}

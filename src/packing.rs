@@ -1,0 +1,436 @@
+//! Packing: turning a layer's file tree into a reproducible gzip tar blob,
+//! hashed while it is written.
+//!
+//! This module owns the bytes of a layer: which tar entries, in which
+//! order, with which headers, compressed how. It does not decide what goes
+//! into a layer ([`crate::layering`]) nor how layers form an image
+//! ([`crate::image`]).
+//!
+//! # Reproducibility
+//!
+//! The same tree gives the same bytes on every machine and every run:
+//!
+//! - entries are written depth first with each directory's children sorted
+//!   by name (byte order), after the parent directories `nix/` and
+//!   `nix/store/` of store paths;
+//! - every header has mtime 1, uid and gid 0, no user or group names, and
+//!   the file's permission bits (`mode & 0o7777`);
+//! - hard links are not recorded: a file that is hard-linked elsewhere (as
+//!   `nix-store --optimise` makes them) is written in full, so a layer does
+//!   not depend on whether the store it came from was optimised;
+//! - the gzip header carries no file name and no time.
+//!
+//! # One pass
+//!
+//! The tar stream goes through a SHA-256 (the layer's `diff_id`), then the
+//! gzip encoder, then a second SHA-256 (the blob's digest) and into a file.
+//! Nothing holds a whole layer in memory.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use flate2::{Compression, GzBuilder};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// The fixed modification time of every entry (1 second after the epoch,
+/// as Nix uses for store paths).
+pub const ENTRY_MTIME: u64 = 1;
+/// The default gzip level.
+pub const DEFAULT_GZIP_LEVEL: u32 = 6;
+
+/// Errors while packing a layer.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{0}: unsupported file type (only files, directories and symlinks can be packed)")]
+    UnsupportedFileType(PathBuf),
+    #[error("{0}: {1}")]
+    Walk(PathBuf, walkdir::Error),
+}
+
+fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> PackError {
+    let path = path.into();
+    move |source| PackError::Io { path, source }
+}
+
+/// A sha256 digest in the `sha256:<hex>` form OCI uses.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Digest(pub String);
+
+impl Digest {
+    /// The digest of a byte string.
+    pub fn of(bytes: &[u8]) -> Digest {
+        Digest::from_hasher(Sha256::new_with_prefix(bytes))
+    }
+    fn from_hasher(h: Sha256) -> Digest {
+        Digest(format!("sha256:{:x}", h.finalize()))
+    }
+    /// The hex part, as used for blob file names.
+    pub fn hex(&self) -> &str {
+        self.0.strip_prefix("sha256:").unwrap_or(&self.0)
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One entry of a synthetic tree (the root layer), with a path relative to
+/// the image's root and no leading slash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TreeEntry {
+    /// A directory with these permission bits.
+    Dir { path: String, mode: u32 },
+    /// A symbolic link.
+    Symlink { path: String, target: String },
+}
+
+impl TreeEntry {
+    /// The entry's path in the image.
+    pub fn path(&self) -> &str {
+        match self {
+            TreeEntry::Dir { path, .. } | TreeEntry::Symlink { path, .. } => path,
+        }
+    }
+}
+
+/// What a layer holds.
+#[derive(Debug, Clone)]
+pub enum LayerContent {
+    /// Store paths, each packed whole under `nix/store/`. Sorted on packing.
+    StorePaths(Vec<String>),
+    /// Synthetic entries (directories and symlinks). Sorted on packing.
+    Tree(Vec<TreeEntry>),
+}
+
+/// A packed layer blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackedLayer {
+    /// sha256 of the compressed blob.
+    pub digest: Digest,
+    /// sha256 of the uncompressed tar.
+    pub diff_id: Digest,
+    /// Size of the compressed blob in bytes.
+    pub size: u64,
+    /// Size of the uncompressed tar in bytes.
+    pub tar_size: u64,
+}
+
+/// How layers are compressed.
+#[derive(Debug, Clone, Copy)]
+pub struct PackOptions {
+    /// gzip level, 0 to 9.
+    pub gzip_level: u32,
+}
+
+impl Default for PackOptions {
+    fn default() -> Self {
+        PackOptions { gzip_level: DEFAULT_GZIP_LEVEL }
+    }
+}
+
+/// A writer that hashes and counts what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        HashingWriter { inner, hasher: Sha256::new(), count: 0 }
+    }
+    fn finish(self) -> (W, Digest, u64) {
+        (self.inner, Digest::from_hasher(self.hasher), self.count)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes deterministic tar entries.
+struct TarWriter<W: Write> {
+    tar: tar::Builder<W>,
+}
+
+impl<W: Write> TarWriter<W> {
+    fn new(w: W) -> Self {
+        TarWriter { tar: tar::Builder::new(w) }
+    }
+
+    fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode & 0o7777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(ENTRY_MTIME);
+        h.set_size(size);
+        h
+    }
+
+    fn dir(&mut self, path: &str, mode: u32) -> io::Result<()> {
+        let mut h = Self::header(tar::EntryType::Directory, mode, 0);
+        self.tar.append_data(&mut h, path, io::empty())
+    }
+
+    fn symlink(&mut self, path: &str, target: &Path) -> io::Result<()> {
+        let mut h = Self::header(tar::EntryType::Symlink, 0o777, 0);
+        self.tar.append_link(&mut h, path, target)
+    }
+
+    fn file(&mut self, path: &str, mode: u32, size: u64, data: impl io::Read) -> io::Result<()> {
+        let mut h = Self::header(tar::EntryType::Regular, mode, size);
+        self.tar.append_data(&mut h, path, data)
+    }
+
+    /// Writes `source` (a file, directory or symlink on disk) and, for a
+    /// directory, everything below it, under the tar path `name`.
+    fn tree(&mut self, source: &Path, name: &str) -> Result<(), PackError> {
+        let walk = walkdir::WalkDir::new(source).follow_links(false).sort_by(|a, b| a.file_name().cmp(b.file_name()));
+        for entry in walk {
+            let entry = entry.map_err(|e| PackError::Walk(source.to_path_buf(), e))?;
+            let rel = entry.path().strip_prefix(source).expect("walkdir stays below its root");
+            let tar_path = if rel.as_os_str().is_empty() {
+                name.to_string()
+            } else {
+                format!("{name}/{}", rel.to_str().ok_or_else(|| PackError::UnsupportedFileType(entry.path().to_path_buf()))?)
+            };
+            let meta = entry.metadata().map_err(|e| PackError::Walk(entry.path().to_path_buf(), e))?;
+            let ft = meta.file_type();
+            let path = entry.path();
+            if ft.is_dir() {
+                self.dir(&tar_path, meta.mode()).map_err(io_err(path))?;
+            } else if ft.is_symlink() {
+                let target = fs::read_link(path).map_err(io_err(path))?;
+                self.symlink(&tar_path, &target).map_err(io_err(path))?;
+            } else if ft.is_file() {
+                let f = File::open(path).map_err(io_err(path))?;
+                self.file(&tar_path, meta.permissions().mode(), meta.len(), f).map_err(io_err(path))?;
+            } else {
+                return Err(PackError::UnsupportedFileType(path.to_path_buf()));
+            }
+        }
+        Ok(())
+    }
+
+    fn into_inner(self) -> io::Result<W> {
+        self.tar.into_inner()
+    }
+}
+
+/// Writes the uncompressed tar of `content` to `out`.
+pub fn write_tar<W: Write>(content: &LayerContent, out: W) -> Result<W, PackError> {
+    let mut tw = TarWriter::new(out);
+    match content {
+        LayerContent::StorePaths(paths) => {
+            let mut paths: Vec<&String> = paths.iter().collect();
+            paths.sort();
+            paths.dedup();
+            if !paths.is_empty() {
+                tw.dir("nix", 0o755).map_err(io_err("nix"))?;
+                tw.dir("nix/store", 0o755).map_err(io_err("nix/store"))?;
+            }
+            for p in paths {
+                let name = p.trim_start_matches('/');
+                tw.tree(Path::new(p), name)?;
+            }
+        }
+        LayerContent::Tree(entries) => {
+            let mut entries: Vec<&TreeEntry> = entries.iter().collect();
+            entries.sort_by(|a, b| tar_order(a.path(), b.path()));
+            for e in entries {
+                match e {
+                    TreeEntry::Dir { path, mode } => tw.dir(path, *mode).map_err(io_err(path))?,
+                    TreeEntry::Symlink { path, target } => tw.symlink(path, Path::new(target)).map_err(io_err(path))?,
+                }
+            }
+        }
+    }
+    tw.into_inner().map_err(io_err("<tar>"))
+}
+
+/// Orders paths as a sorted depth-first walk does: component by component,
+/// so `a/b` comes before `a.c` and right after `a`.
+fn tar_order(a: &str, b: &str) -> std::cmp::Ordering {
+    a.split('/').cmp(b.split('/'))
+}
+
+/// Packs `content` into a gzip tar written to `dest`, returning its digests.
+/// `dest` is created (truncated if it exists).
+pub fn pack_to_file(content: &LayerContent, dest: &Path, opts: PackOptions) -> Result<PackedLayer, PackError> {
+    let file = File::create(dest).map_err(io_err(dest))?;
+    let blob = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
+    let gz = GzBuilder::new().write(blob, Compression::new(opts.gzip_level.min(9)));
+    let tar = HashingWriter::new(gz);
+    let tar = write_tar(content, tar)?;
+    let (gz, diff_id, tar_size) = tar.finish();
+    let blob = gz.finish().map_err(io_err(dest))?;
+    let (buf, digest, size) = blob.finish();
+    buf.into_inner().map_err(|e| PackError::Io { path: dest.to_path_buf(), source: e.into_error() })?;
+    Ok(PackedLayer { digest, diff_id, size, tar_size })
+}
+
+/// Packs every layer in parallel into `blob_dir/<hex digest>`, each first
+/// written under a temporary name and renamed once its digest is known.
+/// Returns the packed layers in the order given.
+pub fn pack_all(contents: &[LayerContent], blob_dir: &Path, opts: PackOptions) -> Result<Vec<PackedLayer>, PackError> {
+    fs::create_dir_all(blob_dir).map_err(io_err(blob_dir))?;
+    contents
+        .par_iter()
+        .enumerate()
+        .map(|(i, content)| {
+            let tmp = blob_dir.join(format!(".packing-{}-{i}", std::process::id()));
+            let packed = pack_to_file(content, &tmp, opts).inspect_err(|_| {
+                let _ = fs::remove_file(&tmp);
+            })?;
+            let dest = blob_dir.join(packed.digest.hex());
+            fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+            Ok(packed)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn tree_fixture(dir: &Path) {
+        fs::create_dir_all(dir.join("bin")).unwrap();
+        fs::create_dir_all(dir.join("share/doc")).unwrap();
+        fs::write(dir.join("bin/hello"), b"#!/bin/sh\necho hello\n").unwrap();
+        fs::set_permissions(dir.join("bin/hello"), fs::Permissions::from_mode(0o555)).unwrap();
+        fs::write(dir.join("share/doc/README"), b"read me").unwrap();
+        fs::write(dir.join("a.txt"), vec![b'x'; 10_000]).unwrap();
+        std::os::unix::fs::symlink("bin/hello", dir.join("link")).unwrap();
+        let long = "l".repeat(150);
+        fs::write(dir.join(&long), b"long name").unwrap();
+        std::os::unix::fs::symlink(format!("/some/where/{}", "t".repeat(120)), dir.join("longlink")).unwrap();
+    }
+
+    fn entries(tar_bytes: &[u8]) -> Vec<(String, tar::EntryType, u32, u64, u64, String)> {
+        let mut ar = tar::Archive::new(tar_bytes);
+        ar.entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let h = e.header().clone();
+                let link = e.link_name().unwrap().map(|l| l.to_string_lossy().into_owned()).unwrap_or_default();
+                let mut body = Vec::new();
+                e.read_to_end(&mut body).unwrap();
+                assert!(h.username().unwrap().unwrap_or("").is_empty());
+                assert_eq!((h.uid().unwrap(), h.gid().unwrap()), (0, 0));
+                (e.path().unwrap().to_string_lossy().into_owned(), h.entry_type(), h.mode().unwrap(), h.mtime().unwrap(), body.len() as u64, link)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tar_entries_are_sorted_with_fixed_metadata() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("0123456789abcdfghijklmnpqrsvwxyz-pkg");
+        tree_fixture(&src);
+        // Pack via a fake store path: write_tar takes absolute paths.
+        let content = LayerContent::StorePaths(vec![src.to_str().unwrap().to_string()]);
+        let bytes = write_tar(&content, Vec::new()).unwrap();
+        let es = entries(&bytes);
+        let prefix = src.to_str().unwrap().trim_start_matches('/').to_string();
+        let names: Vec<String> = es.iter().map(|e| e.0.clone()).collect();
+        let mut want = vec!["nix".to_string(), "nix/store".to_string(), prefix.clone()];
+        for n in ["a.txt", "bin", "bin/hello", "link", &"l".repeat(150), "longlink", "share", "share/doc", "share/doc/README"] {
+            want.push(format!("{prefix}/{n}"));
+        }
+        assert_eq!(names, want);
+        for e in &es {
+            assert_eq!(e.3, ENTRY_MTIME, "{}", e.0);
+        }
+        let hello = es.iter().find(|e| e.0.ends_with("bin/hello")).unwrap();
+        assert_eq!((hello.2, hello.4), (0o555, 21));
+        let link = es.iter().find(|e| e.0.ends_with("/longlink")).unwrap();
+        assert_eq!(link.1, tar::EntryType::Symlink);
+        assert!(link.5.ends_with(&"t".repeat(120)));
+    }
+
+    #[test]
+    fn packing_is_reproducible_and_hashes_match_the_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("0123456789abcdfghijklmnpqrsvwxyz-pkg");
+        tree_fixture(&src);
+        let content = LayerContent::StorePaths(vec![src.to_str().unwrap().to_string()]);
+        let a = pack_to_file(&content, &tmp.path().join("a.tgz"), PackOptions::default()).unwrap();
+        let b = pack_to_file(&content, &tmp.path().join("b.tgz"), PackOptions::default()).unwrap();
+        assert_eq!(a, b);
+        let blob = fs::read(tmp.path().join("a.tgz")).unwrap();
+        assert_eq!(Digest::of(&blob), a.digest);
+        assert_eq!(blob.len() as u64, a.size);
+        // gzip header: no mtime (bytes 4..8), no FNAME flag.
+        assert_eq!(&blob[4..8], &[0, 0, 0, 0]);
+        assert_eq!(blob[3] & 0x08, 0);
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(&blob[..]).read_to_end(&mut tar).unwrap();
+        assert_eq!(Digest::of(&tar), a.diff_id);
+        assert_eq!(tar.len() as u64, a.tar_size);
+    }
+
+    #[test]
+    fn hard_links_are_written_as_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("0123456789abcdfghijklmnpqrsvwxyz-pkg");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("a"), b"same").unwrap();
+        let content = LayerContent::StorePaths(vec![src.to_str().unwrap().to_string()]);
+        let before = write_tar(&content, Vec::new()).unwrap();
+        fs::hard_link(src.join("a"), tmp.path().join("elsewhere")).unwrap();
+        assert_eq!(before, write_tar(&content, Vec::new()).unwrap());
+    }
+
+    #[test]
+    fn tree_entries_are_sorted_like_a_walk() {
+        let content = LayerContent::Tree(vec![
+            TreeEntry::Symlink { path: "bin/sh".into(), target: "/nix/store/x/bin/sh".into() },
+            TreeEntry::Dir { path: "bin.d".into(), mode: 0o755 },
+            TreeEntry::Dir { path: "tmp".into(), mode: 0o1777 },
+            TreeEntry::Dir { path: "bin".into(), mode: 0o755 },
+        ]);
+        let bytes = write_tar(&content, Vec::new()).unwrap();
+        let es = entries(&bytes);
+        let names: Vec<&str> = es.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(names, ["bin", "bin/sh", "bin.d", "tmp"]);
+        assert_eq!(es[3].2, 0o1777);
+    }
+
+    #[test]
+    fn pack_all_names_blobs_by_digest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let contents = vec![
+            LayerContent::Tree(vec![TreeEntry::Dir { path: "tmp".into(), mode: 0o1777 }]),
+            LayerContent::Tree(vec![TreeEntry::Dir { path: "etc".into(), mode: 0o755 }]),
+        ];
+        let blobs = tmp.path().join("blobs");
+        let packed = pack_all(&contents, &blobs, PackOptions::default()).unwrap();
+        assert_eq!(packed.len(), 2);
+        for p in &packed {
+            let bytes = fs::read(blobs.join(p.digest.hex())).unwrap();
+            assert_eq!(Digest::of(&bytes), p.digest);
+        }
+        assert_eq!(fs::read_dir(&blobs).unwrap().count(), 2, "no temporary files are left");
+    }
+}
