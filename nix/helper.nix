@@ -1,0 +1,28 @@
+# The nixery helper, built with nixpkgs' rustPlatform. The flake's
+# packages.default; pass it to lib.nix as `helper`.
+{ lib, rustPlatform }:
+
+rustPlatform.buildRustPackage {
+  pname = "nixery";
+  version = (lib.importTOML ../Cargo.toml).package.version;
+
+  src = lib.cleanSourceWith {
+    src = ../.;
+    filter = path: type:
+      let rel = lib.removePrefix (toString ../. + "/") (toString path);
+      in rel == "Cargo.toml" || rel == "Cargo.lock" || rel == "src" || lib.hasPrefix "src/" rel;
+  };
+
+  cargoLock.lockFile = ../Cargo.lock;
+
+  # The unit tests run here; the integration tests need nix-build, skopeo
+  # and podman, which a sandboxed build does not have.
+  cargoTestFlags = [ "--lib" ];
+
+  meta = {
+    description = "Container images from Nix: layering, reproducible packing and an on-demand registry";
+    mainProgram = "nixery";
+    license = lib.licenses.asl20;
+    platforms = lib.platforms.linux;
+  };
+}

@@ -1,0 +1,92 @@
+//! The `nixery layers` contract: the documented plan for a hand-written
+//! graph, and one-line errors for bad input.
+
+use std::process::Command;
+
+use crate::support::helper;
+
+const GLIBC: &str = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-glibc-2.37-8";
+const HELLO: &str = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-hello-2.12";
+const JQ: &str = "/nix/store/cccccccccccccccccccccccccccccccc-jq-1.7";
+const ONIG: &str = "/nix/store/dddddddddddddddddddddddddddddddd-oniguruma-6.9";
+
+fn graph_json() -> String {
+    format!(
+        r#"{{"exportReferencesGraph": {{"graph": ["{HELLO}", "{JQ}"]}},
+            "graph": [
+              {{"path": "{HELLO}", "narSize": 100, "closureSize": 1100, "references": ["{GLIBC}", "{HELLO}"]}},
+              {{"path": "{JQ}", "narSize": 300, "closureSize": 1500, "references": ["{GLIBC}", "{ONIG}"]}},
+              {{"path": "{ONIG}", "narSize": 200, "closureSize": 1200, "references": ["{GLIBC}"]}},
+              {{"path": "{GLIBC}", "narSize": 1000, "closureSize": 1000, "references": []}}
+            ]}}"#
+    )
+}
+
+fn layers(dir: &std::path::Path, graph: &str, extra: &[&str]) -> std::process::Output {
+    let g = dir.join(format!("graph-{}.json", crate::support::unique()));
+    std::fs::write(&g, graph).unwrap();
+    Command::new(helper()).arg("layers").arg("--graph").arg(&g).args(extra).output().unwrap()
+}
+
+#[test]
+fn layers_prints_the_documented_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = layers(dir.path(), &graph_json(), &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        plan,
+        serde_json::json!({"version": 1, "layers": [
+            {"paths": [HELLO], "size": 100},
+            {"paths": [JQ, ONIG], "size": 500},
+            {"paths": [GLIBC], "size": 1000},
+        ]})
+    );
+}
+
+#[test]
+fn layers_honours_popularity_and_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let pop = dir.path().join("pop.json");
+    std::fs::write(&pop, r#"{"oniguruma-6.9": 1000, "glibc-2.37-8": 5000}"#).unwrap();
+    let out = layers(dir.path(), &graph_json(), &["--popularity", pop.to_str().unwrap()]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let groups: Vec<Vec<String>> = serde_json::from_value(plan["layers"].as_array().unwrap().iter().map(|l| l["paths"].clone()).collect()).unwrap();
+    assert_eq!(groups, vec![vec![HELLO.to_string()], vec![JQ.to_string()], vec![ONIG.to_string()], vec![GLIBC.to_string()]]);
+    let out = layers(dir.path(), &graph_json(), &["--popularity", pop.to_str().unwrap(), "--max-layers", "2"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["layers"].as_array().unwrap().len(), 2);
+    assert_eq!(plan["layers"][1]["paths"], serde_json::json!([GLIBC]));
+}
+
+fn assert_one_line_error(out: &std::process::Output, needle: &str) {
+    assert_eq!(out.status.code(), Some(1), "exit status");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("nixery: error: "), "{err}");
+    assert!(err.contains(needle), "{needle:?} not in {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn bad_input_gives_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_one_line_error(&layers(dir.path(), "{not json", &[]), "not valid JSON");
+    assert_one_line_error(&layers(dir.path(), r#"{"graph": 3}"#, &[]), "not valid JSON");
+    let dangling = graph_json().replace(r#""references": []"#, r#""references": ["/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-ghost"]"#);
+    assert_one_line_error(&layers(dir.path(), &dangling, &[]), "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-ghost, which is not in the graph");
+    assert_one_line_error(&layers(dir.path(), &graph_json(), &["--max-layers", "0"]), "budget must be at least 1");
+    let out = Command::new(helper()).args(["layers", "--graph", "/nonexistent/graph.json"]).output().unwrap();
+    assert_one_line_error(&out, "/nonexistent/graph.json");
+    let pop = dir.path().join("bad-pop.json");
+    std::fs::write(&pop, r#"{"glibc": "many"}"#).unwrap();
+    assert_one_line_error(&layers(dir.path(), &graph_json(), &["--popularity", pop.to_str().unwrap()]), "popularity");
+}
+
+#[test]
+fn build_image_outside_nix_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(helper()).current_dir(dir.path()).env_remove("NIX_ATTRS_JSON_FILE").env("NIX_BUILD_TOP", dir.path()).arg("build-image").output().unwrap();
+    assert_one_line_error(&out, ".attrs.json");
+}

@@ -1,0 +1,193 @@
+# A small package set that stands in for nixpkgs in nixery's tests and
+# examples, imported like nixpkgs:
+#
+#   pkgs = import ./tests/pkgs { };
+#
+# Every package is a real program with a real dependency graph, built from
+# files of the host (a Debian machine; scripts/setup installs them):
+#
+#   busybox          Debian's static busybox, and the builder of every
+#                    derivation here
+#   glibc            the host's C library and ELF interpreter
+#   hello, jq        dynamically linked programs whose interpreter and
+#                    libraries are store paths (patched with patchelf):
+#                    hello -> glibc; jq -> libjq -> oniguruma -> glibc
+#   bashInteractive, coreutils, moreutils, nano
+#                    what the original Nixery's `shell` meta-package names,
+#                    built on busybox
+#   cacert, iana-etc the usual base packages
+#   bigdata          a package over 100 MB, for size thresholds
+#
+# Host files are imported by content (builtins.path), so store paths change
+# exactly when the host's files do; the derivations' builder is the
+# imported busybox, so builds are deterministic.
+{ system ? builtins.currentSystem }:
+
+let
+  host = {
+    "x86_64-linux" = { triple = "x86_64-linux-gnu"; loader = "ld-linux-x86-64.so.2"; };
+    "aarch64-linux" = { triple = "aarch64-linux-gnu"; loader = "ld-linux-aarch64.so.1"; };
+  }.${system} or (throw "tests/pkgs: no host library layout known for system ${system}");
+
+  hasPrefix = pre: s: builtins.substring 0 (builtins.stringLength pre) s == pre;
+
+  # The top-level files of `dir` whose names start with one of `prefixes`
+  # (so `libjq.so.1` brings its symlink and the file it points to).
+  hostFiles = name: dir: prefixes: builtins.path {
+    inherit name;
+    path = dir;
+    filter = p: type: builtins.dirOf p == toString dir && builtins.any (pre: hasPrefix pre (baseNameOf p)) prefixes;
+  };
+
+  libDir = /usr/lib + "/${host.triple}";
+
+  bootstrap = hostFiles "bootstrap-busybox" /usr/bin [ "busybox" ];
+
+  # A derivation whose builder is busybox's sh running `script`, with
+  # busybox's applets on PATH.
+  runBusybox = name: attrs: script: derivation ({
+    inherit name system;
+    builder = "${busybox}/bin/sh";
+    args = [ "-euc" script ];
+    PATH = "${busybox}/bin";
+  } // attrs);
+
+  busybox = derivation {
+    name = "busybox-static";
+    inherit system;
+    builder = "${bootstrap}/busybox";
+    args = [ "sh" "-euc" ''
+      bb=${bootstrap}/busybox
+      $bb mkdir -p $out/bin
+      $bb cp $bb $out/bin/busybox
+      for applet in $($bb --list); do
+        [ "$applet" = busybox ] || $bb ln -s busybox $out/bin/$applet
+      done
+    '' ];
+  };
+
+  hostGlibc = hostFiles "host-glibc" libDir [
+    host.loader "libc.so.6" "libm.so.6" "libpthread.so.0" "libdl.so.2" "librt.so.1" "libresolv.so.2"
+  ];
+  hostPatchelf = hostFiles "host-patchelf" /usr/bin [ "patchelf" ];
+  hostPatchelfLibs = hostFiles "host-patchelf-libs" libDir [ "libstdc++.so.6" "libgcc_s.so.1" ];
+
+  glibc = runBusybox "glibc-2.36" { } ''
+    mkdir -p $out/lib
+    cp -L ${hostGlibc}/* $out/lib/
+    chmod 555 $out/lib/*
+  '';
+
+  # Debian's patchelf, run through the store's ELF interpreter.
+  patchelf = "${glibc}/lib/${host.loader} --library-path ${glibc}/lib:${hostPatchelfLibs} ${hostPatchelf}/patchelf";
+
+  # Copies host files into $out/<dir> and points them at store paths:
+  # programs get the store's interpreter, everything gets an RPATH.
+  patched = { name, files, dir, rpath, program ? false }: runBusybox name { } ''
+    mkdir -p $out/${dir}
+    for f in ${builtins.concatStringsSep " " files}; do
+      cp -L "$f" $out/${dir}/
+    done
+    chmod u+w $out/${dir}/*
+    for f in $out/${dir}/*; do
+      ${if program then "${patchelf} --set-interpreter ${glibc}/lib/${host.loader} \"$f\"" else ""}
+      ${patchelf} --set-rpath ${builtins.concatStringsSep ":" (map (p: "${p}/lib") rpath)} "$f"
+    done
+    chmod 555 $out/${dir}/*
+  '';
+
+  hello = patched {
+    name = "hello-2.10";
+    files = [ "${hostFiles "host-hello" /usr/bin [ "hello" ]}/hello" ];
+    dir = "bin";
+    rpath = [ glibc ];
+    program = true;
+  };
+
+  oniguruma = patched {
+    name = "oniguruma-6.9.8";
+    files = [ "${hostFiles "host-oniguruma" libDir [ "libonig.so.5" ]}/libonig.so.5" ];
+    dir = "lib";
+    rpath = [ glibc ];
+  };
+
+  libjq = patched {
+    name = "libjq-1.6";
+    files = [ "${hostFiles "host-libjq" libDir [ "libjq.so.1" ]}/libjq.so.1" ];
+    dir = "lib";
+    rpath = [ oniguruma glibc ];
+  };
+
+  jq = patched {
+    name = "jq-1.6";
+    files = [ "${hostFiles "host-jq" /usr/bin [ "jq" ]}/jq" ];
+    dir = "bin";
+    rpath = [ libjq oniguruma glibc ];
+    program = true;
+  };
+
+  # Links to busybox applets under the names a package would provide.
+  applets = name: names: runBusybox name { } ''
+    mkdir -p $out/bin
+    for a in ${builtins.concatStringsSep " " names}; do
+      ln -s ${busybox}/bin/busybox $out/bin/$a
+    done
+  '';
+
+  bashInteractive = runBusybox "bash-interactive-5.2" { } ''
+    mkdir -p $out/bin
+    printf '#!${busybox}/bin/sh\nexec ${busybox}/bin/sh "$@"\n' > $out/bin/bash
+    chmod 555 $out/bin/bash
+    ln -s ${busybox}/bin/sh $out/bin/sh
+  '';
+
+  coreutils = applets "coreutils-9.1" [
+    "basename" "cat" "chmod" "chown" "cp" "cut" "date" "dd" "df" "dirname" "du" "echo" "env" "false"
+    "head" "id" "ln" "ls" "mkdir" "mktemp" "mv" "nproc" "printf" "pwd" "readlink" "realpath" "rm"
+    "rmdir" "seq" "sha256sum" "sleep" "sort" "stat" "tail" "tee" "test" "touch" "tr" "true" "uname"
+    "uniq" "wc" "whoami" "yes"
+  ];
+
+  moreutils = runBusybox "moreutils-0.67" { } ''
+    mkdir -p $out/bin
+    ln -s ${busybox}/bin/busybox $out/bin/ts
+    cat > $out/bin/sponge <<'EOF'
+    #!${busybox}/bin/sh
+    # sponge FILE: soak up standard input, then write it to FILE.
+    tmp=$(${busybox}/bin/mktemp)
+    ${busybox}/bin/cat > "$tmp"
+    if [ $# -eq 0 ]; then ${busybox}/bin/cat "$tmp"; else ${busybox}/bin/cat "$tmp" > "$1"; fi
+    ${busybox}/bin/rm -f "$tmp"
+    EOF
+    chmod 555 $out/bin/sponge
+  '';
+
+  nano = runBusybox "nano-7.2" { } ''
+    mkdir -p $out/bin
+    printf '#!${busybox}/bin/sh\nexec ${busybox}/bin/vi "$@"\n' > $out/bin/nano
+    chmod 555 $out/bin/nano
+  '';
+
+  cacert = runBusybox "nss-cacert-3.87" { } ''
+    mkdir -p $out/etc/ssl/certs
+    cp ${builtins.path { name = "host-ca-bundle"; path = /etc/ssl/certs/ca-certificates.crt; }} $out/etc/ssl/certs/ca-bundle.crt
+    ln -s ca-bundle.crt $out/etc/ssl/certs/ca-certificates.crt
+  '';
+
+  iana-etc = runBusybox "iana-etc-20230316" { } ''
+    mkdir -p $out/etc
+    cp ${builtins.path { name = "host-services"; path = /etc/services; }} $out/etc/services
+    cp ${builtins.path { name = "host-protocols"; path = /etc/protocols; }} $out/etc/protocols
+  '';
+
+  # 110 MB of data: over the 100 MB threshold at which a path gets a layer
+  # of its own. Repetitive, so it packs quickly.
+  bigdata = runBusybox "bigdata-1.0" { } ''
+    mkdir -p $out/share/bigdata
+    dd if=/dev/zero of=$out/share/bigdata/blob bs=1M count=110 2>/dev/null
+    echo "a package over 100 MB" > $out/share/bigdata/README
+  '';
+
+in {
+  inherit busybox glibc hello oniguruma libjq jq bashInteractive coreutils moreutils nano cacert iana-etc bigdata;
+}

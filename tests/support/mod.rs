@@ -1,0 +1,195 @@
+//! Shared test support: running nix-build, starting the reference registry,
+//! and driving real clients (skopeo, podman, umoci).
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The helper binary cargo built for these tests.
+pub fn helper() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_nixery"))
+}
+
+/// Nix settings for an offline, single-user machine: no substituters (every
+/// build would otherwise wait on an unreachable cache), builds as root.
+pub const NIX_CONFIG: &str = "substituters =\nbuild-users-group =\nsandbox = false\n";
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed with {}\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// Runs a command and returns its standard output as a string.
+pub fn run_stdout(cmd: &mut Command) -> String {
+    String::from_utf8(run(cmd).stdout).expect("utf-8 output")
+}
+
+/// A `nix-build` command with the test settings.
+pub fn nix_build_cmd(file: &Path) -> Command {
+    let mut c = Command::new("nix-build");
+    c.env("NIX_CONFIG", NIX_CONFIG).arg(file).arg("--no-out-link").arg("--arg").arg("helper").arg(helper());
+    c
+}
+
+/// Builds `file` (a function taking `helper` and the given `--arg`s) and
+/// returns the output path.
+pub fn nix_build(file: &Path, args: &[(&str, &str)]) -> PathBuf {
+    let mut c = nix_build_cmd(file);
+    for (k, v) in args {
+        c.arg("--arg").arg(k).arg(v);
+    }
+    PathBuf::from(run_stdout(&mut c).trim())
+}
+
+/// Builds a one-off expression written to a temporary file. The expression
+/// sees `helper`, `nixery` (lib.nix) and `pkgs` (tests/pkgs).
+pub fn nix_build_expr(dir: &Path, body: &str) -> PathBuf {
+    let file = dir.join(format!("expr-{}.nix", unique()));
+    let text = format!(
+        "{{ helper }}:\nlet\n  nixery = import {}/lib.nix {{ inherit helper; }};\n  pkgs = import {}/tests/pkgs {{ }};\nin\n{body}\n",
+        repo().display(),
+        repo().display()
+    );
+    std::fs::write(&file, text).unwrap();
+    nix_build(&file, &[])
+}
+
+/// A number unique in this process.
+pub fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until something accepts connections on `port`.
+pub fn wait_for_port(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("server exited early with {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on port {port} after 30 s");
+}
+
+/// A running reference registry (distribution), stopped on drop.
+pub struct Registry {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (scripts/setup installs it)");
+        wait_for_port(port, &mut child);
+        Registry { port, child, _dir: dir }
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A skopeo command.
+pub fn skopeo() -> Command {
+    let mut c = Command::new("skopeo");
+    c.arg("--insecure-policy");
+    c
+}
+
+/// A podman command with storage of its own under `root`, as works on
+/// this machine (vfs storage, cgroupfs, no event journal).
+pub fn podman(root: &Path) -> Command {
+    let mut c = Command::new("podman");
+    c.arg("--root")
+        .arg(root.join("storage"))
+        .arg("--runroot")
+        .arg(root.join("run"))
+        .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]);
+    c
+}
+
+/// `podman run` arguments that work here: runc, bounded limits, no network.
+pub const PODMAN_RUN: &[&str] =
+    &["run", "--rm", "--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--network", "none", "--pull=never"];
+
+/// Reads a JSON blob of an OCI layout.
+pub fn layout_blob(layout: &Path, digest: &str) -> serde_json::Value {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+}
+
+/// The manifest of the single image in an OCI layout, and its raw bytes.
+pub fn layout_manifest(layout: &Path) -> (serde_json::Value, Vec<u8>) {
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let bytes = std::fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap();
+    (serde_json::from_slice(&bytes).unwrap(), bytes)
+}
+
+/// The entry names of a gzip tar blob.
+pub fn layer_entries(layout: &Path, digest: &str) -> Vec<String> {
+    let f = std::fs::File::open(layout.join("blobs/sha256").join(&digest[7..])).unwrap();
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect()
+}
+
+/// The runtime closure of store paths, as `nix-store -qR` gives it.
+pub fn closure(paths: &[&str]) -> Vec<String> {
+    let mut c = Command::new("nix-store");
+    c.env("NIX_CONFIG", NIX_CONFIG).arg("-qR").args(paths);
+    let mut v: Vec<String> = run_stdout(&mut c).lines().map(str::to_string).collect();
+    v.sort();
+    v
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the `nixery` CLI contract, images built by nix-build
+//! through `lib.nix`, and real clients (skopeo, podman, umoci, the
+//! reference registry) consuming them.
+
+mod support;
+
+mod cli;
+mod nix_image;
+mod clients;
