@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Where Nix keeps store paths. Images always place paths at this prefix.
 pub const STORE_DIR: &str = "/nix/store";
@@ -39,7 +39,7 @@ pub enum GraphError {
 }
 
 /// One store path of the closure.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PathInfo {
     /// Absolute store path, `/nix/store/<hash>-<name>`.

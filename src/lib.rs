@@ -16,6 +16,16 @@
 //! builder     the whole path as `buildNixeryImage` runs it in nix-build
 //! ```
 //!
+//! The registry shim (`nixery serve`) reuses that path:
+//!
+//! ```text
+//! image_name  registry names, tags and digests; names to package lists
+//! nix         source revisions; prepare-image under nix-build → graph
+//! storage     blobs and caches behind one trait (filesystem, …)
+//! shim        name → graph → plan → packed layers → manifests, cached
+//! registry    the pull-only distribution API over HTTP, start page
+//! ```
+//!
 //! The same store paths always give the same layer bytes, whichever way an
 //! image is built, so images share layers in registries and client caches.
 
@@ -24,6 +34,11 @@
 pub mod builder;
 pub mod graph;
 pub mod image;
+pub mod image_name;
 pub mod layering;
+pub mod nix;
 pub mod packing;
+pub mod registry;
 pub mod root_layer;
+pub mod shim;
+pub mod storage;

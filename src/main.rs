@@ -43,6 +43,16 @@ enum Command {
         #[arg(long)]
         attrs: Option<PathBuf>,
     },
+    /// Run the registry shim: a pull-only registry that builds images on
+    /// demand from their names (`docker pull HOST/shell/hello`).
+    Serve(Box<ServeArgs>),
+    /// Write the closure graph of prepare-image's derivation (its builder
+    /// entry point; reads the attributes like build-image).
+    WriteGraph {
+        /// The attributes file; by default `$NIX_ATTRS_JSON_FILE`.
+        #[arg(long)]
+        attrs: Option<PathBuf>,
+    },
     /// Convert an OCI image layout directory into a docker-archive tarball.
     DockerArchive {
         /// The OCI layout directory.
@@ -55,6 +65,145 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// `nixery serve` settings: every flag also reads the original Nixery's
+/// environment variable.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "NIXERY_BIND", default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
+    /// A nixpkgs channel (branch) or commit to build from, fetched as a
+    /// tarball. The default when no source is given: nixos-unstable.
+    #[arg(long, env = "NIXERY_CHANNEL", conflicts_with_all = ["pkgs_repo", "pkgs_path"])]
+    channel: Option<String>,
+    /// A git repository with a package set; the image tag is the git ref
+    /// (`latest`: the default branch).
+    #[arg(long, env = "NIXERY_PKGS_REPO", conflicts_with = "pkgs_path")]
+    pkgs_repo: Option<String>,
+    /// A local directory with a package set (a nixpkgs checkout, or any
+    /// expression imported like one).
+    #[arg(long, env = "NIXERY_PKGS_PATH")]
+    pkgs_path: Option<PathBuf>,
+    /// Where layers and manifests are stored: `filesystem`.
+    #[arg(long, env = "NIXERY_STORAGE_BACKEND", default_value = "filesystem")]
+    storage_backend: String,
+    /// The storage directory of the filesystem backend.
+    #[arg(long, env = "STORAGE_PATH")]
+    storage_path: Option<PathBuf>,
+    /// The bucket of the gcs backend.
+    #[arg(long, env = "GCS_BUCKET")]
+    gcs_bucket: Option<String>,
+    /// Service account credentials of the gcs backend.
+    #[arg(long, env = "GOOGLE_APPLICATION_CREDENTIALS")]
+    google_application_credentials: Option<PathBuf>,
+    /// Seconds a nix-build may take before it is stopped.
+    #[arg(long, env = "NIX_TIMEOUT", default_value_t = 60)]
+    nix_timeout: u64,
+    /// Popularity data for layering: a file path or file:// URL.
+    #[arg(long, env = "NIX_POPULARITY_URL")]
+    popularity_url: Option<String>,
+    /// A static site to serve outside /v2/ instead of the start page.
+    #[arg(long, env = "WEB_DIR")]
+    web_dir: Option<PathBuf>,
+    /// What the `shell` meta-package expands to, comma-separated.
+    #[arg(long, env = "NIXERY_SHELL_PACKAGES", value_delimiter = ',', default_value = "bashInteractive,coreutils,moreutils,nano")]
+    shell_packages: Vec<String>,
+    /// Packages every image gets when the package set has them, comma-separated.
+    #[arg(long, env = "NIXERY_BASE_PACKAGES", value_delimiter = ',', default_value = "cacert,iana-etc")]
+    base_packages: Vec<String>,
+    /// The most layers an image may have, root layer included.
+    #[arg(long, env = "NIXERY_MAX_LAYERS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(2..=125))]
+    max_layers: u64,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "NIXERY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use nixery::nix::{PackageSource, Prepare};
+
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    if args.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+
+    let (source, source_description) = match (&args.channel, &args.pkgs_repo, &args.pkgs_path) {
+        (_, _, Some(p)) => {
+            let p = std::fs::canonicalize(p).with_context(|| format!("NIXERY_PKGS_PATH {}", p.display()))?;
+            let d = format!("the local package set at {}", p.display());
+            (PackageSource::Path(p), d)
+        }
+        (_, Some(r), None) => (PackageSource::Git(r.clone()), format!("the git repository {r} (the image tag is the git ref; latest is the default branch)")),
+        (Some(c), None, None) => (PackageSource::Channel(c.clone()), format!("nixpkgs {c}")),
+        (None, None, None) => (PackageSource::Channel("nixos-unstable".into()), "nixpkgs nixos-unstable".to_string()),
+    };
+    let storage: Arc<dyn nixery::storage::Storage> = match args.storage_backend.as_str() {
+        "filesystem" => {
+            let path = args.storage_path.as_ref().context("the filesystem storage backend needs STORAGE_PATH (--storage-path)")?;
+            Arc::new(nixery::storage::filesystem::FilesystemStorage::open(path)?)
+        }
+        "gcs" | "s3" => anyhow::bail!(
+            "NIXERY_STORAGE_BACKEND={} is not available in this version; use filesystem",
+            args.storage_backend
+        ),
+        other => anyhow::bail!("unknown NIXERY_STORAGE_BACKEND {other:?} (expected filesystem)"),
+    };
+    let _ = (&args.gcs_bucket, &args.google_application_credentials);
+    let popularity = match &args.popularity_url {
+        Some(u) => nixery::shim::load_popularity(u)?,
+        None => Default::default(),
+    };
+    let helper = std::env::current_exe().context("cannot find this program's path")?;
+    let prepare_dir = std::env::temp_dir().join(format!("nixery-prepare-{}", std::process::id()));
+    let prepare = Prepare::install(&prepare_dir, helper, std::time::Duration::from_secs(args.nix_timeout))
+        .with_context(|| format!("cannot write {}", prepare_dir.display()))?;
+    let config = nixery::shim::ShimConfig {
+        source,
+        meta: nixery::image_name::MetaPackages { shell: non_empty(&args.shell_packages), ..Default::default() },
+        base_packages: non_empty(&args.base_packages),
+        max_layers: args.max_layers as usize,
+        pack: Default::default(),
+        popularity,
+        prepare,
+    };
+    let shim = nixery::shim::Shim::new(config, storage);
+    let state = Arc::new(nixery::registry::AppState { shim, source_description: source_description.clone() });
+    let app = nixery::registry::router(state, args.web_dir.clone());
+    let addr = std::net::SocketAddr::new(args.bind, args.port);
+
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(%addr, source = %source_description, "nixery is serving");
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                tracing::info!("shutting down");
+            })
+            .await?;
+        anyhow::Ok(())
+    })?;
+    let _ = std::fs::remove_dir_all(&prepare_dir);
+    Ok(())
+}
+
+/// A comma-separated list without empty items (`""` is the empty list).
+fn non_empty(items: &[String]) -> Vec<String> {
+    items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<String> {
@@ -75,6 +224,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BuildImage { attrs } => {
             let attrs = attrs.unwrap_or_else(builder::default_attrs_path);
             builder::build_from_attrs(&attrs)?;
+        }
+        Command::Serve(args) => serve(*args)?,
+        Command::WriteGraph { attrs } => {
+            nixery::nix::write_graph_from_attrs(&attrs.unwrap_or_else(builder::default_attrs_path))?;
         }
         Command::DockerArchive { oci, repo_tag, out } => {
             let layout = image::read_oci_layout(&oci)?;

@@ -273,19 +273,25 @@ fn tar_order(a: &str, b: &str) -> std::cmp::Ordering {
     a.split('/').cmp(b.split('/'))
 }
 
+/// Packs `content` as a gzip tar into `out`, returning the writer and the
+/// layer's digests. `out` should be buffered.
+pub fn pack_to_writer<W: Write>(content: &LayerContent, out: W, opts: PackOptions) -> Result<(W, PackedLayer), PackError> {
+    let blob = HashingWriter::new(out);
+    let gz = GzBuilder::new().write(blob, Compression::new(opts.gzip_level.min(9)));
+    let tar = write_tar(content, HashingWriter::new(gz))?;
+    let (gz, diff_id, tar_size) = tar.finish();
+    let blob = gz.finish().map_err(io_err("<gzip>"))?;
+    let (out, digest, size) = blob.finish();
+    Ok((out, PackedLayer { digest, diff_id, size, tar_size }))
+}
+
 /// Packs `content` into a gzip tar written to `dest`, returning its digests.
 /// `dest` is created (truncated if it exists).
 pub fn pack_to_file(content: &LayerContent, dest: &Path, opts: PackOptions) -> Result<PackedLayer, PackError> {
     let file = File::create(dest).map_err(io_err(dest))?;
-    let blob = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
-    let gz = GzBuilder::new().write(blob, Compression::new(opts.gzip_level.min(9)));
-    let tar = HashingWriter::new(gz);
-    let tar = write_tar(content, tar)?;
-    let (gz, diff_id, tar_size) = tar.finish();
-    let blob = gz.finish().map_err(io_err(dest))?;
-    let (buf, digest, size) = blob.finish();
+    let (buf, packed) = pack_to_writer(content, BufWriter::with_capacity(1 << 20, file), opts)?;
     buf.into_inner().map_err(|e| PackError::Io { path: dest.to_path_buf(), source: e.into_error() })?;
-    Ok(PackedLayer { digest, diff_id, size, tar_size })
+    Ok(packed)
 }
 
 /// Packs every layer in parallel into `blob_dir/<hex digest>`, each first

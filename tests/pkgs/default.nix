@@ -188,6 +188,31 @@ let
     echo "a package over 100 MB" > $out/share/bigdata/README
   '';
 
+  # Small programs under the kinds of names the registry shim must find:
+  # a nested set, an attribute with upper-case letters, one that starts
+  # with a digit.
+  script = name: text: runBusybox name { } ''
+    mkdir -p $out/bin
+    printf '#!${busybox}/bin/sh\n%s\n' ${builtins.toJSON text} > $out/bin/${builtins.head (builtins.split "-[0-9]" name)}
+    chmod 555 $out/bin/*
+  '';
+
 in {
   inherit busybox glibc hello oniguruma libjq jq bashInteractive coreutils moreutils nano cacert iana-etc bigdata;
+
+  xorg = { xev = script "xev-1.2.5" "echo xev: no display here"; };
+  haskellPackages = { stylish-haskell = script "stylish-haskell-0.14" "echo stylish-haskell"; };
+  _1password = script "1password-8.10" "echo 1password";
+
+  # Packages that never build, for the shim's error paths: one fails at
+  # once, one is still building when any sensible timeout ends.
+  broken = runBusybox "broken-1.0" { } ''
+    echo "broken-1.0: this package always fails to build" >&2
+    exit 1
+  '';
+  slow = runBusybox "slow-1.0" { } ''
+    echo "slow-1.0: building for a long time" >&2
+    sleep 30
+    exit 1
+  '';
 }

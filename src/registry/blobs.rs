@@ -1,0 +1,181 @@
+//! `GET`/`HEAD /v2/<name>/blobs/<digest>`: blobs straight from storage,
+//! with `Content-Length`, `Docker-Content-Digest`, `ETag`, byte ranges
+//! (206, 416 with `Content-Range: bytes */N`) and `If-None-Match` (304).
+//! Manifests fetched by digest are served through here too.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::errors::{ErrorCode, RegistryError};
+use super::AppState;
+use crate::image_name::parse_digest;
+use crate::packing::Digest;
+use crate::storage::BlobInfo;
+
+/// What a `Range` header asks of a blob of a given size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// No range, or one to ignore (malformed, several ranges): the whole blob.
+    Full,
+    /// Bytes `start..=end`.
+    Partial { start: u64, end: u64 },
+    /// A well-formed range that lies outside the blob.
+    Unsatisfiable,
+}
+
+/// Parses a `Range` header value (RFC 9110 byte ranges, single range).
+pub fn parse_range(value: Option<&str>, size: u64) -> RangeRequest {
+    let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else { return RangeRequest::Full };
+    if spec.contains(',') {
+        return RangeRequest::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else { return RangeRequest::Full };
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| if !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()) { s.parse::<u64>().ok() } else { None };
+    match (a.is_empty(), b.is_empty()) {
+        // bytes=-N: the last N bytes.
+        (true, false) => match num(b) {
+            Some(0) => RangeRequest::Unsatisfiable,
+            Some(_) if size == 0 => RangeRequest::Unsatisfiable,
+            Some(n) => RangeRequest::Partial { start: size.saturating_sub(n), end: size - 1 },
+            None => RangeRequest::Full,
+        },
+        // bytes=A-
+        (false, true) => match num(a) {
+            Some(start) if start >= size => RangeRequest::Unsatisfiable,
+            Some(start) => RangeRequest::Partial { start, end: size - 1 },
+            None => RangeRequest::Full,
+        },
+        // bytes=A-B
+        (false, false) => match (num(a), num(b)) {
+            (Some(start), Some(end)) if start <= end => {
+                if start >= size {
+                    RangeRequest::Unsatisfiable
+                } else {
+                    RangeRequest::Partial { start, end: end.min(size - 1) }
+                }
+            }
+            _ => RangeRequest::Full,
+        },
+        (true, true) => RangeRequest::Full,
+    }
+}
+
+fn etag(digest: &Digest) -> String {
+    format!("\"{digest}\"")
+}
+
+fn if_none_match(headers: &HeaderMap, digest: &Digest) -> bool {
+    let tag = etag(digest);
+    headers.get_all(header::IF_NONE_MATCH).iter().filter_map(|v| v.to_str().ok()).any(|v| {
+        v.split(',').map(str::trim).any(|t| t == "*" || t == tag || t.strip_prefix("W/") == Some(tag.as_str()))
+    })
+}
+
+fn hv(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).expect("header value")
+}
+
+/// Serves a stored blob. `content_type` is what to send as Content-Type.
+pub async fn serve_stored(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    digest: &Digest,
+    info: &BlobInfo,
+    content_type: &str,
+    ranges: bool,
+) -> Response {
+    let mut h = HeaderMap::new();
+    h.insert("Docker-Content-Digest", hv(&digest.0));
+    h.insert(header::ETAG, hv(&etag(digest)));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=31536000"));
+    let respond = |status: StatusCode, headers: HeaderMap, body: Body| {
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        resp
+    };
+    if if_none_match(headers, digest) {
+        return respond(StatusCode::NOT_MODIFIED, h, Body::empty());
+    }
+    h.insert(header::CONTENT_TYPE, hv(content_type));
+    let range = if ranges {
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), info.size)
+    } else {
+        RangeRequest::Full
+    };
+    let (status, start, len) = match range {
+        RangeRequest::Full => (StatusCode::OK, 0, info.size),
+        RangeRequest::Partial { start, end } => {
+            h.insert(header::CONTENT_RANGE, hv(&format!("bytes {start}-{end}/{}", info.size)));
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        RangeRequest::Unsatisfiable => {
+            h.insert(header::CONTENT_RANGE, hv(&format!("bytes */{}", info.size)));
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            return respond(StatusCode::RANGE_NOT_SATISFIABLE, h, Body::empty());
+        }
+    };
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if method == Method::HEAD {
+        return respond(status, h, Body::empty());
+    }
+    match state.shim.storage().read_blob(digest, start, len).await {
+        Ok(stream) => respond(status, h, Body::from_stream(stream)),
+        Err(e) => {
+            tracing::error!(%digest, error = %e, "reading a blob failed");
+            ErrorCode::Unknown.with_detail(e.to_string()).into_response()
+        }
+    }
+}
+
+/// `GET`/`HEAD /v2/<name>/blobs/<digest>`.
+pub async fn get_blob(state: &AppState, method: &Method, headers: &HeaderMap, reference: &str) -> Result<Response, RegistryError> {
+    let digest = parse_digest(reference).map_err(|_| ErrorCode::DigestInvalid.with_detail(serde_json::json!({})))?;
+    let info = state
+        .shim
+        .storage()
+        .stat_blob(&digest)
+        .await
+        .map_err(|e| ErrorCode::Unknown.with_detail(e.to_string()))?
+        .ok_or_else(|| ErrorCode::BlobUnknown.with_detail(digest.0.clone()))?;
+    Ok(serve_stored(state, method, headers, &digest, &info, "application/octet-stream", true).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use RangeRequest::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(None, 100), Full);
+        assert_eq!(parse_range(Some("bytes=0-9"), 100), Partial { start: 0, end: 9 });
+        assert_eq!(parse_range(Some("bytes=90-"), 100), Partial { start: 90, end: 99 });
+        assert_eq!(parse_range(Some("bytes=90-1000"), 100), Partial { start: 90, end: 99 });
+        assert_eq!(parse_range(Some("bytes=-5"), 100), Partial { start: 95, end: 99 });
+        assert_eq!(parse_range(Some("bytes=-500"), 100), Partial { start: 0, end: 99 });
+        assert_eq!(parse_range(Some("bytes=100-"), 100), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=100-200"), 100), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=-0"), 100), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=0-"), 0), Unsatisfiable);
+        // Ignored: malformed, reversed, several ranges, other units.
+        for v in ["bytes=9-0", "bytes=a-b", "bytes=0-1,5-6", "items=0-1", "bytes=-", "bytes=+1-2"] {
+            assert_eq!(parse_range(Some(v), 100), Full, "{v}");
+        }
+    }
+
+    #[test]
+    fn etags() {
+        let d = Digest::of(b"x");
+        let mut h = HeaderMap::new();
+        assert!(!if_none_match(&h, &d));
+        h.insert(header::IF_NONE_MATCH, hv(&format!("\"other\", {}", etag(&d))));
+        assert!(if_none_match(&h, &d));
+        h.insert(header::IF_NONE_MATCH, hv("*"));
+        assert!(if_none_match(&h, &d));
+    }
+}

@@ -1,0 +1,96 @@
+//! Registry errors: one table of the distribution spec's codes, and one
+//! responder that writes the JSON envelope `{"errors":[{code,message,detail}]}`
+//! with its headers before its status and body.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+/// An error code of the distribution spec (and the reference registry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BlobUnknown,
+    DigestInvalid,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    TagInvalid,
+    Unsupported,
+    Unknown,
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The code, its default message and HTTP status, as registered in the
+    /// reference registry.
+    pub fn info(self) -> (&'static str, &'static str, StatusCode) {
+        use ErrorCode::*;
+        match self {
+            BlobUnknown => ("BLOB_UNKNOWN", "blob unknown to registry", StatusCode::NOT_FOUND),
+            DigestInvalid => ("DIGEST_INVALID", "provided digest did not match uploaded content", StatusCode::BAD_REQUEST),
+            ManifestUnknown => ("MANIFEST_UNKNOWN", "manifest unknown", StatusCode::NOT_FOUND),
+            NameInvalid => ("NAME_INVALID", "invalid repository name", StatusCode::BAD_REQUEST),
+            NameUnknown => ("NAME_UNKNOWN", "repository name not known to registry", StatusCode::NOT_FOUND),
+            TagInvalid => ("TAG_INVALID", "manifest tag did not match URI", StatusCode::BAD_REQUEST),
+            Unsupported => ("UNSUPPORTED", "The operation is unsupported.", StatusCode::METHOD_NOT_ALLOWED),
+            Unknown => ("UNKNOWN", "unknown error", StatusCode::INTERNAL_SERVER_ERROR),
+            Unavailable => ("UNAVAILABLE", "service unavailable", StatusCode::SERVICE_UNAVAILABLE),
+        }
+    }
+
+    /// This error with a detail.
+    pub fn with_detail(self, detail: impl Into<Value>) -> RegistryError {
+        RegistryError { code: self, message: None, detail: Some(detail.into()) }
+    }
+
+    /// This error with its default message and no detail.
+    pub fn plain(self) -> RegistryError {
+        RegistryError { code: self, message: None, detail: None }
+    }
+}
+
+/// An error response.
+#[derive(Debug, Clone)]
+pub struct RegistryError {
+    pub code: ErrorCode,
+    pub message: Option<String>,
+    pub detail: Option<Value>,
+}
+
+impl RegistryError {
+    /// Replaces the default message.
+    pub fn message(mut self, m: impl Into<String>) -> RegistryError {
+        self.message = Some(m.into());
+        self
+    }
+}
+
+impl IntoResponse for RegistryError {
+    fn into_response(self) -> Response {
+        let (code, default_message, status) = self.code.info();
+        let mut entry = serde_json::json!({ "code": code, "message": self.message.as_deref().unwrap_or(default_message) });
+        if let Some(d) = self.detail {
+            entry["detail"] = d;
+        }
+        let body = serde_json::to_vec(&serde_json::json!({ "errors": [entry] })).expect("json");
+        let mut resp = Response::new(axum::body::Body::from(body));
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        *resp.status_mut() = status;
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn envelope() {
+        let resp = ErrorCode::BlobUnknown.with_detail("sha256:00").into_response();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json; charset=utf-8");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v, serde_json::json!({"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown to registry", "detail": "sha256:00"}]}));
+    }
+}

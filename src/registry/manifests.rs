@@ -1,0 +1,118 @@
+//! `GET`/`HEAD /v2/<name>/manifests/<tag or digest>`: by tag, the image is
+//! built on demand (or found in the caches) and the manifest flavour the
+//! client accepts is served; by digest, any stored manifest is served.
+
+use axum::http::{header, HeaderMap, Method};
+use axum::response::Response;
+
+use super::blobs::serve_stored;
+use super::errors::{ErrorCode, RegistryError};
+use super::AppState;
+use crate::image::media_type;
+use crate::image_name::{is_digest_reference, parse_digest, valid_tag};
+use crate::nix::NixError;
+use crate::shim::{BuiltImage, ShimError, StoredManifest};
+
+/// Picks the manifest for the client's `Accept` header: OCI when accepted
+/// or when nothing is said, Docker schema 2 when only that is accepted.
+pub fn negotiate<'a>(headers: &HeaderMap, image: &'a BuiltImage) -> &'a StoredManifest {
+    let accepted: Vec<String> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .collect();
+    let has = |t: &str| accepted.iter().any(|a| a == t);
+    if !has(media_type::OCI_MANIFEST) && has(media_type::DOCKER_MANIFEST) {
+        &image.docker
+    } else {
+        &image.oci
+    }
+}
+
+fn is_manifest_type(t: &str) -> bool {
+    t == media_type::OCI_MANIFEST || t == media_type::DOCKER_MANIFEST || t == media_type::OCI_INDEX
+}
+
+/// Maps a build error to the registry error a client sees.
+pub fn shim_error(e: &ShimError, name: &str, tag: &str) -> RegistryError {
+    match e {
+        ShimError::Name(_) => ErrorCode::NameInvalid.with_detail(serde_json::json!({ "Name": name })),
+        ShimError::NotFound(pkgs) => ErrorCode::ManifestUnknown
+            .with_detail(serde_json::json!({ "Name": name, "Tag": tag, "NotFound": pkgs }))
+            .message(format!("manifest unknown: packages not found: {}", pkgs.join(", "))),
+        ShimError::Nix(NixError::UnknownRef(r)) => ErrorCode::ManifestUnknown
+            .with_detail(serde_json::json!({ "Name": name, "Tag": tag }))
+            .message(format!("manifest unknown: the package set has no ref {r:?}")),
+        ShimError::Nix(NixError::Timeout { timeout, log }) => ErrorCode::Unavailable
+            .with_detail(serde_json::json!({ "Log": log }))
+            .message(format!("the nix build of {name}:{tag} timed out after {} s", timeout.as_secs())),
+        ShimError::Nix(e) => ErrorCode::Unknown.with_detail(serde_json::json!({ "Error": e.to_string() })).message(format!("the nix build of {name}:{tag} failed")),
+        other => ErrorCode::Unknown.with_detail(serde_json::json!({ "Error": other.to_string() })).message(format!("building {name}:{tag} failed")),
+    }
+}
+
+/// `GET`/`HEAD /v2/<name>/manifests/<reference>`.
+pub async fn get_manifest(state: &AppState, method: &Method, headers: &HeaderMap, name: &str, reference: &str) -> Result<Response, RegistryError> {
+    let unknown_revision = || ErrorCode::ManifestUnknown.with_detail(serde_json::json!({ "Name": name, "Revision": reference }));
+    if is_digest_reference(reference) {
+        let digest = parse_digest(reference).map_err(|_| ErrorCode::DigestInvalid.with_detail(serde_json::json!({})))?;
+        let info = state
+            .shim
+            .storage()
+            .stat_blob(&digest)
+            .await
+            .map_err(|e| ErrorCode::Unknown.with_detail(e.to_string()))?
+            .filter(|i| is_manifest_type(&i.media_type))
+            .ok_or_else(unknown_revision)?;
+        let media = info.media_type.clone();
+        return Ok(serve_stored(state, method, headers, &digest, &info, &media, false).await);
+    }
+    if !valid_tag(reference) {
+        return Err(ErrorCode::TagInvalid.with_detail(serde_json::json!({ "Tag": reference })));
+    }
+    let image = state.shim.image(name, reference).await.map_err(|e| shim_error(&e, name, reference))?;
+    let chosen = negotiate(headers, &image);
+    let info = state
+        .shim
+        .storage()
+        .stat_blob(&chosen.digest)
+        .await
+        .map_err(|e| ErrorCode::Unknown.with_detail(e.to_string()))?
+        .ok_or_else(|| ErrorCode::ManifestUnknown.with_detail(serde_json::json!({ "Name": name, "Tag": reference })))?;
+    Ok(serve_stored(state, method, headers, &chosen.digest, &info, &chosen.media_type, false).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packing::Digest;
+    use axum::http::HeaderValue;
+
+    fn image() -> BuiltImage {
+        let m = |t: &str| StoredManifest { digest: Digest::of(t.as_bytes()), size: 1, media_type: t.to_string() };
+        BuiltImage { oci: m(media_type::OCI_MANIFEST), docker: m(media_type::DOCKER_MANIFEST) }
+    }
+
+    fn accept(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn content_negotiation() {
+        let img = image();
+        assert_eq!(negotiate(&accept(&[]), &img).media_type, media_type::OCI_MANIFEST);
+        assert_eq!(negotiate(&accept(&["*/*"]), &img).media_type, media_type::OCI_MANIFEST);
+        assert_eq!(negotiate(&accept(&[media_type::DOCKER_MANIFEST]), &img).media_type, media_type::DOCKER_MANIFEST);
+        assert_eq!(
+            negotiate(&accept(&["application/vnd.docker.distribution.manifest.v2+json; q=0.9, application/vnd.docker.distribution.manifest.v1+prettyjws"]), &img).media_type,
+            media_type::DOCKER_MANIFEST
+        );
+        assert_eq!(negotiate(&accept(&[media_type::DOCKER_MANIFEST, media_type::OCI_MANIFEST]), &img).media_type, media_type::OCI_MANIFEST);
+    }
+}

@@ -1,0 +1,154 @@
+//! The registry shim's HTTP side: a pull-only Docker/OCI distribution API
+//! (`/v2/`), plus the start page or a static site (`WEB_DIR`) for
+//! everything else.
+//!
+//! ```text
+//! GET  /v2/                              200 {}            (this file)
+//! GET  /v2/<name>/manifests/<reference>  build on demand   (manifests.rs)
+//! GET  /v2/<name>/blobs/<digest>         from storage      (blobs.rs)
+//! GET  /v2/<name>/tags/list             latest, git refs
+//! PUT, POST, PATCH, DELETE …             405 UNSUPPORTED
+//! GET  /                                 start page        (web.rs)
+//! ```
+//!
+//! Every `/v2` response carries `Docker-Distribution-API-Version:
+//! registry/2.0`. Errors come from one table (errors.rs). The router is a
+//! plain axum `Router`, so middleware (auth, TLS termination, metrics) can
+//! be layered on later without touching the handlers.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+
+pub mod blobs;
+pub mod errors;
+pub mod manifests;
+pub mod web;
+
+use errors::ErrorCode;
+
+use crate::image_name::valid_repository_name;
+use crate::shim::Shim;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    pub shim: Arc<Shim>,
+    /// A line for the start page saying where packages come from.
+    pub source_description: String,
+}
+
+/// Builds the router. With `web_dir`, paths outside `/v2` are files from
+/// it; otherwise `/` is the embedded start page.
+pub fn router(state: Arc<AppState>, web_dir: Option<PathBuf>) -> Router {
+    let v2 = Router::new()
+        .route("/v2", any(base))
+        .route("/v2/", any(base))
+        .route("/v2/{*rest}", any(dispatch))
+        .layer(axum::middleware::map_response(api_version_header));
+    let web = match web_dir {
+        Some(dir) => Router::new().fallback_service(tower_http::services::ServeDir::new(dir)),
+        None => Router::new().route("/", axum::routing::get(web::start_page)),
+    };
+    v2.merge(web).with_state(state).layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+async fn api_version_header(mut resp: Response) -> Response {
+    resp.headers_mut().insert("Docker-Distribution-API-Version", HeaderValue::from_static("registry/2.0"));
+    resp
+}
+
+async fn base(method: Method) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        return ErrorCode::Unsupported.plain().into_response();
+    }
+    let mut resp = axum::Json(serde_json::json!({})).into_response();
+    resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    resp
+}
+
+/// `GET /v2/<name>/tags/list`: the tags every image name has (the source's
+/// git refs, or just `latest`).
+async fn tags(state: &AppState, name: &str) -> Result<Response, errors::RegistryError> {
+    let tags = state.shim.tags().await.map_err(|e| ErrorCode::Unknown.with_detail(serde_json::json!({ "Error": e.to_string() })))?;
+    let mut resp = axum::Json(serde_json::json!({ "name": name, "tags": tags })).into_response();
+    resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    Ok(resp)
+}
+
+/// The parts of a `/v2/` path.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    Manifest { name: &'a str, reference: &'a str },
+    Blob { name: &'a str, digest: &'a str },
+    Tags { name: &'a str },
+    /// Uploads and anything else this pull-only registry
+    /// does not do.
+    Unsupported,
+}
+
+/// Splits `<name>/manifests/<reference>` and `<name>/blobs/<digest>`.
+pub fn route(rest: &str) -> Route<'_> {
+    if rest.contains("/blobs/uploads") {
+        return Route::Unsupported;
+    }
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return Route::Tags { name };
+    }
+    let Some((head, last)) = rest.rsplit_once('/') else { return Route::Unsupported };
+    let Some((name, kind)) = head.rsplit_once('/') else { return Route::Unsupported };
+    match kind {
+        "manifests" => Route::Manifest { name, reference: last },
+        "blobs" => Route::Blob { name, digest: last },
+        _ => Route::Unsupported,
+    }
+}
+
+async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let method = req.method().clone();
+    let headers = req.headers().clone();
+    let path = req.uri().path().to_string();
+    let rest = path.strip_prefix("/v2/").unwrap_or("");
+    let r = route(rest);
+    let name = match &r {
+        Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::Tags { name } => Some(*name),
+        Route::Unsupported => None,
+    };
+    if let Some(name) = name {
+        if !valid_repository_name(name) {
+            return ErrorCode::NameInvalid.with_detail(serde_json::json!({ "Name": name })).into_response();
+        }
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return ErrorCode::Unsupported.plain().into_response();
+    }
+    let result = match r {
+        Route::Manifest { name, reference } => manifests::get_manifest(&state, &method, &headers, name, reference).await,
+        Route::Blob { digest, .. } => blobs::get_blob(&state, &method, &headers, digest).await,
+        Route::Tags { name } => tags(&state, name).await,
+        Route::Unsupported => Err(ErrorCode::Unsupported.plain()),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("shell/hello/manifests/latest"), Route::Manifest { name: "shell/hello", reference: "latest" });
+        assert_eq!(route("hello/blobs/sha256:00"), Route::Blob { name: "hello", digest: "sha256:00" });
+        assert_eq!(route("a/b/c/manifests/sha256:1"), Route::Manifest { name: "a/b/c", reference: "sha256:1" });
+        assert_eq!(route("hello/blobs/uploads/"), Route::Unsupported);
+        assert_eq!(route("hello/blobs/uploads/1234"), Route::Unsupported);
+        assert_eq!(route("a/b/tags/list"), Route::Tags { name: "a/b" });
+        assert_eq!(route("manifests/latest"), Route::Unsupported);
+        assert_eq!(route(""), Route::Unsupported);
+    }
+}

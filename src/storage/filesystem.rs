@@ -1,0 +1,277 @@
+//! The filesystem storage backend (`NIXERY_STORAGE_BACKEND=filesystem`,
+//! `STORAGE_PATH`).
+//!
+//! ```text
+//! STORAGE_PATH/
+//! ├── blobs/sha256/<hex>        layers, configs, manifests; media type in
+//! │                             the xattr user.nixery.media-type, or in
+//! │                             <hex>.media-type where xattrs are missing
+//! ├── staging/<n>               blobs being written (renamed on commit)
+//! └── meta/<key>                cache entries (layers/…, manifests/…)
+//! ```
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::{check_key, BlobInfo, BlobWriter, ByteStream, Storage, StorageError};
+use crate::packing::Digest;
+
+const MEDIA_TYPE_XATTR: &str = "user.nixery.media-type";
+const SIDECAR_SUFFIX: &str = ".media-type";
+
+/// Blobs and caches in a directory.
+#[derive(Debug, Clone)]
+pub struct FilesystemStorage {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    /// Whether to try extended attributes at all (tests turn them off to
+    /// exercise the fallback).
+    use_xattrs: bool,
+    counter: AtomicU64,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
+    move |source| StorageError::Io { path: path.display().to_string(), source }
+}
+
+impl FilesystemStorage {
+    /// Opens (creating if needed) storage at `root`. Leftovers of
+    /// interrupted writes in `staging/` are removed.
+    pub fn open(root: impl Into<PathBuf>) -> Result<FilesystemStorage, StorageError> {
+        Self::open_with(root.into(), true)
+    }
+
+    fn open_with(root: PathBuf, use_xattrs: bool) -> Result<FilesystemStorage, StorageError> {
+        for d in ["blobs/sha256", "staging", "meta"] {
+            let p = root.join(d);
+            fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        let staging = root.join("staging");
+        if let Ok(entries) = fs::read_dir(&staging) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        Ok(FilesystemStorage { inner: Arc::new(Inner { root, use_xattrs, counter: AtomicU64::new(0) }) })
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.inner.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    fn read_media_type(&self, path: &Path) -> Option<String> {
+        if self.inner.use_xattrs {
+            if let Ok(Some(v)) = xattr::get(path, MEDIA_TYPE_XATTR) {
+                return String::from_utf8(v).ok();
+            }
+        }
+        fs::read_to_string(sidecar(path)).ok()
+    }
+}
+
+fn sidecar(blob: &Path) -> PathBuf {
+    let mut s = blob.as_os_str().to_owned();
+    s.push(SIDECAR_SUFFIX);
+    PathBuf::from(s)
+}
+
+/// Only well-formed sha256 digests name files; anything else is unknown.
+fn valid_hex(digest: &Digest) -> bool {
+    digest.0.starts_with("sha256:") && digest.hex().len() == 64 && digest.hex().bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+struct FsBlobWriter {
+    storage: FilesystemStorage,
+    tmp: PathBuf,
+    file: Option<BufWriter<File>>,
+    hasher: Sha256,
+}
+
+impl Write for FsBlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.as_mut().expect("writer is open").write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.as_mut().expect("writer is open").flush()
+    }
+}
+
+impl Drop for FsBlobWriter {
+    fn drop(&mut self) {
+        // Neither committed nor cancelled (a panic, an early return): clean up.
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl BlobWriter for FsBlobWriter {
+    fn commit(mut self: Box<Self>, expected: &Digest, media_type: &str) -> Result<(), StorageError> {
+        let file = self.file.take().expect("writer is open");
+        let tmp = self.tmp.clone();
+        let result = (|| {
+            let file = file.into_inner().map_err(|e| StorageError::Io { path: tmp.display().to_string(), source: e.into_error() })?;
+            file.sync_all().map_err(io_err(&tmp))?;
+            let actual = Digest(format!("sha256:{:x}", std::mem::take(&mut self.hasher).finalize()));
+            if &actual != expected || !valid_hex(expected) {
+                return Err(StorageError::DigestMismatch { expected: expected.clone(), actual });
+            }
+            let dest = self.storage.blob_path(expected);
+            // Media type first, so a visible blob always has one.
+            let mut tagged = false;
+            if self.storage.inner.use_xattrs {
+                tagged = xattr::set(&tmp, MEDIA_TYPE_XATTR, media_type.as_bytes()).is_ok();
+            }
+            if !tagged {
+                let side = sidecar(&dest);
+                let side_tmp = sidecar(&tmp);
+                fs::write(&side_tmp, media_type).map_err(io_err(&side_tmp))?;
+                fs::rename(&side_tmp, &side).map_err(io_err(&side))?;
+            }
+            if dest.exists() {
+                // Blobs are immutable: the existing one is the same bytes.
+                let _ = fs::remove_file(&tmp);
+                return Ok(());
+            }
+            fs::rename(&tmp, &dest).map_err(io_err(&dest))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn cancel(mut self: Box<Self>) {
+        self.file.take();
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+#[async_trait]
+impl Storage for FilesystemStorage {
+    fn name(&self) -> &'static str {
+        "filesystem"
+    }
+
+    fn blob_writer(&self) -> Result<Box<dyn BlobWriter>, StorageError> {
+        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.inner.root.join("staging").join(format!("{}-{n}", std::process::id()));
+        let file = File::create(&tmp).map_err(io_err(&tmp))?;
+        Ok(Box::new(FsBlobWriter { storage: self.clone(), tmp, file: Some(BufWriter::with_capacity(1 << 20, file)), hasher: Sha256::new() }))
+    }
+
+    async fn stat_blob(&self, digest: &Digest) -> Result<Option<BlobInfo>, StorageError> {
+        if !valid_hex(digest) {
+            return Ok(None);
+        }
+        let this = self.clone();
+        let digest = digest.clone();
+        tokio::task::spawn_blocking(move || {
+            let path = this.blob_path(&digest);
+            match fs::metadata(&path) {
+                Ok(m) => Ok(Some(BlobInfo {
+                    size: m.len(),
+                    media_type: this.read_media_type(&path).unwrap_or_else(|| "application/octet-stream".to_string()),
+                })),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(io_err(&path)(e)),
+            }
+        })
+        .await
+        .expect("stat task")
+    }
+
+    async fn read_blob(&self, digest: &Digest, offset: u64, len: u64) -> Result<ByteStream, StorageError> {
+        let path = self.blob_path(digest);
+        if !valid_hex(digest) {
+            return Err(io_err(&path)(io::ErrorKind::NotFound.into()));
+        }
+        let mut f = tokio::fs::File::open(&path).await.map_err(io_err(&path))?;
+        f.seek(io::SeekFrom::Start(offset)).await.map_err(io_err(&path))?;
+        let reader = f.take(len);
+        Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024)))
+    }
+
+    async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        check_key(key)?;
+        let path = self.inner.root.join("meta").join(key);
+        match tokio::fs::read(&path).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        check_key(key)?;
+        let path = self.inner.root.join("meta").join(key);
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(io_err(parent))?;
+        }
+        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.inner.root.join("staging").join(format!("meta-{}-{n}", std::process::id()));
+        tokio::fs::write(&tmp, value).await.map_err(io_err(&tmp))?;
+        tokio::fs::rename(&tmp, &path).await.map_err(io_err(&path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty_dir(p: &Path) -> bool {
+        fs::read_dir(p).unwrap().next().is_none()
+    }
+
+    #[tokio::test]
+    async fn conformance_with_xattrs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FilesystemStorage::open(dir.path()).unwrap();
+        super::super::conformance(&s).await;
+        assert!(empty_dir(&dir.path().join("staging")), "staging is left clean");
+    }
+
+    #[tokio::test]
+    async fn conformance_without_xattrs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FilesystemStorage::open_with(dir.path().to_path_buf(), false).unwrap();
+        super::super::conformance(&s).await;
+        assert!(empty_dir(&dir.path().join("staging")));
+        let sidecars = fs::read_dir(dir.path().join("blobs/sha256")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(SIDECAR_SUFFIX)).count();
+        assert!(sidecars > 0, "the fallback keeps media types beside the blobs");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_writer_leaves_nothing_and_reopening_cleans_staging() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FilesystemStorage::open(dir.path()).unwrap();
+        {
+            let mut w = s.blob_writer().unwrap();
+            w.write_all(b"half").unwrap();
+        }
+        assert!(empty_dir(&dir.path().join("staging")));
+        fs::write(dir.path().join("staging/leftover"), b"x").unwrap();
+        FilesystemStorage::open(dir.path()).unwrap();
+        assert!(empty_dir(&dir.path().join("staging")));
+    }
+
+    #[tokio::test]
+    async fn malformed_digests_are_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FilesystemStorage::open(dir.path()).unwrap();
+        assert_eq!(s.stat_blob(&Digest("sha256:../../etc/passwd".into())).await.unwrap(), None);
+    }
+}

@@ -1,0 +1,182 @@
+//! Storage: where the registry shim keeps blobs (layers, configs,
+//! manifests) and its caches, behind one trait so that backends (the
+//! filesystem now; object storage such as GCS and S3 later) are
+//! interchangeable and several shims can share one store.
+//!
+//! # Semantics every backend keeps
+//!
+//! - A blob is written through a [`BlobWriter`] and becomes visible only on
+//!   [`BlobWriter::commit`], which checks the digest of what was written
+//!   against the expected one first. A failed or cancelled write leaves
+//!   nothing behind.
+//! - Blobs are immutable and addressed by digest; writing one that exists
+//!   is a no-op success.
+//! - Each blob carries its media type (metadata).
+//! - Cache entries ([`Storage::get_meta`], [`Storage::put_meta`]) are small
+//!   documents under a key; writes replace them atomically.
+//!
+//! [`conformance`] is the suite every backend runs.
+
+use std::io::{self, Write};
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use futures::Stream;
+
+use crate::packing::Digest;
+
+pub mod filesystem;
+
+/// Errors from a storage backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage I/O on {path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("digest mismatch: expected {expected}, wrote {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("invalid storage key {0:?}")]
+    InvalidKey(String),
+}
+
+/// What is known of a stored blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// The media type it was stored with.
+    pub media_type: String,
+}
+
+/// A stream of blob bytes.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<bytes::Bytes>> + Send>>;
+
+/// A blob being written. Plain `Write`, so packing threads can write into
+/// it directly; nothing is visible until `commit`.
+pub trait BlobWriter: Write + Send {
+    /// Checks that what was written has digest `expected`, then makes the
+    /// blob visible with `media_type`.
+    fn commit(self: Box<Self>, expected: &Digest, media_type: &str) -> Result<(), StorageError>;
+    /// Discards what was written.
+    fn cancel(self: Box<Self>);
+}
+
+/// A storage backend.
+#[async_trait]
+pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
+    /// Short name for logs (`filesystem`, `gcs`, …).
+    fn name(&self) -> &'static str;
+
+    /// Starts writing a blob.
+    fn blob_writer(&self) -> Result<Box<dyn BlobWriter>, StorageError>;
+
+    /// Size and media type of a blob, or `None` when it is not stored.
+    async fn stat_blob(&self, digest: &Digest) -> Result<Option<BlobInfo>, StorageError>;
+
+    /// The bytes of a blob from `offset`, `len` bytes long (the caller has
+    /// checked the range against [`Storage::stat_blob`]).
+    async fn read_blob(&self, digest: &Digest, offset: u64, len: u64) -> Result<ByteStream, StorageError>;
+
+    /// A cache entry, or `None`.
+    async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Writes a cache entry, replacing any earlier one.
+    async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StorageError>;
+}
+
+/// Stores `bytes` as a blob (for small documents: configs, manifests).
+pub fn put_bytes(storage: &dyn Storage, bytes: &[u8], media_type: &str) -> Result<Digest, StorageError> {
+    let digest = Digest::of(bytes);
+    let mut w = storage.blob_writer()?;
+    if let Err(e) = w.write_all(bytes) {
+        w.cancel();
+        return Err(StorageError::Io { path: format!("blob {digest}"), source: e });
+    }
+    w.commit(&digest, media_type)?;
+    Ok(digest)
+}
+
+/// Checks a cache key: slash-separated segments of `[A-Za-z0-9._-]`, no
+/// `..`. Backends call this before touching anything.
+pub fn check_key(key: &str) -> Result<(), StorageError> {
+    let ok = !key.is_empty()
+        && key.split('/').all(|seg| {
+            !seg.is_empty() && seg != "." && seg != ".." && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::InvalidKey(key.to_string()))
+    }
+}
+
+/// Reads a whole stream (for tests and small blobs).
+pub async fn collect(mut s: ByteStream) -> io::Result<Vec<u8>> {
+    use futures::StreamExt;
+    let mut out = Vec::new();
+    while let Some(chunk) = s.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
+
+/// The conformance suite: every backend runs this against a fresh, empty
+/// instance of itself.
+#[cfg(test)]
+pub async fn conformance(storage: &dyn Storage) {
+    use crate::image::media_type::OCI_LAYER_GZIP;
+
+    // Commit makes a blob visible with its media type and exact bytes.
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let digest = Digest::of(&data);
+    assert_eq!(storage.stat_blob(&digest).await.unwrap(), None);
+    let mut w = storage.blob_writer().unwrap();
+    w.write_all(&data).unwrap();
+    w.commit(&digest, OCI_LAYER_GZIP).unwrap();
+    assert_eq!(storage.stat_blob(&digest).await.unwrap(), Some(BlobInfo { size: data.len() as u64, media_type: OCI_LAYER_GZIP.into() }));
+    assert_eq!(collect(storage.read_blob(&digest, 0, data.len() as u64).await.unwrap()).await.unwrap(), data);
+    // Ranges.
+    assert_eq!(collect(storage.read_blob(&digest, 10, 5).await.unwrap()).await.unwrap(), &data[10..15]);
+    assert_eq!(collect(storage.read_blob(&digest, 99_990, 10).await.unwrap()).await.unwrap(), &data[99_990..]);
+
+    // A wrong digest is refused and leaves nothing behind.
+    let other = Digest::of(b"something else");
+    let mut w = storage.blob_writer().unwrap();
+    w.write_all(b"not that").unwrap();
+    assert!(matches!(w.commit(&other, OCI_LAYER_GZIP), Err(StorageError::DigestMismatch { .. })));
+    assert_eq!(storage.stat_blob(&other).await.unwrap(), None);
+    assert_eq!(storage.stat_blob(&Digest::of(b"not that")).await.unwrap(), None);
+
+    // A cancelled write leaves nothing behind.
+    let mut w = storage.blob_writer().unwrap();
+    w.write_all(b"cancelled").unwrap();
+    w.cancel();
+    assert_eq!(storage.stat_blob(&Digest::of(b"cancelled")).await.unwrap(), None);
+
+    // Writing an existing blob again succeeds and changes nothing.
+    let again = put_bytes(storage, &data, OCI_LAYER_GZIP).unwrap();
+    assert_eq!(again, digest);
+
+    // Small documents keep their media type.
+    let doc = br#"{"schemaVersion":2}"#;
+    let d = put_bytes(storage, doc, "application/vnd.oci.image.manifest.v1+json").unwrap();
+    assert_eq!(storage.stat_blob(&d).await.unwrap().unwrap().media_type, "application/vnd.oci.image.manifest.v1+json");
+
+    // Cache entries.
+    assert_eq!(storage.get_meta("layers/abc").await.unwrap(), None);
+    storage.put_meta("layers/abc", b"one").await.unwrap();
+    storage.put_meta("layers/abc", b"two").await.unwrap();
+    assert_eq!(storage.get_meta("layers/abc").await.unwrap().as_deref(), Some(&b"two"[..]));
+    for bad in ["../escape", "a//b", "", "a/../b", "with space"] {
+        assert!(matches!(storage.put_meta(bad, b"x").await, Err(StorageError::InvalidKey(_))), "{bad}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys() {
+        assert!(super::check_key("manifests/0123abc.json").is_ok());
+        assert!(super::check_key("..").is_err());
+        assert!(super::check_key("/abs").is_err());
+    }
+}
