@@ -7,3 +7,5 @@ mod support;
 mod cli;
 mod nix_image;
 mod clients;
+mod differential;
+mod shim;

@@ -125,7 +125,9 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
         }
     }
     if method != Method::GET && method != Method::HEAD {
-        return ErrorCode::Unsupported.plain().into_response();
+        let mut resp = ErrorCode::Unsupported.plain().into_response();
+        resp.headers_mut().insert(axum::http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
     }
     let result = match r {
         Route::Manifest { name, reference } => manifests::get_manifest(&state, &method, &headers, name, reference).await,

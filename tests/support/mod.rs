@@ -193,3 +193,120 @@ pub fn closure(paths: &[&str]) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A running `nixery serve`, stopped on drop. Its log goes to a file the
+/// tests read to count nix-builds.
+pub struct Shim {
+    pub port: u16,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Shim {
+    /// Starts the shim on `storage` with the given extra environment.
+    pub fn start(storage: &Path, env: &[(&str, &str)]) -> Shim {
+        let port = free_port();
+        let log = storage.with_extension(format!("log-{port}"));
+        let mut cmd = Command::new(helper());
+        cmd.arg("serve")
+            .env("NIX_CONFIG", NIX_CONFIG)
+            .env("PORT", port.to_string())
+            .env("STORAGE_PATH", storage)
+            .env("NIXERY_STORAGE_BACKEND", "filesystem")
+            .env_remove("NIXERY_CHANNEL")
+            .env_remove("NIXERY_PKGS_REPO")
+            .env_remove("NIXERY_PKGS_PATH")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if !env.iter().any(|(k, _)| *k == "NIXERY_PKGS_PATH" || *k == "NIXERY_PKGS_REPO") {
+            cmd.env("NIXERY_PKGS_PATH", repo().join("tests/pkgs"));
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        wait_for_port(port, &mut child);
+        Shim { port, log, child }
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// How many nix-builds the shim has started, from its log.
+    pub fn nix_builds(&self) -> usize {
+        std::fs::read_to_string(&self.log).unwrap().matches("running nix-build").count()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client for protocol tests.
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
+}
+
+/// A containerd of its own (state under `dir`), stopped on drop.
+pub struct Containerd {
+    pub socket: PathBuf,
+    child: Child,
+}
+
+impl Containerd {
+    pub fn start(dir: &Path) -> Containerd {
+        let socket = dir.join("containerd.sock");
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{}\"\nstate = \"{}\"\n[grpc]\n  address = \"{}\"\n",
+                dir.join("root").display(),
+                dir.join("state").display(),
+                socket.display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("containerd.log")).unwrap())
+            .spawn()
+            .expect("containerd (scripts/setup installs it)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "containerd did not start");
+            if let Ok(Some(s)) = child.try_wait() {
+                panic!("containerd exited with {s}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Containerd { socket, child }
+    }
+
+    pub fn ctr(&self) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address").arg(&self.socket);
+        c
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

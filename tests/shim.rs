@@ -1,0 +1,241 @@
+//! The registry shim (`nixery serve`) against real clients, the reference
+//! registry, git package sources and its own caches.
+
+use std::process::Command;
+
+use crate::support::*;
+
+const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+const DOCKER: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+fn manifest(shim: &Shim, name: &str, tag: &str, accept: &str) -> (serde_json::Value, reqwest::blocking::Response) {
+    let resp = http().get(shim.url(&format!("/v2/{name}/manifests/{tag}"))).header("Accept", accept).send().unwrap();
+    assert_eq!(resp.status(), 200, "{name}:{tag}");
+    let bytes = resp.bytes().unwrap();
+    (serde_json::from_slice(&bytes).unwrap(), http().head(shim.url(&format!("/v2/{name}/manifests/{tag}"))).header("Accept", accept).send().unwrap())
+}
+
+fn layer_digests(m: &serde_json::Value) -> Vec<String> {
+    m["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn real_clients_pull_and_run_images_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let shim = Shim::start(&dir.path().join("store"), &[]);
+    let host = shim.host();
+
+    // skopeo: inspect, copy to an OCI layout and to a docker-archive.
+    let inspect: serde_json::Value =
+        serde_json::from_str(&run_stdout(skopeo().args(["inspect", "--tls-verify=false"]).arg(format!("docker://{host}/shell/hello")))).unwrap();
+    assert_eq!(inspect["Architecture"], "amd64");
+    let oci = dir.path().join("oci");
+    run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{host}/shell/hello:latest")).arg(format!("oci:{}:latest", oci.display())));
+    let archive = dir.path().join("image.tar");
+    run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{host}/hello/shell:latest")).arg(format!("docker-archive:{}", archive.display())));
+    assert!(std::fs::metadata(&archive).unwrap().len() > 1000);
+    assert_eq!(shim.nix_builds(), 1, "shell/hello and hello/shell are one image, built once:\n{}", shim.log_text());
+
+    // podman pulls and runs it.
+    let root = tempfile::tempdir().unwrap();
+    run(podman(root.path()).args(["pull", "-q", "--tls-verify=false"]).arg(format!("{host}/shell/hello")));
+    let out = run_stdout(podman(root.path()).args(PODMAN_RUN).arg(format!("{host}/shell/hello")).args(["sh", "-c", "hello && bash -c 'echo from bash' && ls /etc/ssl/certs"]));
+    assert_eq!(out, "Hello, world!\nfrom bash\nca-bundle.crt\nca-certificates.crt\n");
+
+    // containerd, as Kubernetes pulls, and runs it.
+    let ctrd_dir = tempfile::tempdir().unwrap();
+    let ctrd = Containerd::start(ctrd_dir.path());
+    run(ctrd.ctr().args(["images", "pull", "--plain-http"]).arg(format!("{host}/shell/hello:latest")));
+    let out = run_stdout(ctrd.ctr().args(["run", "--rm"]).arg(format!("{host}/shell/hello:latest")).arg(format!("nixery-test-{}", std::process::id())).arg("hello"));
+    assert_eq!(out.trim_end_matches('\r').trim(), "Hello, world!");
+}
+
+#[test]
+fn names_find_nested_case_folded_and_digit_attributes() {
+    let dir = tempfile::tempdir().unwrap();
+    let shim = Shim::start(&dir.path().join("store"), &[("NIXERY_BASE_PACKAGES", "")]);
+    let host = shim.host();
+    let root = tempfile::tempdir().unwrap();
+    let image = format!("{host}/xorg.xev/haskellpackages.stylish-haskell/1password");
+    run(podman(root.path()).args(["pull", "-q", "--tls-verify=false"]).arg(&image));
+    let out = run_stdout(podman(root.path()).args(PODMAN_RUN).arg(&image).args(["/bin/xev"]));
+    assert_eq!(out, "xev: no display here\n");
+    let config = run_stdout(skopeo().args(["inspect", "--config", "--tls-verify=false"]).arg(format!("docker://{image}")));
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let history: Vec<String> = config["history"].as_array().unwrap().iter().map(|h| h["comment"].as_str().unwrap().to_string()).collect();
+    for name in ["stylish-haskell-0.14", "1password-8.10", "xev-1.2.5"] {
+        assert!(history.iter().any(|h| h.contains(name)), "{name} in {history:?}");
+    }
+    assert!(!history.iter().any(|h| h.contains("cacert")), "base packages are configurable");
+}
+
+#[test]
+fn errors_are_the_specs_json_and_build_failures_are_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let shim = Shim::start(&dir.path().join("store"), &[("NIX_TIMEOUT", "3")]);
+    let c = http();
+    let error = |resp: reqwest::blocking::Response| -> (u16, serde_json::Value) {
+        let status = resp.status().as_u16();
+        assert_eq!(resp.headers()["content-type"], "application/json; charset=utf-8");
+        (status, resp.json().unwrap())
+    };
+    let (s, e) = error(c.get(shim.url("/v2/hello/nosuchpackage/manifests/latest")).send().unwrap());
+    assert_eq!((s, e["errors"][0]["code"].as_str().unwrap()), (404, "MANIFEST_UNKNOWN"));
+    assert_eq!(e["errors"][0]["detail"]["NotFound"], serde_json::json!(["nosuchpackage"]));
+    let (s, e) = error(c.get(shim.url("/v2/Hello/manifests/latest")).send().unwrap());
+    assert_eq!((s, e["errors"][0]["code"].as_str().unwrap()), (400, "NAME_INVALID"));
+    let (s, e) = error(c.get(shim.url("/v2/broken/manifests/latest")).send().unwrap());
+    assert_eq!((s, e["errors"][0]["code"].as_str().unwrap()), (500, "UNKNOWN"));
+    assert!(e.to_string().contains("this package always fails to build"), "{e}");
+    let (s, e) = error(c.get(shim.url("/v2/slow/manifests/latest")).send().unwrap());
+    assert_eq!((s, e["errors"][0]["code"].as_str().unwrap()), (503, "UNAVAILABLE"));
+    assert!(e["errors"][0]["message"].as_str().unwrap().contains("timed out after 3 s"), "{e}");
+    let (s, e) = error(c.put(shim.url("/v2/hello/manifests/latest")).body("{}").send().unwrap());
+    assert_eq!((s, e["errors"][0]["code"].as_str().unwrap()), (405, "UNSUPPORTED"));
+    let (s, e) = error(c.post(shim.url("/v2/hello/blobs/uploads/")).send().unwrap());
+    assert_eq!((s, e["errors"][0]["code"].as_str().unwrap()), (405, "UNSUPPORTED"));
+    let (s, e) = error(c.get(shim.url("/v2/hello/manifests/-bad")).send().unwrap());
+    assert_eq!((s, e["errors"][0]["code"].as_str().unwrap()), (400, "TAG_INVALID"));
+
+    // The start page shows the failures, newest first.
+    let page = c.get(shim.url("/")).send().unwrap().text().unwrap();
+    assert!(page.contains(&format!("podman pull {}/shell/hello", shim.host())), "{page}");
+    let slow = page.find("<b>slow:latest</b>").expect("the timeout is listed");
+    let broken = page.find("<b>broken:latest</b>").expect("the failure is listed");
+    assert!(slow < broken);
+    assert!(shim.log_text().contains("this package always fails to build"), "Nix's output is logged");
+}
+
+#[test]
+fn manifests_negotiate_and_digests_fetch_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let shim = Shim::start(&dir.path().join("store"), &[]);
+    let c = http();
+    for (accept, want) in [(format!("{OCI}, {DOCKER}"), OCI), (DOCKER.to_string(), DOCKER), (String::new(), OCI)] {
+        let resp = c.get(shim.url("/v2/hello/manifests/latest")).header("Accept", &accept).send().unwrap();
+        assert_eq!(resp.status(), 200);
+        let h = resp.headers().clone();
+        assert_eq!(h["content-type"], want);
+        let digest = h["docker-content-digest"].to_str().unwrap().to_string();
+        assert_eq!(h["etag"].to_str().unwrap(), format!("\"{digest}\""));
+        let body = resp.bytes().unwrap();
+        assert_eq!(h["content-length"].to_str().unwrap(), body.len().to_string());
+        assert_eq!(nixery::packing::Digest::of(&body).0, digest, "the digest is of the bytes served");
+        let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(m["mediaType"], want);
+        // By digest, on /manifests/ and on /blobs/ (as containerd does): the same bytes.
+        for path in [format!("/v2/hello/manifests/{digest}"), format!("/v2/hello/blobs/{digest}")] {
+            let again = c.get(shim.url(&path)).send().unwrap();
+            assert_eq!(again.status(), 200, "{path}");
+            assert_eq!(again.bytes().unwrap(), body, "{path}");
+        }
+        // HEAD agrees with GET.
+        let head = c.head(shim.url("/v2/hello/manifests/latest")).header("Accept", &accept).send().unwrap();
+        assert_eq!(head.headers()["docker-content-digest"].to_str().unwrap(), digest);
+        assert_eq!(head.headers()["content-length"], h["content-length"]);
+    }
+    assert_eq!(shim.nix_builds(), 1, "HEAD and GET, both flavours: one build");
+    let tags: serde_json::Value = c.get(shim.url("/v2/shell/hello/tags/list")).send().unwrap().json().unwrap();
+    assert_eq!(tags, serde_json::json!({"name": "shell/hello", "tags": ["latest"]}));
+}
+
+#[test]
+fn concurrent_cold_pulls_build_once_and_a_restart_builds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let digest = {
+        let shim = Shim::start(&store, &[]);
+        let url = shim.url("/v2/jq/shell/manifests/latest");
+        let digests: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..10)
+                .map(|_| {
+                    let url = url.clone();
+                    s.spawn(move || {
+                        let resp = http().get(&url).header("Accept", OCI).send().unwrap();
+                        assert_eq!(resp.status(), 200);
+                        resp.headers()["docker-content-digest"].to_str().unwrap().to_string()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(digests.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(shim.nix_builds(), 1, "ten concurrent cold pulls, one build:\n{}", shim.log_text());
+        digests[0].clone()
+    };
+    // A new process on the same storage: a warm pull runs no nix-build.
+    let shim = Shim::start(&store, &[]);
+    let resp = http().get(shim.url("/v2/shell/jq/manifests/latest")).header("Accept", OCI).send().unwrap();
+    assert_eq!(resp.headers()["docker-content-digest"].to_str().unwrap(), digest);
+    assert_eq!(shim.nix_builds(), 0, "{}", shim.log_text());
+    // The layers are served from storage.
+    let m: serde_json::Value = resp.json().unwrap();
+    for d in layer_digests(&m) {
+        let head = http().head(shim.url(&format!("/v2/shell/jq/blobs/{d}"))).send().unwrap();
+        assert_eq!(head.status(), 200);
+    }
+}
+
+#[test]
+fn layers_are_identical_to_build_nixery_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let shim = Shim::start(&dir.path().join("store"), &[("NIXERY_BASE_PACKAGES", ""), ("NIXERY_MAX_LAYERS", "4")]);
+    let (pulled, _) = manifest(&shim, "jq/hello", "latest", OCI);
+    let built = nix_build_expr(
+        dir.path(),
+        r#"nixery.buildNixeryImage { name = "same"; tag = "v1"; contents = [ pkgs.hello pkgs.jq ]; maxLayers = 4; }"#,
+    );
+    let (local, _) = layout_manifest(&built);
+    let (a, b) = (layer_digests(&pulled), layer_digests(&local));
+    assert_eq!(a.len(), 4);
+    assert_eq!(a, b, "same store paths, same budget: the same layers (the root layer too, contents being in the same order)");
+}
+
+/// A git repository holding the test package set, with tag `v1` and tag
+/// `v2` in which one package (nano) differs.
+fn package_repo(dir: &std::path::Path) -> std::path::PathBuf {
+    let repo_dir = dir.join("pkgs-repo");
+    std::fs::create_dir_all(&repo_dir).unwrap();
+    let src = std::fs::read_to_string(repo().join("tests/pkgs/default.nix")).unwrap();
+    std::fs::write(repo_dir.join("default.nix"), &src).unwrap();
+    let git = |args: &[&str]| {
+        run(Command::new("git").arg("-C").arg(&repo_dir).args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]).args(args));
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-qm", "v1"]);
+    git(&["tag", "v1"]);
+    let changed = src.replace("exec ${busybox}/bin/vi", "echo nano 8; exec ${busybox}/bin/vi");
+    assert_ne!(changed, src);
+    std::fs::write(repo_dir.join("default.nix"), changed).unwrap();
+    git(&["commit", "-qam", "v2: nano changes"]);
+    git(&["tag", "v2"]);
+    repo_dir
+}
+
+#[test]
+fn git_sources_build_each_ref_and_share_unchanged_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkgs = package_repo(dir.path());
+    let shim = Shim::start(&dir.path().join("store"), &[("NIXERY_PKGS_REPO", pkgs.to_str().unwrap())]);
+    let (m1, _) = manifest(&shim, "shell/hello", "v1", OCI);
+    let (m2, _) = manifest(&shim, "shell/hello", "v2", OCI);
+    let (latest, _) = manifest(&shim, "shell/hello", "latest", OCI);
+    assert_eq!(latest, m2, "latest is the default branch");
+    let (l1, l2) = (layer_digests(&m1), layer_digests(&m2));
+    assert_ne!(l1, l2);
+    let shared = l1.iter().filter(|d| l2.contains(d)).count();
+    assert!(shared >= l1.len() - 2, "only nano's layer and the root layer change: {l1:?} {l2:?}");
+    // The two versions really differ inside.
+    let root = tempfile::tempdir().unwrap();
+    for (tag, want) in [("v1", ""), ("v2", "nano 8\n")] {
+        let image = format!("{}/shell/hello:{tag}", shim.host());
+        run(podman(root.path()).args(["pull", "-q", "--tls-verify=false"]).arg(&image));
+        let out = run_stdout(podman(root.path()).args(PODMAN_RUN).arg(&image).args(["sh", "-c", "grep -o 'nano 8' /bin/nano; true"]));
+        assert_eq!(out, want, "{tag}");
+    }
+    let tags: serde_json::Value = http().get(shim.url("/v2/hello/tags/list")).send().unwrap().json().unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["latest", "main", "v1", "v2"]));
+    let unknown = http().get(shim.url("/v2/hello/manifests/v3")).send().unwrap();
+    assert_eq!(unknown.status(), 404);
+}
