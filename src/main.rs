@@ -104,7 +104,7 @@ struct ServeArgs {
     /// Seconds a nix-build may take before it is stopped.
     #[arg(long, env = "NIX_TIMEOUT", default_value_t = 60)]
     nix_timeout: u64,
-    /// Popularity data for layering: a file path or file:// URL.
+    /// Popularity data for layering: an http(s):// or file:// URL, or a path.
     #[arg(long, env = "NIX_POPULARITY_URL")]
     popularity_url: Option<String>,
     /// A static site to serve outside /v2/ instead of the start page.

@@ -360,15 +360,22 @@ fn store_manifests(storage: &dyn Storage, image: &Image) -> Result<BuiltImage, S
     Ok(BuiltImage { oci: stored(&oci)?, docker: stored(&docker)? })
 }
 
-/// Loads popularity data from a file path or a `file://` URL.
+/// Loads popularity data from an `http(s)://` URL, a `file://` URL or a
+/// file path (`NIX_POPULARITY_URL`).
 pub fn load_popularity(location: &str) -> anyhow::Result<Popularity> {
     use anyhow::Context;
-    let path = location.strip_prefix("file://").unwrap_or(location);
-    if path.starts_with("http://") || path.starts_with("https://") {
-        anyhow::bail!("NIX_POPULARITY_URL {location:?}: fetching popularity over HTTP is not supported yet; download it and give the file path");
-    }
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read popularity data {path}"))?;
-    Ok(Popularity::from_json(&text)?)
+    let text = if location.starts_with("http://") || location.starts_with("https://") {
+        let mut resp = ureq::get(location).call().with_context(|| format!("cannot fetch popularity data from {location}"))?;
+        resp.body_mut()
+            .with_config()
+            .limit(256 * 1024 * 1024)
+            .read_to_string()
+            .with_context(|| format!("cannot read popularity data from {location}"))?
+    } else {
+        let path = location.strip_prefix("file://").unwrap_or(location);
+        std::fs::read_to_string(path).with_context(|| format!("cannot read popularity data {path}"))?
+    };
+    Popularity::from_json(&text).with_context(|| location.to_string())
 }
 
 /// Default nix-build timeout, as the original's NIX_TIMEOUT.

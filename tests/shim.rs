@@ -239,3 +239,32 @@ fn git_sources_build_each_ref_and_share_unchanged_layers() {
     let unknown = http().get(shim.url("/v2/hello/manifests/v3")).send().unwrap();
     assert_eq!(unknown.status(), 404);
 }
+
+#[test]
+fn popularity_from_a_url_and_a_static_web_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    // Popularity data over HTTP: oniguruma, used by jq alone, is declared
+    // popular, so it gets a layer of its own.
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("popularity.json"), r#"{"oniguruma-6.9.8": 1000}"#).unwrap();
+    std::fs::write(site.join("index.html"), "<h1>our own page</h1>").unwrap();
+    let port = free_port();
+    let mut server = Command::new("python3")
+        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+        .current_dir(&site)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut server);
+    let url = format!("http://127.0.0.1:{port}/popularity.json");
+    let shim = Shim::start(&dir.path().join("store"), &[("NIX_POPULARITY_URL", &url), ("WEB_DIR", site.to_str().unwrap()), ("NIXERY_BASE_PACKAGES", "")]);
+    let _ = server.kill();
+    let config = run_stdout(skopeo().args(["inspect", "--config", "--tls-verify=false"]).arg(format!("docker://{}/jq", shim.host())));
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let comments: Vec<&str> = config["history"].as_array().unwrap().iter().map(|h| h["comment"].as_str().unwrap()).collect();
+    assert!(comments.contains(&"store paths: oniguruma-6.9.8"), "{comments:?}");
+    let page = http().get(shim.url("/index.html")).send().unwrap().text().unwrap();
+    assert_eq!(page, "<h1>our own page</h1>");
+}
