@@ -60,6 +60,12 @@ let
     # images share them. Default: null (layering by graph structure alone).
     popularity ? null,
 
+    # The layering algorithm: "sharing" (a layer per store path while the
+    # budget allows, then the paths whose sharing saves most; measured in
+    # BENCHMARKS.md), "nixery" (the original Nixery's) or
+    # "popularity-contest" (nixpkgs' buildLayeredImage). Default: "sharing".
+    layering ? "sharing",
+
     # Creation time recorded in the config. Default: 1970-01-01T00:00:01Z,
     # so that the image is reproducible.
     created ? "1970-01-01T00:00:01Z",
@@ -84,6 +90,8 @@ let
         else if !(builtins.isList contents) then fail name "`contents` must be a list of packages"
         else if !(builtins.isAttrs config) then fail name "`config` must be an attribute set"
         else if !(builtins.isInt gzipLevel) || gzipLevel < 0 || gzipLevel > 9 then fail name "`gzipLevel` must be 0 to 9"
+        else if !(builtins.elem layering [ "sharing" "nixery" "popularity-contest" ]) then
+          fail name "`layering` must be \"sharing\", \"nixery\" or \"popularity-contest\", got ${builtins.toJSON layering}"
         else true;
 
       image = derivation {
@@ -96,7 +104,7 @@ let
         exportReferencesGraph.graph = contents;
         nixery = {
           version = specVersion;
-          inherit name tag config maxLayers created format gzipLevel;
+          inherit name tag config maxLayers created format gzipLevel layering;
           popularity =
             if popularity == null || builtins.isAttrs popularity then popularity
             else "${popularity}";

@@ -85,6 +85,9 @@ pub struct BuildSpec {
     pub format: Format,
     #[serde(default)]
     pub gzip_level: Option<u32>,
+    /// The layering algorithm by name; the default when absent.
+    #[serde(default)]
+    pub layering: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -177,9 +180,13 @@ pub fn build_image(spec: &BuildSpec, graph: &ClosureGraph, platform: Platform, o
     }
     let config = RuntimeConfig::from_json_value(spec.config.clone()).map_err(|e| invalid(e.to_string()))?.with_default_path();
     let popularity = load_popularity(&spec.popularity)?;
-    let plan = layering::plan(graph, &popularity, spec.max_layers - 1)?;
+    let algorithm = match &spec.layering {
+        Some(name) => name.parse::<layering::Algorithm>().map_err(&invalid)?,
+        None => layering::Algorithm::default(),
+    };
+    let plan = layering::plan_with(graph, &popularity, spec.max_layers - 1, algorithm)?;
     eprintln!(
-        "nixery: {} store paths ({} bytes) in {} layers, plus the root layer",
+        "nixery: {} store paths ({} bytes) in {} layers ({algorithm} layering), plus the root layer",
         graph.paths.len(),
         graph.total_size(),
         plan.layers.len()

@@ -34,6 +34,9 @@ enum Command {
         /// The most layers the plan may have.
         #[arg(long, default_value_t = 100)]
         max_layers: usize,
+        /// The layering algorithm: sharing, nixery or popularity-contest.
+        #[arg(long, default_value_t = layering::Algorithm::default())]
+        algorithm: layering::Algorithm,
     },
     /// Build an image from a derivation's attributes (the builder entry
     /// point of `buildNixeryImage`).
@@ -119,6 +122,9 @@ struct ServeArgs {
     /// The most layers an image may have, root layer included.
     #[arg(long, env = "NIXERY_MAX_LAYERS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(2..=125))]
     max_layers: u64,
+    /// The layering algorithm: sharing, nixery or popularity-contest.
+    #[arg(long, env = "NIXERY_LAYERING", default_value_t = nixery::layering::Algorithm::default())]
+    layering: nixery::layering::Algorithm,
     /// Log format: `text` or `json`.
     #[arg(long, env = "NIXERY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -172,6 +178,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         meta: nixery::image_name::MetaPackages { shell: non_empty(&args.shell_packages), ..Default::default() },
         base_packages: non_empty(&args.base_packages),
         max_layers: args.max_layers as usize,
+        layering: args.layering,
         pack: Default::default(),
         popularity,
         prepare,
@@ -212,13 +219,13 @@ fn read(path: &PathBuf) -> anyhow::Result<String> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Layers { graph, popularity, max_layers } => {
+        Command::Layers { graph, popularity, max_layers, algorithm } => {
             let g = ClosureGraph::from_json(&read(&graph)?).with_context(|| graph.display().to_string())?;
             let pop = match &popularity {
                 Some(p) => Popularity::from_json(&read(p)?).with_context(|| p.display().to_string())?,
                 None => Popularity::default(),
             };
-            let plan = layering::plan(&g, &pop, max_layers)?;
+            let plan = layering::plan_with(&g, &pop, max_layers, algorithm)?;
             println!("{}", serde_json::to_string_pretty(&plan)?);
         }
         Command::BuildImage { attrs } => {

@@ -65,6 +65,7 @@ pub struct ShimConfig {
     pub base_packages: Vec<String>,
     /// Most layers per image, root layer included.
     pub max_layers: usize,
+    pub layering: layering::Algorithm,
     pub pack: PackOptions,
     pub popularity: Popularity,
     pub prepare: Prepare,
@@ -218,6 +219,7 @@ impl Shim {
             &bases,
             &request.system,
             &self.config.max_layers.to_string(),
+            self.config.layering.name(),
             &self.config.pack.gzip_level.to_string(),
             &self.popularity_digest,
         ])
@@ -275,7 +277,7 @@ impl Shim {
     async fn assemble(&self, graph: &ClosureGraph, system: &str) -> Result<BuiltImage, ShimError> {
         let platform = Platform::from_nix_system(system).map_err(|e| ShimError::Build(e.to_string()))?;
         let budget = self.config.max_layers.saturating_sub(1).max(1);
-        let plan = layering::plan(graph, &self.config.popularity, budget).map_err(|e| ShimError::Build(e.to_string()))?;
+        let plan = layering::plan_with(graph, &self.config.popularity, budget, self.config.layering).map_err(|e| ShimError::Build(e.to_string()))?;
         let root = root_layer::join(&graph.roots).map_err(|e| ShimError::Build(format!("image root: {e}")))?;
         for w in &root.warnings {
             tracing::warn!("{w}");

@@ -29,9 +29,31 @@ fn layers(dir: &std::path::Path, graph: &str, extra: &[&str]) -> std::process::O
 }
 
 #[test]
-fn layers_prints_the_documented_plan() {
+fn layers_gives_every_path_a_layer_within_budget_by_default() {
     let dir = tempfile::tempdir().unwrap();
     let out = layers(dir.path(), &graph_json(), &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        plan,
+        serde_json::json!({"version": 1, "layers": [
+            {"paths": [GLIBC], "size": 1000},
+            {"paths": [HELLO], "size": 100},
+            {"paths": [JQ], "size": 300},
+            {"paths": [ONIG], "size": 200},
+        ]})
+    );
+    // Over budget: glibc, which both programs need, keeps a layer apart.
+    let out = layers(dir.path(), &graph_json(), &["--max-layers", "2"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["layers"][0]["paths"], serde_json::json!([GLIBC]));
+    assert_eq!(plan["layers"][1]["paths"], serde_json::json!([HELLO, JQ, ONIG]));
+}
+
+#[test]
+fn layers_prints_the_documented_nixery_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = layers(dir.path(), &graph_json(), &["--algorithm", "nixery"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
@@ -49,11 +71,11 @@ fn layers_honours_popularity_and_budget() {
     let dir = tempfile::tempdir().unwrap();
     let pop = dir.path().join("pop.json");
     std::fs::write(&pop, r#"{"oniguruma-6.9": 1000, "glibc-2.37-8": 5000}"#).unwrap();
-    let out = layers(dir.path(), &graph_json(), &["--popularity", pop.to_str().unwrap()]);
+    let out = layers(dir.path(), &graph_json(), &["--popularity", pop.to_str().unwrap(), "--algorithm", "nixery"]);
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let groups: Vec<Vec<String>> = serde_json::from_value(plan["layers"].as_array().unwrap().iter().map(|l| l["paths"].clone()).collect()).unwrap();
     assert_eq!(groups, vec![vec![HELLO.to_string()], vec![JQ.to_string()], vec![ONIG.to_string()], vec![GLIBC.to_string()]]);
-    let out = layers(dir.path(), &graph_json(), &["--popularity", pop.to_str().unwrap(), "--max-layers", "2"]);
+    let out = layers(dir.path(), &graph_json(), &["--popularity", pop.to_str().unwrap(), "--max-layers", "2", "--algorithm", "nixery"]);
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["layers"].as_array().unwrap().len(), 2);
     assert_eq!(plan["layers"][1]["paths"], serde_json::json!([GLIBC]));
@@ -77,6 +99,9 @@ fn bad_input_gives_a_one_line_error() {
     let dangling = graph_json().replace(r#""references": []"#, r#""references": ["/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-ghost"]"#);
     assert_one_line_error(&layers(dir.path(), &dangling, &[]), "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-ghost, which is not in the graph");
     assert_one_line_error(&layers(dir.path(), &graph_json(), &["--max-layers", "0"]), "budget must be at least 1");
+    let out = layers(dir.path(), &graph_json(), &["--algorithm", "bogus"]);
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown layering algorithm"));
     let out = Command::new(helper()).args(["layers", "--graph", "/nonexistent/graph.json"]).output().unwrap();
     assert_one_line_error(&out, "/nonexistent/graph.json");
     let pop = dir.path().join("bad-pop.json");

@@ -134,19 +134,26 @@ fn bad_arguments_fail_with_the_image_name() {
 #[test]
 fn popularity_gives_popular_paths_their_own_layer() {
     let dir = tempfile::tempdir().unwrap();
-    // oniguruma is used only by jq's closure, so without popularity it
+    // With the nixery algorithm, oniguruma, used only by jq's closure,
     // travels with jq; declared popular, it gets a layer of its own.
     let out = nix_build_expr(
         dir.path(),
-        r#"nixery.buildNixeryImage { name = "pop"; tag = "v1"; contents = [ pkgs.jq ]; popularity = { "oniguruma-6.9.8" = 1000; }; }"#,
+        r#"nixery.buildNixeryImage { name = "pop"; tag = "v1"; contents = [ pkgs.jq ]; layering = "nixery"; popularity = { "oniguruma-6.9.8" = 1000; }; }"#,
     );
     let found = store_paths_by_layer(&out);
     let onig = found.keys().find(|p| p.ends_with("-oniguruma-6.9.8")).unwrap();
     let layer = found[onig][0];
     assert_eq!(found.values().filter(|l| l[0] == layer).count(), 1);
-    let plain = nix_build_expr(dir.path(), r#"nixery.buildNixeryImage { name = "pop"; tag = "v1"; contents = [ pkgs.jq ]; }"#);
+    let plain = nix_build_expr(dir.path(), r#"nixery.buildNixeryImage { name = "pop"; tag = "v1"; contents = [ pkgs.jq ]; layering = "nixery"; }"#);
     let found = store_paths_by_layer(&plain);
     let onig = found.keys().find(|p| p.ends_with("-oniguruma-6.9.8")).unwrap();
     let jq = found.keys().find(|p| p.ends_with("-jq-1.6")).unwrap();
     assert_eq!(found[onig], found[jq]);
+    // The default layering gives every path its own layer within budget.
+    let default = nix_build_expr(dir.path(), r#"nixery.buildNixeryImage { name = "pop"; tag = "v1"; contents = [ pkgs.jq ]; }"#);
+    let found = store_paths_by_layer(&default);
+    let mut layers: Vec<usize> = found.values().map(|l| l[0]).collect();
+    layers.sort();
+    layers.dedup();
+    assert_eq!(layers.len(), found.len());
 }
