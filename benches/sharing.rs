@@ -245,25 +245,12 @@ impl Store {
         seen
     }
 
-    /// Popularity as the original's popcount computes it: for each path
-    /// name, the number of packages whose closure holds it.
+    /// Popularity as the original's popcount computes it, over every
+    /// package of the set.
     fn popularity(&self) -> Popularity {
-        // Paths come dependencies first, so closures build bottom-up.
-        let mut closures: Vec<Vec<u32>> = Vec::with_capacity(self.paths.len());
-        let mut counts = vec![0u64; self.paths.len()];
-        for (i, p) in self.paths.iter().enumerate() {
-            let mut c: Vec<u32> = vec![i as u32];
-            for &r in &p.refs {
-                c.extend_from_slice(&closures[r]);
-            }
-            c.sort_unstable();
-            c.dedup();
-            for &x in &c {
-                counts[x as usize] += 1;
-            }
-            closures.push(c);
-        }
-        Popularity(self.paths.iter().zip(counts).map(|(p, c)| (p.name.clone(), c)).collect())
+        let refs: BTreeMap<String, Vec<String>> =
+            (0..self.paths.len()).map(|i| (self.store_path(i), self.paths[i].refs.iter().map(|&r| self.store_path(r)).collect())).collect();
+        nixery::graph::popcount(&refs, None)
     }
 
     fn image_graph(&self, tools: &[&str]) -> Option<ClosureGraph> {

@@ -181,6 +181,62 @@ impl Popularity {
     }
 }
 
+/// Counts popularity the way the original Nixery's popcount does: for each
+/// path name, how many packages have it in their runtime closure.
+///
+/// `references` maps every store path to the paths it refers to (self
+/// references allowed, no other cycles: Nix cannot make them); `packages`
+/// are the packages to count over (`None`: every path counts as one).
+/// Paths referred to but missing from `references` count as leaves.
+pub fn popcount(references: &BTreeMap<String, Vec<String>>, packages: Option<&[String]>) -> Popularity {
+    // Index every path, referred-to ones too.
+    let mut names: BTreeSet<&str> = references.keys().map(String::as_str).collect();
+    names.extend(references.values().flatten().map(String::as_str));
+    let names: Vec<&str> = names.into_iter().collect();
+    let index = |p: &str| names.binary_search(&p).expect("indexed");
+    let refs: Vec<Vec<usize>> = names
+        .iter()
+        .map(|p| references.get(*p).map(|r| r.iter().map(|x| index(x)).filter(|&x| names[x] != *p).collect()).unwrap_or_default())
+        .collect();
+    // Closures bottom-up, in depth-first postorder.
+    let n = names.len();
+    let mut closure: Vec<Option<Vec<u32>>> = vec![None; n];
+    for start in 0..n {
+        let mut stack = vec![(start, false)];
+        while let Some((v, expanded)) = stack.pop() {
+            if closure[v].is_some() {
+                continue;
+            }
+            if expanded {
+                let mut c = vec![v as u32];
+                for &r in &refs[v] {
+                    // A cycle (impossible in a real store) just truncates.
+                    if let Some(rc) = &closure[r] {
+                        c.extend_from_slice(rc);
+                    }
+                }
+                c.sort_unstable();
+                c.dedup();
+                closure[v] = Some(c);
+            } else {
+                stack.push((v, true));
+                stack.extend(refs[v].iter().filter(|&&r| closure[r].is_none()).map(|&r| (r, false)));
+            }
+        }
+    }
+    let counted: Vec<usize> = match packages {
+        Some(pkgs) => pkgs.iter().filter_map(|p| names.binary_search(&p.as_str()).ok()).collect(),
+        None => (0..n).collect(),
+    };
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for p in counted {
+        for &q in closure[p].as_deref().unwrap_or(&[]) {
+            *counts.entry(package_name(names[q as usize]).to_string()).or_default() += 1;
+        }
+    }
+    Popularity(counts)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -247,5 +303,26 @@ pub(crate) mod tests {
         assert_eq!(pop.of("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-glibc-2.37-8"), 7);
         assert_eq!(pop.of(&sp("other")), 0);
         assert!(Popularity::from_json("[1]").is_err());
+    }
+
+    #[test]
+    fn popcount_counts_closures() {
+        let (app, lib, libc, other) = (sp("app-1"), sp("lib-2"), sp("libc-3"), sp("other-4"));
+        let refs: BTreeMap<String, Vec<String>> = [
+            (app.clone(), vec![lib.clone(), libc.clone(), app.clone()]),
+            (lib.clone(), vec![libc.clone()]),
+            (libc.clone(), vec![]),
+            (other.clone(), vec![libc.clone()]),
+        ]
+        .into_iter()
+        .collect();
+        let all = popcount(&refs, None);
+        assert_eq!(all.0.get("libc-3"), Some(&4));
+        assert_eq!(all.0.get("lib-2"), Some(&2));
+        assert_eq!(all.0.get("app-1"), Some(&1));
+        let pkgs = popcount(&refs, Some(&[app.clone(), other.clone()]));
+        assert_eq!(pkgs.0.get("libc-3"), Some(&2));
+        assert_eq!(pkgs.0.get("lib-2"), Some(&1));
+        assert_eq!(pkgs.0.get("other-4"), Some(&1));
     }
 }

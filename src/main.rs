@@ -56,6 +56,28 @@ enum Command {
         #[arg(long)]
         attrs: Option<PathBuf>,
     },
+    /// Compute popularity data, as the original Nixery's popcount: for each
+    /// package name, how many packages have it in their runtime closure.
+    /// Prints `{"glibc-2.37-8": 12345, ...}`.
+    Popcount {
+        /// A package set (a nixpkgs checkout, or any expression imported
+        /// like one): its top-level packages that are in the local store
+        /// are counted.
+        #[arg(long, group = "input")]
+        package_set: Option<PathBuf>,
+        /// The system to evaluate the package set for.
+        #[arg(long, default_value = "x86_64-linux")]
+        system: String,
+        /// Store paths with their references, as `nix path-info --json -r`
+        /// prints them (a list, or an object keyed by path); every path
+        /// counts as a package.
+        #[arg(long, group = "input")]
+        path_info: Option<PathBuf>,
+        /// A closure graph as `exportReferencesGraph` writes it; every path
+        /// counts as a package.
+        #[arg(long, group = "input")]
+        graph: Option<PathBuf>,
+    },
     /// Convert an OCI image layout directory into a docker-archive tarball.
     DockerArchive {
         /// The OCI layout directory.
@@ -213,6 +235,31 @@ fn non_empty(items: &[String]) -> Vec<String> {
     items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
+/// Parses `nix path-info --json` output: a list of `{path, references}`
+/// (Nix before 2.19) or an object from path to `{references}`.
+fn path_info_references(text: &str) -> anyhow::Result<std::collections::BTreeMap<String, Vec<String>>> {
+    #[derive(serde::Deserialize)]
+    struct Info {
+        path: Option<String>,
+        #[serde(default)]
+        references: Vec<String>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Doc {
+        List(Vec<Info>),
+        Map(std::collections::BTreeMap<String, Info>),
+    }
+    let doc: Doc = serde_json::from_str(text).context("not the JSON of nix path-info --json")?;
+    Ok(match doc {
+        Doc::List(v) => v
+            .into_iter()
+            .map(|i| i.path.map(|p| (p, i.references)).context("a path-info entry has no \"path\""))
+            .collect::<anyhow::Result<_>>()?,
+        Doc::Map(m) => m.into_iter().map(|(p, i)| (p, i.references)).collect(),
+    })
+}
+
 fn read(path: &PathBuf) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
@@ -235,6 +282,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(*args)?,
         Command::WriteGraph { attrs } => {
             nixery::nix::write_graph_from_attrs(&attrs.unwrap_or_else(builder::default_attrs_path))?;
+        }
+        Command::Popcount { package_set, system, path_info, graph } => {
+            let pop = match (package_set, path_info, graph) {
+                (Some(dir), _, _) => {
+                    let dir = std::fs::canonicalize(&dir).with_context(|| format!("package set {}", dir.display()))?;
+                    let outputs = nixery::nix::top_level_outputs(&dir, &system)?;
+                    let (refs, missing) = nixery::nix::local_closure_references(&outputs)?;
+                    if !missing.is_empty() {
+                        eprintln!("nixery: {} of {} packages are not in the store and are not counted (build or substitute them first)", missing.len(), outputs.len());
+                    }
+                    nixery::graph::popcount(&refs, Some(&outputs))
+                }
+                (None, Some(file), _) => nixery::graph::popcount(&path_info_references(&read(&file)?).with_context(|| file.display().to_string())?, None),
+                (None, None, Some(file)) => {
+                    let g = ClosureGraph::from_json(&read(&file)?).with_context(|| file.display().to_string())?;
+                    let refs = g.paths.into_values().map(|p| (p.path, p.references)).collect();
+                    nixery::graph::popcount(&refs, None)
+                }
+                (None, None, None) => anyhow::bail!("popcount needs --package-set, --path-info or --graph"),
+            };
+            println!("{}", serde_json::to_string_pretty(&pop.0)?);
         }
         Command::DockerArchive { oci, repo_tag, out } => {
             let layout = image::read_oci_layout(&oci)?;

@@ -21,6 +21,9 @@ use crate::graph::{ClosureGraph, GraphError, PathInfo};
 /// The prepare-image expression, embedded so the binary is self-contained.
 pub const PREPARE_IMAGE_NIX: &str = include_str!("../prepare-image/default.nix");
 
+/// Lists a package set's top-level outputs, embedded like prepare-image.
+pub const TOP_LEVEL_OUTPUTS_NIX: &str = include_str!("../nix/top-level-outputs.nix");
+
 /// Version of the graph document `write-graph` writes.
 pub const GRAPH_VERSION: u32 = 1;
 
@@ -295,6 +298,57 @@ async fn stop_group(pid: u32, child: &mut tokio::process::Child) {
         signal(libc::SIGKILL);
         let _ = child.wait().await;
     }
+}
+
+fn run_sync(cmd: &mut std::process::Command, what: &str) -> Result<String, NixError> {
+    let out = cmd.stdin(Stdio::null()).output().map_err(|source| NixError::Spawn { command: what.to_string(), source })?;
+    if !out.status.success() {
+        return Err(NixError::Command { command: what.to_string(), log: tail(&String::from_utf8_lossy(&out.stderr)) });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The output paths of the top-level packages of the package set at
+/// `dir`, evaluated for `system`.
+pub fn top_level_outputs(dir: &Path, system: &str) -> Result<Vec<String>, NixError> {
+    let tmp = std::env::temp_dir().join(format!("nixery-top-level-{}.nix", std::process::id()));
+    std::fs::write(&tmp, TOP_LEVEL_OUTPUTS_NIX).map_err(|source| NixError::Spawn { command: "write".into(), source })?;
+    let out = run_sync(
+        std::process::Command::new("nix-instantiate")
+            .args(["--eval", "--strict", "--json"])
+            .arg(&tmp)
+            .arg("--argstr")
+            .arg("path")
+            .arg(dir)
+            .args(["--argstr", "system", system]),
+        "nix-instantiate",
+    );
+    let _ = std::fs::remove_file(&tmp);
+    serde_json::from_str(&out?).map_err(|e| NixError::Output(e.to_string()))
+}
+
+/// The references of every path in the closure of the given store paths
+/// that are valid in the local store (`nix-store --query --references`
+/// over `nix-store --query --requisites`). Returns the references and the
+/// given paths that were not valid.
+pub fn local_closure_references(paths: &[String]) -> Result<(std::collections::BTreeMap<String, Vec<String>>, Vec<String>), NixError> {
+    let invalid_out = if paths.is_empty() {
+        String::new()
+    } else {
+        // --print-invalid exits 0 and prints the invalid paths.
+        run_sync(std::process::Command::new("nix-store").args(["--check-validity", "--print-invalid"]).args(paths), "nix-store --check-validity")?
+    };
+    let invalid: std::collections::BTreeSet<&str> = invalid_out.lines().collect();
+    let valid: Vec<&String> = paths.iter().filter(|p| !invalid.contains(p.as_str())).collect();
+    let mut refs = std::collections::BTreeMap::new();
+    if !valid.is_empty() {
+        let closure = run_sync(std::process::Command::new("nix-store").args(["--query", "--requisites"]).args(&valid), "nix-store --query --requisites")?;
+        for p in closure.lines() {
+            let r = run_sync(std::process::Command::new("nix-store").args(["--query", "--references", p]), "nix-store --query --references")?;
+            refs.insert(p.to_string(), r.lines().map(str::to_string).collect());
+        }
+    }
+    Ok((refs, invalid.into_iter().map(str::to_string).collect()))
 }
 
 #[derive(Deserialize)]

@@ -115,3 +115,32 @@ fn build_image_outside_nix_fails_cleanly() {
     let out = Command::new(helper()).current_dir(dir.path()).env_remove("NIX_ATTRS_JSON_FILE").env("NIX_BUILD_TOP", dir.path()).arg("build-image").output().unwrap();
     assert_one_line_error(&out, ".attrs.json");
 }
+
+#[test]
+fn popcount_reads_path_info_in_both_shapes_and_graphs() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = format!(
+        r#"[{{"path": "{HELLO}", "references": ["{GLIBC}"]}}, {{"path": "{JQ}", "references": ["{ONIG}", "{GLIBC}"]}},
+            {{"path": "{ONIG}", "references": ["{GLIBC}"]}}, {{"path": "{GLIBC}", "references": []}}]"#
+    );
+    let map = format!(
+        r#"{{"{HELLO}": {{"references": ["{GLIBC}"]}}, "{JQ}": {{"references": ["{ONIG}", "{GLIBC}"]}},
+            "{ONIG}": {{"references": ["{GLIBC}"]}}, "{GLIBC}": {{"references": []}}}}"#
+    );
+    let want = serde_json::json!({"glibc-2.37-8": 4, "hello-2.12": 1, "jq-1.7": 1, "oniguruma-6.9": 2});
+    for (i, text) in [list, map].iter().enumerate() {
+        let f = dir.path().join(format!("info-{i}.json"));
+        std::fs::write(&f, text).unwrap();
+        let out = Command::new(helper()).args(["popcount", "--path-info"]).arg(&f).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(), want);
+    }
+    let g = dir.path().join("graph.json");
+    std::fs::write(&g, graph_json()).unwrap();
+    let out = Command::new(helper()).args(["popcount", "--graph"]).arg(&g).output().unwrap();
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(), want);
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "[{\"references\": []}]").unwrap();
+    let out = Command::new(helper()).args(["popcount", "--path-info"]).arg(&bad).output().unwrap();
+    assert_one_line_error(&out, "no \"path\"");
+}

@@ -157,3 +157,27 @@ fn popularity_gives_popular_paths_their_own_layer() {
     layers.dedup();
     assert_eq!(layers.len(), found.len());
 }
+
+#[test]
+fn popcount_counts_a_package_set_and_images_accept_it() {
+    run(std::process::Command::new("nix-build")
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .arg(repo().join("tests/pkgs"))
+        .args(["--no-out-link", "-A", "hello", "-A", "jq"]));
+    let out = run_stdout(std::process::Command::new(helper()).env("NIX_CONFIG", NIX_CONFIG).args(["popcount", "--package-set"]).arg(repo().join("tests/pkgs")));
+    let pop: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // glibc is in the closures of glibc, hello, oniguruma, libjq and jq.
+    assert_eq!(pop["glibc-2.36"], 5, "{pop}");
+    assert_eq!(pop["oniguruma-6.9.8"], 3, "{pop}");
+    assert_eq!(pop["jq-1.6"], 1, "{pop}");
+    // buildNixeryImage takes the file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("popularity.json");
+    std::fs::write(&file, &out).unwrap();
+    let image = nix_build_expr(
+        dir.path(),
+        &format!(r#"nixery.buildNixeryImage {{ name = "pop"; tag = "v1"; contents = [ pkgs.jq pkgs.hello ]; maxLayers = 3; popularity = {}; }}"#, file.display()),
+    );
+    let (manifest, _) = layout_manifest(&image);
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), 3);
+}
