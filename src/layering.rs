@@ -158,30 +158,70 @@ fn layer_of(graph: &ClosureGraph, mut paths: Vec<String>) -> PlannedLayer {
 
 /// For each path, how many paths of the image have it in their closure
 /// (itself excluded): nixpkgs' "popularity contest" measure.
+///
+/// Ancestor sets are bitsets filled parents first (a topological order),
+/// so thousands of paths take milliseconds. Graphs with cycles (which Nix
+/// cannot make, but a hand-written graph may hold) fall back to one search
+/// per path.
 pub fn ancestor_counts(graph: &ClosureGraph) -> BTreeMap<&str, u64> {
-    // Reverse edges, then a search from each path counting what it reaches.
-    let mut parents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for info in graph.paths.values() {
+    let paths: Vec<&str> = graph.paths.keys().map(String::as_str).collect();
+    let n = paths.len();
+    let index = |p: &str| paths.binary_search(&p).expect("graph is checked");
+    let mut parents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, info) in graph.paths.values().enumerate() {
         for r in info.references.iter().filter(|r| **r != info.path) {
-            parents.entry(r.as_str()).or_default().push(info.path.as_str());
+            parents[index(r)].push(i);
+            children[i].push(index(r));
         }
     }
-    graph
-        .paths
-        .keys()
-        .map(|p| {
-            let mut seen: BTreeSet<&str> = BTreeSet::new();
-            let mut stack = vec![p.as_str()];
-            while let Some(v) = stack.pop() {
-                for &q in parents.get(v).map(Vec::as_slice).unwrap_or(&[]) {
-                    if seen.insert(q) {
-                        stack.push(q);
+    // Kahn's algorithm: parents before children.
+    let mut pending: Vec<usize> = parents.iter().map(Vec::len).collect();
+    let mut order: Vec<usize> = (0..n).filter(|&v| pending[v] == 0).collect();
+    let mut next = 0;
+    while next < order.len() {
+        let v = order[next];
+        next += 1;
+        for &c in &children[v] {
+            pending[c] -= 1;
+            if pending[c] == 0 {
+                order.push(c);
+            }
+        }
+    }
+    let counts: Vec<u64> = if order.len() == n {
+        let words = n.div_ceil(64);
+        let mut ancestors: Vec<Vec<u64>> = vec![Vec::new(); n];
+        for &v in &order {
+            let mut set = vec![0u64; words];
+            for &p in &parents[v] {
+                for (w, a) in set.iter_mut().zip(&ancestors[p]) {
+                    *w |= a;
+                }
+                set[p / 64] |= 1 << (p % 64);
+            }
+            ancestors[v] = set;
+        }
+        ancestors.iter().map(|set| set.iter().map(|w| u64::from(w.count_ones())).sum()).collect()
+    } else {
+        (0..n)
+            .map(|v| {
+                let mut seen = vec![false; n];
+                let mut stack = vec![v];
+                let mut count = 0;
+                while let Some(x) = stack.pop() {
+                    for &p in &parents[x] {
+                        if !std::mem::replace(&mut seen[p], true) {
+                            count += u64::from(p != v);
+                            stack.push(p);
+                        }
                     }
                 }
-            }
-            (p.as_str(), seen.len() as u64)
-        })
-        .collect()
+                count
+            })
+            .collect()
+    };
+    paths.into_iter().zip(counts).collect()
 }
 
 fn popularity_contest(graph: &ClosureGraph, budget: usize) -> Vec<PlannedLayer> {
@@ -562,6 +602,18 @@ mod tests {
         let g = sample();
         let p3 = plan_with(&g, &Popularity::default(), 3, Algorithm::Nixery).unwrap();
         assert_eq!(p3, plan_with(&g, &Popularity::default(), 50, Algorithm::Nixery).unwrap());
+    }
+
+    #[test]
+    fn ancestor_counts_with_and_without_cycles() {
+        let g = sample();
+        let c = ancestor_counts(&g);
+        let count = |n: &str| c[sp(n).as_str()];
+        assert_eq!((count("hello"), count("jq"), count("libjq"), count("onig"), count("glibc")), (0, 0, 1, 2, 4));
+        // A cycle a <-> b (not a real store, but a graph the CLI accepts).
+        let cyclic = graph(&[("a", 1, &["b"]), ("b", 1, &["a", "c"]), ("c", 1, &[])], &["a"]);
+        let c = ancestor_counts(&cyclic);
+        assert_eq!((c[sp("a").as_str()], c[sp("b").as_str()], c[sp("c").as_str()]), (1, 1, 2));
     }
 
     #[test]
