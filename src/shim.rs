@@ -301,8 +301,9 @@ impl Shim {
             let opts = self.config.pack;
             let jobs: Vec<(usize, LayerContent)> = missing.iter().map(|&i| (i, contents[i].0.clone())).collect();
             let results = tokio::task::spawn_blocking(move || {
-                use rayon::prelude::*;
-                jobs.into_par_iter().map(|(i, content)| pack_into(&*storage, &content, opts).map(|p| (i, p))).collect::<Result<Vec<_>, ShimError>>()
+                crate::packing::run_parallel(jobs, |(i, content)| pack_into(&*storage, &content, opts).map(|p| (i, p)))
+                    .into_iter()
+                    .collect::<Result<Vec<_>, ShimError>>()
             })
             .await
             .map_err(|e| ShimError::Build(format!("packing task failed: {e}")))??;
