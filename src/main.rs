@@ -38,6 +38,20 @@ enum Command {
         #[arg(long, default_value_t = layering::Algorithm::default())]
         algorithm: layering::Algorithm,
     },
+    /// Pack the layers of a plan (as `nixery layers` prints it) into
+    /// `OUT/<digest>` gzip tar blobs, in parallel; prints each layer's
+    /// digest, diff_id and sizes as JSON.
+    Pack {
+        /// The layer plan.
+        #[arg(long)]
+        plan: PathBuf,
+        /// The directory for the blobs.
+        #[arg(long)]
+        out: PathBuf,
+        /// gzip level, 0 to 9.
+        #[arg(long, default_value_t = nixery::packing::DEFAULT_GZIP_LEVEL, value_parser = clap::value_parser!(u32).range(0..=9))]
+        gzip_level: u32,
+    },
     /// Build an image from a derivation's attributes (the builder entry
     /// point of `buildNixeryImage`).
     BuildImage {
@@ -274,6 +288,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let plan = layering::plan_with(&g, &pop, max_layers, algorithm)?;
             println!("{}", serde_json::to_string_pretty(&plan)?);
+        }
+        Command::Pack { plan, out, gzip_level } => {
+            let plan: layering::LayerPlan = serde_json::from_str(&read(&plan)?).with_context(|| format!("{} is not a layer plan", plan.display()))?;
+            let contents: Vec<nixery::packing::LayerContent> = plan.layers.into_iter().map(|l| nixery::packing::LayerContent::StorePaths(l.paths)).collect();
+            let packed = nixery::packing::pack_all(&contents, &out, nixery::packing::PackOptions { gzip_level })?;
+            println!("{}", serde_json::to_string_pretty(&packed)?);
         }
         Command::BuildImage { attrs } => {
             let attrs = attrs.unwrap_or_else(builder::default_attrs_path);

@@ -221,7 +221,7 @@ impl<W: Write> TarWriter<W> {
     /// Writes `source` (a file, directory or symlink on disk) and, for a
     /// directory, everything below it, under the tar path `name`.
     fn tree(&mut self, source: &Path, name: &str) -> Result<(), PackError> {
-        let walk = walkdir::WalkDir::new(source).follow_links(false).sort_by(|a, b| a.file_name().cmp(b.file_name()));
+        let walk = walkdir::WalkDir::new(source).follow_links(false).follow_root_links(false).sort_by(|a, b| a.file_name().cmp(b.file_name()));
         for entry in walk {
             let entry = entry.map_err(|e| PackError::Walk(source.to_path_buf(), e))?;
             let rel = entry.path().strip_prefix(source).expect("walkdir stays below its root");
@@ -613,6 +613,21 @@ mod tests {
         let out = run_parallel((0..50).collect(), |i: u32| i * 2);
         assert_eq!(out, (0..50).map(|i| i * 2).collect::<Vec<_>>());
         assert!(run_parallel(Vec::<u8>::new(), |x| x).is_empty());
+    }
+
+    #[test]
+    fn a_store_path_that_is_a_symlink_stays_a_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("0123456789abcdfghijklmnpqrsvwxyz-target");
+        fs::create_dir_all(&target).unwrap();
+        fs::write(target.join("big"), vec![0u8; 10_000]).unwrap();
+        let link = tmp.path().join("1123456789abcdfghijklmnpqrsvwxyz-link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let bytes = write_tar(&LayerContent::StorePaths(vec![link.to_str().unwrap().to_string()]), Vec::new()).unwrap();
+        let es = entries(&bytes);
+        assert_eq!(es.len(), 3, "nix, nix/store and the link itself: {es:?}");
+        assert_eq!(es[2].1, tar::EntryType::Symlink);
+        assert_eq!(es[2].5, target.to_str().unwrap());
     }
 
     #[test]

@@ -1,0 +1,161 @@
+//! The packing benchmark: `nixery pack` against `tar | pigz` and other
+//! baselines, side by side in one run, on the same large closure.
+//!
+//! The closure is made of host files, read in place (nothing is copied or
+//! downloaded): by default every entry of /usr/lib/x86_64-linux-gnu,
+//! /usr/bin and /usr/share is a "store path" (entries holding sockets,
+//! fifos or devices are left out). The plan has a dominant layer (all of
+//! /usr/lib/x86_64-linux-gnu, as a merged layer of libraries would be),
+//! one for /usr/bin and eight for /usr/share, so both parallel layers and
+//! one large layer are exercised.
+//!
+//! Each command reads from the page cache (a first `tar` warms it). The
+//! baselines compress one tar stream of exactly the same entries. Peak
+//! memory of `nixery pack` is the child's maximum RSS.
+//!
+//! Run: `cargo bench --bench packing` (or `bench/packing`); arguments
+//! replace the default directories; `--rounds N` repeats each command and
+//! keeps the fastest; `--with-gzip` adds single-threaded `gzip -6`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn entries_of(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.flatten().map(|e| e.path()).collect(),
+        Err(_) => return Vec::new(),
+    };
+    v.sort();
+    v.retain(|p| packable(p));
+    v
+}
+
+/// Whether everything under `p` is a file, directory or symlink.
+fn packable(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    walkdir::WalkDir::new(p).into_iter().all(|e| match e {
+        Ok(e) => {
+            let t = e.file_type();
+            !(t.is_socket() || t.is_fifo() || t.is_block_device() || t.is_char_device())
+        }
+        Err(_) => false,
+    })
+}
+
+struct Measured {
+    time: Duration,
+    bytes: Option<u64>,
+}
+
+/// Runs `bash -c script` (with pipefail) `rounds` times; keeps the fastest. When `count` is
+/// set, the script's standard output is counted in bytes.
+fn measure(script: &str, rounds: usize, count: bool) -> Measured {
+    let mut best: Option<Measured> = None;
+    for _ in 0..rounds {
+        let script = if count { format!("{script} | wc -c") } else { script.to_string() };
+        let start = Instant::now();
+        let out = Command::new("bash").args(["-c", &format!("set -o pipefail; {script}")]).stderr(Stdio::inherit()).output().expect("sh");
+        let time = start.elapsed();
+        assert!(out.status.success(), "{script} failed");
+        let bytes = count.then(|| String::from_utf8_lossy(&out.stdout).trim().parse().expect("wc -c output"));
+        if best.as_ref().is_none_or(|b| time < b.time) {
+            best = Some(Measured { time, bytes });
+        }
+    }
+    best.expect("at least one round")
+}
+
+fn max_child_rss_kib() -> u64 {
+    // SAFETY: getrusage fills the struct it is given.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
+        u.ru_maxrss as u64
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let rounds = args.iter().position(|a| a == "--rounds").and_then(|i| args.get(i + 1)).and_then(|n| n.parse().ok()).unwrap_or(1);
+    let with_gzip = args.iter().any(|a| a == "--with-gzip");
+    let mut dirs: Vec<PathBuf> = args.iter().filter(|a| a.starts_with('/')).map(PathBuf::from).collect();
+    if dirs.is_empty() {
+        dirs = ["/usr/lib/x86_64-linux-gnu", "/usr/bin", "/usr/share"].iter().map(PathBuf::from).collect();
+    }
+
+    // The plan: the first directory is one layer; the second one more; the
+    // rest split into eight layers.
+    let mut layers: Vec<Vec<PathBuf>> = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let e = entries_of(d);
+        if i < 2 {
+            layers.push(e);
+        } else {
+            let k = 8;
+            for c in 0..k {
+                layers.push(e.iter().skip(c).step_by(k).cloned().collect());
+            }
+        }
+    }
+    layers.retain(|l| !l.is_empty());
+    let all: Vec<&PathBuf> = layers.iter().flatten().collect();
+    let work = std::env::temp_dir().join(format!("nixery-bench-packing-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let plan = serde_json::json!({
+        "version": 1,
+        "layers": layers.iter().map(|l| serde_json::json!({"paths": l, "size": 0})).collect::<Vec<_>>(),
+    });
+    let plan_file = work.join("plan.json");
+    std::fs::write(&plan_file, serde_json::to_vec(&plan).unwrap()).unwrap();
+    let list = work.join("entries");
+    let mut f = std::fs::File::create(&list).unwrap();
+    for p in &all {
+        writeln!(f, "{}", p.strip_prefix("/").unwrap().display()).unwrap();
+    }
+    drop(f);
+    let tar = format!("tar -c -C / --files-from={}", list.display());
+
+    // Warm the page cache and size the input.
+    let input = measure(&tar, 1, true);
+    let input_bytes = input.bytes.unwrap();
+    let nixery = env!("CARGO_BIN_EXE_nixery");
+
+    println!("closure: {} entries of {} in {} layers; tar stream {:.2} GB", all.len(), dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "), layers.len(), input_bytes as f64 / 1e9);
+    println!("machine: {} cores; fastest of {rounds} round(s) each\n", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+
+    // Ours first, so that the children's peak RSS is ours.
+    let blobs = work.join("blobs");
+    let ours = measure(&format!("rm -rf {b} && {nixery} pack --plan {p} --out {b} > {b}.json", b = blobs.display(), p = plan_file.display()), rounds, false);
+    let rss = max_child_rss_kib();
+    let ours_bytes: u64 = std::fs::read_dir(&blobs).unwrap().flatten().map(|e| e.metadata().unwrap().len()).sum();
+
+    let mut rows: Vec<(String, Measured)> = vec![
+        ("tar > /dev/null".into(), measure(&format!("{tar} > /dev/null"), rounds, false)),
+        ("tar | sha256sum".into(), measure(&format!("{tar} | sha256sum > /dev/null"), rounds, false)),
+    ];
+    if with_gzip {
+        rows.push(("tar | gzip -6".into(), measure(&format!("{tar} | gzip -6 -n"), rounds, true)));
+    }
+    rows.push(("tar | pigz -p2 -6".into(), measure(&format!("{tar} | pigz -p2 -6 -n"), rounds, true)));
+    rows.push(("tar | pigz -p2 -1".into(), measure(&format!("{tar} | pigz -p2 -1 -n"), rounds, true)));
+    rows.push(("tar | zstd -T2 -3".into(), measure(&format!("{tar} | zstd -q -T2 -3"), rounds, true)));
+    let pigz6 = rows.iter().find(|r| r.0 == "tar | pigz -p2 -6").map(|r| (r.1.time, r.1.bytes.unwrap())).unwrap();
+    rows.push(("nixery pack (gzip -6, all layers, both digests)".into(), Measured { time: ours.time, bytes: Some(ours_bytes) }));
+
+    println!("{:<50} {:>9} {:>10} {:>12} {:>14}", "what", "time", "input MB/s", "output MB", "vs pigz -6");
+    for (what, m) in &rows {
+        let rate = input_bytes as f64 / 1e6 / m.time.as_secs_f64();
+        let out = m.bytes.map(|b| format!("{:.1}", b as f64 / 1e6)).unwrap_or_else(|| "-".into());
+        let ratio = m.time.as_secs_f64() / pigz6.0.as_secs_f64();
+        println!("{what:<50} {:>8.2}s {rate:>10.0} {out:>12} {ratio:>13.2}x", m.time.as_secs_f64());
+    }
+    println!(
+        "\nnixery pack: {:.2}x the time of tar | pigz -p2 -6, output {:+.2}% against it, peak RSS {} MB",
+        ours.time.as_secs_f64() / pigz6.0.as_secs_f64(),
+        (ours_bytes as f64 / pigz6.1 as f64 - 1.0) * 100.0,
+        rss / 1024
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
