@@ -10,7 +10,8 @@
 //! one large layer are exercised.
 //!
 //! Each command reads from the page cache (a first `tar` warms it). The
-//! baselines compress one tar stream of exactly the same entries. Peak
+//! baselines compress one tar stream of exactly the same entries, with hard
+//! links written in full as nixery writes them (`tar --hard-dereference`). Peak
 //! memory of `nixery pack` is the child's maximum RSS.
 //!
 //! Run: `cargo bench --bench packing` (or `bench/packing`); arguments
@@ -115,7 +116,10 @@ fn main() {
         writeln!(f, "{}", p.strip_prefix("/").unwrap().display()).unwrap();
     }
     drop(f);
-    let tar = format!("tar -c -C / --files-from={}", list.display());
+    // --hard-dereference: like nixery, write a hard-linked file in full each
+    // time (the bytes of a layer must not depend on whether the store was
+    // optimised), so both sides pack the same content.
+    let tar = format!("tar -c --hard-dereference -C / --files-from={}", list.display());
 
     // Warm the page cache and size the input.
     let input = measure(&tar, 1, true);
