@@ -146,7 +146,12 @@ fn main() {
     rows.push(("tar | pigz -p2 -1".into(), measure(&format!("{tar} | pigz -p2 -1 -n"), rounds, true)));
     rows.push(("tar | zstd -T2 -3".into(), measure(&format!("{tar} | zstd -q -T2 -3"), rounds, true)));
     let pigz6 = rows.iter().find(|r| r.0 == "tar | pigz -p2 -6").map(|r| (r.1.time, r.1.bytes.unwrap())).unwrap();
+    let zstd3 = rows.iter().find(|r| r.0 == "tar | zstd -T2 -3").map(|r| (r.1.time, r.1.bytes.unwrap())).unwrap();
     rows.push(("nixery pack (gzip -6, all layers, both digests)".into(), Measured { time: ours.time, bytes: Some(ours_bytes) }));
+    let zblobs = work.join("zblobs");
+    let ours_zstd = measure(&format!("rm -rf {b} && {nixery} pack --compression zstd --plan {p} --out {b} > {b}.json", b = zblobs.display(), p = plan_file.display()), rounds, false);
+    let zstd_bytes: u64 = std::fs::read_dir(&zblobs).unwrap().flatten().map(|e| e.metadata().unwrap().len()).sum();
+    rows.push(("nixery pack --compression zstd (level 3)".into(), Measured { time: ours_zstd.time, bytes: Some(zstd_bytes) }));
 
     println!("{:<50} {:>9} {:>10} {:>12} {:>14}", "what", "time", "input MB/s", "output MB", "vs pigz -6");
     for (what, m) in &rows {
@@ -160,6 +165,11 @@ fn main() {
         ours.time.as_secs_f64() / pigz6.0.as_secs_f64(),
         (ours_bytes as f64 / pigz6.1 as f64 - 1.0) * 100.0,
         rss / 1024
+    );
+    println!(
+        "nixery pack --compression zstd: {:.2}x the time of tar | zstd -T2 -3, output {:+.2}% against it",
+        ours_zstd.time.as_secs_f64() / zstd3.0.as_secs_f64(),
+        (zstd_bytes as f64 / zstd3.1 as f64 - 1.0) * 100.0
     );
     let _ = std::fs::remove_dir_all(&work);
 }

@@ -83,8 +83,12 @@ pub struct BuildSpec {
     #[serde(default)]
     pub popularity: Option<PopularitySource>,
     pub format: Format,
+    /// "gzip" or "zstd"; gzip when absent.
     #[serde(default)]
-    pub gzip_level: Option<u32>,
+    pub compression: Option<String>,
+    /// The compression level; the compression's default when absent.
+    #[serde(default)]
+    pub compression_level: Option<u32>,
     /// The layering algorithm by name; the default when absent.
     #[serde(default)]
     pub layering: Option<String>,
@@ -201,7 +205,11 @@ pub fn build_image(spec: &BuildSpec, graph: &ClosureGraph, platform: Platform, o
     let mut comments: Vec<String> = plan.layers.iter().map(|l| layer_comment(&l.paths)).collect();
     comments.push("image root: links to the contents, /tmp".to_string());
 
-    let opts = PackOptions { gzip_level: spec.gzip_level.unwrap_or(packing::DEFAULT_GZIP_LEVEL) };
+    let compression = match &spec.compression {
+        Some(c) => c.parse::<packing::Compression>().map_err(&invalid)?,
+        None => packing::Compression::Gzip,
+    };
+    let opts = PackOptions::new(compression, spec.compression_level);
     let layout_dir = match spec.format {
         Format::OciDir => out.to_path_buf(),
         Format::DockerArchive => std::env::temp_dir().join(format!("nixery-layout-{}", std::process::id())),

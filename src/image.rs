@@ -39,6 +39,8 @@ pub mod media_type {
     pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
     /// Docker image config.
     pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+    /// OCI zstd layer (also what Docker 23+ reads in its own manifests).
+    pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
     /// Docker gzip layer.
     pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 }
@@ -286,9 +288,13 @@ impl Image {
     /// The config and manifest documents in the given flavour.
     pub fn docs(&self, flavour: ManifestFlavour) -> ImageDocs {
         use media_type::*;
-        let (manifest_type, config_type, layer_type) = match flavour {
+        let (manifest_type, config_type, gzip_layer) = match flavour {
             ManifestFlavour::Oci => (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP),
             ManifestFlavour::Docker => (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER_GZIP),
+        };
+        let layer_type = |c: crate::packing::Compression| match c {
+            crate::packing::Compression::Gzip => gzip_layer,
+            crate::packing::Compression::Zstd => OCI_LAYER_ZSTD,
         };
         let config = self.config_json();
         let config_digest = Digest::of(&config);
@@ -299,7 +305,7 @@ impl Image {
             layers: self
                 .layers
                 .iter()
-                .map(|l| Descriptor::new(layer_type, l.packed.digest.clone(), l.packed.size))
+                .map(|l| Descriptor::new(layer_type(l.packed.compression), l.packed.digest.clone(), l.packed.size))
                 .collect(),
         };
         let manifest = serde_json::to_vec(&doc).expect("manifest serialises");
@@ -422,6 +428,7 @@ mod tests {
                 diff_id: Digest::of(&[n, n]),
                 size: 10 + n as u64,
                 tar_size: 1024,
+                compression: Default::default(),
             },
             comment: format!("layer {n}"),
         }

@@ -48,9 +48,12 @@ enum Command {
         /// The directory for the blobs.
         #[arg(long)]
         out: PathBuf,
-        /// gzip level, 0 to 9.
-        #[arg(long, default_value_t = nixery::packing::DEFAULT_GZIP_LEVEL, value_parser = clap::value_parser!(u32).range(0..=9))]
-        gzip_level: u32,
+        /// Layer compression: gzip or zstd.
+        #[arg(long, default_value = "gzip")]
+        compression: nixery::packing::Compression,
+        /// Compression level (gzip 0 to 9, default 6; zstd 1 to 19, default 3).
+        #[arg(long)]
+        level: Option<u32>,
     },
     /// Build an image from a derivation's attributes (the builder entry
     /// point of `buildNixeryImage`).
@@ -289,10 +292,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let plan = layering::plan_with(&g, &pop, max_layers, algorithm)?;
             println!("{}", serde_json::to_string_pretty(&plan)?);
         }
-        Command::Pack { plan, out, gzip_level } => {
+        Command::Pack { plan, out, compression, level } => {
             let plan: layering::LayerPlan = serde_json::from_str(&read(&plan)?).with_context(|| format!("{} is not a layer plan", plan.display()))?;
             let contents: Vec<nixery::packing::LayerContent> = plan.layers.into_iter().map(|l| nixery::packing::LayerContent::StorePaths(l.paths)).collect();
-            let packed = nixery::packing::pack_all(&contents, &out, nixery::packing::PackOptions { gzip_level })?;
+            let packed = nixery::packing::pack_all(&contents, &out, nixery::packing::PackOptions::new(compression, level))?;
             println!("{}", serde_json::to_string_pretty(&packed)?);
         }
         Command::BuildImage { attrs } => {

@@ -44,7 +44,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
-use flate2::{Compress, Compression, FlushCompress, Status};
+use flate2::{Compress, FlushCompress, Status};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -139,18 +139,73 @@ pub struct PackedLayer {
     pub size: u64,
     /// Size of the uncompressed tar in bytes.
     pub tar_size: u64,
+    /// How the blob is compressed.
+    #[serde(default)]
+    pub compression: Compression,
+}
+
+/// A layer compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// gzip (`tar+gzip`), which every client reads. The default.
+    #[default]
+    Gzip,
+    /// zstd (`tar+zstd`), for Docker 23+, containerd 1.5+, podman 4+.
+    Zstd,
+}
+
+impl Compression {
+    /// The level used when none is given: gzip 6, zstd 3.
+    pub fn default_level(self) -> u32 {
+        match self {
+            Compression::Gzip => DEFAULT_GZIP_LEVEL,
+            Compression::Zstd => 3,
+        }
+    }
+    /// The name, as in `lib.nix` and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "gzip" => Ok(Compression::Gzip),
+            "zstd" => Ok(Compression::Zstd),
+            _ => Err(format!("unknown compression {s:?} (expected gzip or zstd)")),
+        }
+    }
 }
 
 /// How layers are compressed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PackOptions {
-    /// gzip level, 0 to 9.
-    pub gzip_level: u32,
+    pub compression: Compression,
+    /// gzip: 0 to 9; zstd: 1 to 19.
+    pub level: u32,
+}
+
+impl PackOptions {
+    /// `compression` at `level`, or at its default level.
+    pub fn new(compression: Compression, level: Option<u32>) -> PackOptions {
+        let level = level.unwrap_or(compression.default_level());
+        let level = match compression {
+            Compression::Gzip => level.min(9),
+            Compression::Zstd => level.clamp(1, 19),
+        };
+        PackOptions { compression, level }
+    }
 }
 
 impl Default for PackOptions {
     fn default() -> Self {
-        PackOptions { gzip_level: DEFAULT_GZIP_LEVEL }
+        PackOptions::new(Compression::Gzip, None)
     }
 }
 
@@ -387,7 +442,7 @@ impl<W: Write> Write for ParallelGzWriter<W> {
 /// Raw deflate of one chunk, primed with `dictionary`, ending with a sync
 /// flush (byte-aligned, not final) or, for the last chunk, the final block.
 fn compress_chunk(input: &[u8], dictionary: &[u8], level: u32, last: bool) -> io::Result<Vec<u8>> {
-    let mut c = Compress::new(Compression::new(level), false);
+    let mut c = Compress::new(flate2::Compression::new(level), false);
     if !dictionary.is_empty() {
         c.set_dictionary(dictionary).map_err(io::Error::other)?;
     }
@@ -406,16 +461,58 @@ fn compress_chunk(input: &[u8], dictionary: &[u8], level: u32, last: bool) -> io
     }
 }
 
-/// Packs `content` as a gzip tar into `out`, returning the writer and the
-/// layer's digests. `out` should be buffered.
+/// A compressing writer of either kind.
+enum Compressor<W: Write> {
+    Gzip(ParallelGzWriter<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write> Compressor<W> {
+    fn new(out: W, opts: PackOptions) -> io::Result<Self> {
+        Ok(match opts.compression {
+            Compression::Gzip => Compressor::Gzip(ParallelGzWriter::new(out, opts.level)?),
+            Compression::Zstd => {
+                let mut e = zstd::stream::write::Encoder::new(out, opts.level as i32)?;
+                e.include_checksum(false)?;
+                e.include_contentsize(false)?;
+                // zstd's multithreaded output is the same for any number
+                // of workers from one up, so it never depends on the machine.
+                e.multithread(rayon::current_num_threads().max(1) as u32)?;
+                Compressor::Zstd(e)
+            }
+        })
+    }
+
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Compressor::Gzip(g) => g.finish(),
+            Compressor::Zstd(z) => z.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Compressor<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Compressor::Gzip(g) => g.write(buf),
+            Compressor::Zstd(z) => z.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Packs `content` as a compressed tar into `out`, returning the writer
+/// and the layer's digests. `out` should be buffered.
 pub fn pack_to_writer<W: Write>(content: &LayerContent, out: W, opts: PackOptions) -> Result<(W, PackedLayer), PackError> {
     let blob = HashingWriter::new(out);
-    let gz = ParallelGzWriter::new(blob, opts.gzip_level).map_err(io_err("<gzip>"))?;
-    let tar = write_tar(content, HashingWriter::new(gz))?;
-    let (gz, diff_id, tar_size) = tar.finish();
-    let blob = gz.finish().map_err(io_err("<gzip>"))?;
+    let compressor = Compressor::new(blob, opts).map_err(io_err("<compressor>"))?;
+    let tar = write_tar(content, HashingWriter::new(compressor))?;
+    let (compressor, diff_id, tar_size) = tar.finish();
+    let blob = compressor.finish().map_err(io_err("<compressor>"))?;
     let (out, digest, size) = blob.finish();
-    Ok((out, PackedLayer { digest, diff_id, size, tar_size }))
+    Ok((out, PackedLayer { digest, diff_id, size, tar_size, compression: opts.compression }))
 }
 
 /// Packs `content` into a gzip tar written to `dest`, returning its digests.
@@ -606,6 +703,28 @@ mod tests {
             w.finish().unwrap()
         });
         assert_eq!(inline, gzip_with_threads(&data, 2));
+    }
+
+    #[test]
+    fn zstd_layers_round_trip_and_do_not_depend_on_threads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("0123456789abcdfghijklmnpqrsvwxyz-pkg");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("data"), sample_bytes(3 * GZIP_CHUNK)).unwrap();
+        let content = LayerContent::StorePaths(vec![src.to_str().unwrap().to_string()]);
+        let opts = PackOptions::new(Compression::Zstd, None);
+        let with = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| pack_to_writer(&content, Vec::new(), opts).unwrap())
+        };
+        let (one, p1) = with(1);
+        let (three, p3) = with(3);
+        assert_eq!(one, three);
+        assert_eq!(p1, p3);
+        assert_eq!(p1.compression, Compression::Zstd);
+        let tar = zstd::stream::decode_all(&one[..]).unwrap();
+        assert_eq!(Digest::of(&tar), p1.diff_id);
+        assert_eq!(Digest::of(&one), p1.digest);
     }
 
     #[test]

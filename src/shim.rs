@@ -220,7 +220,8 @@ impl Shim {
             &request.system,
             &self.config.max_layers.to_string(),
             self.config.layering.name(),
-            &self.config.pack.gzip_level.to_string(),
+            self.config.pack.compression.name(),
+            &self.config.pack.level.to_string(),
             &self.popularity_digest,
         ])
     }
@@ -336,7 +337,7 @@ impl Shim {
 fn layer_key(items: &[String], opts: PackOptions) -> String {
     let mut sorted: Vec<&str> = items.iter().map(String::as_str).collect();
     sorted.sort_unstable();
-    let level = format!("gzip-{}", opts.gzip_level);
+    let level = format!("{}-{}", opts.compression.name(), opts.level);
     let mut parts = vec![CACHE_VERSION, level.as_str()];
     parts.extend(sorted);
     hex_sha256(&parts)
@@ -348,7 +349,11 @@ fn pack_into(storage: &dyn Storage, content: &LayerContent, opts: PackOptions) -
         Ok(r) => r,
         Err(e) => return Err(ShimError::Build(e.to_string())),
     };
-    writer.commit(&packed.digest, media_type::OCI_LAYER_GZIP)?;
+    let media = match packed.compression {
+        crate::packing::Compression::Gzip => media_type::OCI_LAYER_GZIP,
+        crate::packing::Compression::Zstd => media_type::OCI_LAYER_ZSTD,
+    };
+    writer.commit(&packed.digest, media)?;
     Ok(packed)
 }
 

@@ -83,3 +83,20 @@ fn docker_archive_loads_with_skopeo() {
     run(skopeo().args(["copy"]).arg(format!("docker-archive:{}", direct.display())).arg(format!("oci:{}:v2", out.display())));
     assert!(out.join("index.json").exists());
 }
+
+#[test]
+fn zstd_images_run_with_podman() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = nix_build_expr(
+        dir.path(),
+        r#"nixery.buildNixeryImage { name = "zhello"; tag = "v1"; contents = [ pkgs.hello ]; compression = "zstd"; config.Cmd = [ "hello" ]; }"#,
+    );
+    let (manifest, _) = layout_manifest(&image);
+    for l in manifest["layers"].as_array().unwrap() {
+        assert_eq!(l["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd");
+    }
+    let root = tempfile::tempdir().unwrap();
+    let id = run_stdout(podman(root.path()).args(["pull", "-q"]).arg(format!("oci:{}:v1", image.display())));
+    let out = run_stdout(podman(root.path()).args(PODMAN_RUN).arg(id.trim()));
+    assert_eq!(out, "Hello, world!\n");
+}

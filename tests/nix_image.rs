@@ -96,7 +96,7 @@ fn large_paths_get_a_layer_of_their_own() {
     let dir = tempfile::tempdir().unwrap();
     let out = nix_build_expr(
         dir.path(),
-        r#"nixery.buildNixeryImage { name = "big"; tag = "v1"; contents = [ pkgs.hello pkgs.bigdata ]; maxLayers = 10; gzipLevel = 1; }"#,
+        r#"nixery.buildNixeryImage { name = "big"; tag = "v1"; contents = [ pkgs.hello pkgs.bigdata ]; maxLayers = 10; compressionLevel = 1; }"#,
     );
     let found = store_paths_by_layer(&out);
     let big = found.keys().find(|p| p.ends_with("-bigdata-1.0")).expect("bigdata in the image").clone();
