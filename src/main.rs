@@ -161,6 +161,10 @@ struct ServeArgs {
     /// The most layers an image may have, root layer included.
     #[arg(long, env = "NIXERY_MAX_LAYERS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(2..=125))]
     max_layers: u64,
+    /// Seconds a resolved package-set revision (a git ref's commit, a
+    /// local set's content hash) is reused before it is looked up again.
+    #[arg(long, env = "NIXERY_REVISION_TTL", default_value_t = 10)]
+    revision_ttl: u64,
     /// The layering algorithm: sharing, nixery or popularity-contest.
     #[arg(long, env = "NIXERY_LAYERING", default_value_t = nixery::layering::Algorithm::default())]
     layering: nixery::layering::Algorithm,
@@ -221,6 +225,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pack: Default::default(),
         popularity,
         prepare,
+        revision_ttl: std::time::Duration::from_secs(args.revision_ttl),
     };
     let shim = nixery::shim::Shim::new(config, storage);
     let state = Arc::new(nixery::registry::AppState { shim, source_description: source_description.clone() });

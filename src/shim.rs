@@ -30,7 +30,7 @@ use crate::graph::{ClosureGraph, Popularity};
 use crate::image::{media_type, Image, ImageLayer, ManifestFlavour, Platform, RuntimeConfig};
 use crate::image_name::{parse_image_name, ImageRequest, MetaPackages, NameError};
 use crate::layering;
-use crate::nix::{NixError, PackageSource, Prepare, Prepared};
+use crate::nix::{NixError, PackageSource, Prepare, Prepared, ResolvedSource};
 use crate::packing::{pack_to_writer, Digest, LayerContent, PackOptions, PackedLayer};
 use crate::root_layer;
 use crate::storage::{put_bytes, Storage, StorageError};
@@ -69,6 +69,9 @@ pub struct ShimConfig {
     pub pack: PackOptions,
     pub popularity: Popularity,
     pub prepare: Prepare,
+    /// How long a resolved source revision (a git ref's commit, a local
+    /// set's hash) is reused before it is looked up again.
+    pub revision_ttl: Duration,
 }
 
 /// A stored manifest.
@@ -102,6 +105,7 @@ pub struct Shim {
     config: ShimConfig,
     storage: Arc<dyn Storage>,
     manifests: Mutex<HashMap<String, Arc<BuiltImage>>>,
+    revisions: Mutex<HashMap<String, (std::time::Instant, ResolvedSource)>>,
     inflight: Mutex<HashMap<String, BuildFuture>>,
     errors: Mutex<VecDeque<ErrorRecord>>,
     popularity_digest: String,
@@ -125,6 +129,7 @@ impl Shim {
             config,
             storage,
             manifests: Mutex::new(HashMap::new()),
+            revisions: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             errors: Mutex::new(VecDeque::new()),
             nix_builds: AtomicU64::new(0),
@@ -165,7 +170,7 @@ impl Shim {
     /// The built image for `name:tag`, building it if needed.
     pub async fn image(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<BuiltImage>, Arc<ShimError>> {
         let request = parse_image_name(name, &self.config.meta).map_err(|e| Arc::new(e.into()))?;
-        let source = self.config.source.resolve(tag).await.map_err(|e| {
+        let source = self.resolve(tag).await.map_err(|e| {
             let e = Arc::new(ShimError::from(e));
             self.record_error(&format!("{name}:{tag}"), e.to_string());
             e
@@ -209,6 +214,26 @@ impl Shim {
         fut.await
     }
 
+    /// The source pinned for `tag`, remembered for
+    /// [`ShimConfig::revision_ttl`] so that warm pulls do not ask git or
+    /// hash the package set each time.
+    async fn resolve(&self, tag: &str) -> Result<ResolvedSource, NixError> {
+        // Other sources ignore the tag: one entry serves them all.
+        let key = if matches!(self.config.source, PackageSource::Git(_)) { tag } else { "" };
+        if let Some((at, r)) = self.revisions.lock().expect("revisions lock").get(key) {
+            if at.elapsed() < self.config.revision_ttl {
+                return Ok(r.clone());
+            }
+        }
+        let r = self.config.source.resolve(tag).await?;
+        let mut revisions = self.revisions.lock().expect("revisions lock");
+        if revisions.len() > 10_000 {
+            revisions.clear();
+        }
+        revisions.insert(key.to_string(), (std::time::Instant::now(), r.clone()));
+        Ok(r)
+    }
+
     fn manifest_key(&self, revision: &str, request: &ImageRequest) -> String {
         let packages = serde_json::to_string(&request.packages).expect("json");
         let bases = serde_json::to_string(&self.config.base_packages).expect("json");
@@ -230,7 +255,7 @@ impl Shim {
         self: &Arc<Self>,
         key: &str,
         request: &ImageRequest,
-        source: &crate::nix::ResolvedSource,
+        source: &ResolvedSource,
         label: &str,
     ) -> Result<Arc<BuiltImage>, ShimError> {
         let meta_key = format!("manifests/{key}.json");
