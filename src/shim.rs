@@ -80,6 +80,9 @@ pub struct StoredManifest {
     pub digest: Digest,
     pub size: u64,
     pub media_type: String,
+    /// The manifest's bytes, kept in memory so warm pulls touch no storage.
+    #[serde(skip)]
+    pub bytes: Option<bytes::Bytes>,
 }
 
 /// An image that is built and stored: one manifest per flavour.
@@ -97,6 +100,15 @@ pub struct ErrorRecord {
     pub message: String,
 }
 
+/// A resolved source revision and when it was looked up.
+#[derive(Debug)]
+struct Revision {
+    at: std::time::Instant,
+    source: ResolvedSource,
+    /// A request is looking it up again.
+    refreshing: bool,
+}
+
 type BuildFuture = Shared<BoxFuture<'static, Result<Arc<BuiltImage>, Arc<ShimError>>>>;
 
 /// The image service.
@@ -105,7 +117,7 @@ pub struct Shim {
     config: ShimConfig,
     storage: Arc<dyn Storage>,
     manifests: Mutex<HashMap<String, Arc<BuiltImage>>>,
-    revisions: Mutex<HashMap<String, (std::time::Instant, ResolvedSource)>>,
+    revisions: Mutex<HashMap<String, Revision>>,
     inflight: Mutex<HashMap<String, BuildFuture>>,
     errors: Mutex<VecDeque<ErrorRecord>>,
     popularity_digest: String,
@@ -216,22 +228,37 @@ impl Shim {
 
     /// The source pinned for `tag`, remembered for
     /// [`ShimConfig::revision_ttl`] so that warm pulls do not ask git or
-    /// hash the package set each time.
+    /// hash the package set each time. When an entry expires, one request
+    /// looks it up again while the others keep using the old one, so a
+    /// busy instance never stampedes git or nix-hash.
     async fn resolve(&self, tag: &str) -> Result<ResolvedSource, NixError> {
         // Other sources ignore the tag: one entry serves them all.
         let key = if matches!(self.config.source, PackageSource::Git(_)) { tag } else { "" };
-        if let Some((at, r)) = self.revisions.lock().expect("revisions lock").get(key) {
-            if at.elapsed() < self.config.revision_ttl {
-                return Ok(r.clone());
+        {
+            let mut revisions = self.revisions.lock().expect("revisions lock");
+            if let Some(entry) = revisions.get_mut(key) {
+                if entry.at.elapsed() < self.config.revision_ttl || entry.refreshing {
+                    return Ok(entry.source.clone());
+                }
+                entry.refreshing = true;
             }
         }
-        let r = self.config.source.resolve(tag).await?;
+        let result = self.config.source.resolve(tag).await;
         let mut revisions = self.revisions.lock().expect("revisions lock");
-        if revisions.len() > 10_000 {
-            revisions.clear();
+        match result {
+            Ok(r) => {
+                if revisions.len() > 10_000 {
+                    revisions.clear();
+                }
+                revisions.insert(key.to_string(), Revision { at: std::time::Instant::now(), source: r.clone(), refreshing: false });
+                Ok(r)
+            }
+            Err(e) => {
+                // Forget the stale entry: the next request tries again.
+                revisions.remove(key);
+                Err(e)
+            }
         }
-        revisions.insert(key.to_string(), (std::time::Instant::now(), r.clone()));
-        Ok(r)
     }
 
     fn manifest_key(&self, revision: &str, request: &ImageRequest) -> String {
@@ -260,8 +287,8 @@ impl Shim {
     ) -> Result<Arc<BuiltImage>, ShimError> {
         let meta_key = format!("manifests/{key}.json");
         if let Some(bytes) = self.storage.get_meta(&meta_key).await? {
-            if let Ok(img) = serde_json::from_slice::<BuiltImage>(&bytes) {
-                if self.storage.stat_blob(&img.oci.digest).await?.is_some() && self.storage.stat_blob(&img.docker.digest).await?.is_some() {
+            if let Ok(mut img) = serde_json::from_slice::<BuiltImage>(&bytes) {
+                if self.load_bytes(&mut img.oci).await? && self.load_bytes(&mut img.docker).await? {
                     tracing::info!(image = label, "manifest cache hit");
                     return Ok(Arc::new(img));
                 }
@@ -350,6 +377,22 @@ impl Shim {
         tokio::task::spawn_blocking(move || store_manifests(&*storage, &image)).await.map_err(|e| ShimError::Build(e.to_string()))?
     }
 
+    /// Reads a stored manifest's bytes into memory; false when it is gone
+    /// or not what the cache says.
+    async fn load_bytes(&self, m: &mut StoredManifest) -> Result<bool, ShimError> {
+        if self.storage.stat_blob(&m.digest).await?.is_none() {
+            return Ok(false);
+        }
+        let bytes = crate::storage::collect(self.storage.read_blob(&m.digest, 0, m.size).await?)
+            .await
+            .map_err(|e| ShimError::Build(format!("reading manifest {}: {e}", m.digest)))?;
+        if Digest::of(&bytes) != m.digest {
+            return Ok(false);
+        }
+        m.bytes = Some(bytes.into());
+        Ok(true)
+    }
+
     async fn cached_layer(&self, key: &str) -> Result<Option<PackedLayer>, ShimError> {
         let Some(bytes) = self.storage.get_meta(&format!("layers/{key}.json")).await? else { return Ok(None) };
         let Ok(p) = serde_json::from_slice::<PackedLayer>(&bytes) else { return Ok(None) };
@@ -388,7 +431,12 @@ fn store_manifests(storage: &dyn Storage, image: &Image) -> Result<BuiltImage, S
     put_bytes(storage, &oci.config, media_type::OCI_CONFIG)?;
     let stored = |docs: &crate::image::ImageDocs| -> Result<StoredManifest, ShimError> {
         put_bytes(storage, &docs.manifest, docs.manifest_media_type)?;
-        Ok(StoredManifest { digest: docs.manifest_digest.clone(), size: docs.manifest.len() as u64, media_type: docs.manifest_media_type.to_string() })
+        Ok(StoredManifest {
+            digest: docs.manifest_digest.clone(),
+            size: docs.manifest.len() as u64,
+            media_type: docs.manifest_media_type.to_string(),
+            bytes: Some(docs.manifest.clone().into()),
+        })
     };
     Ok(BuiltImage { oci: stored(&oci)?, docker: stored(&docker)? })
 }

@@ -77,7 +77,9 @@ fn hv(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).expect("header value")
 }
 
-/// Serves a stored blob. `content_type` is what to send as Content-Type.
+/// Serves a stored blob. `content_type` is what to send as Content-Type;
+/// `in_memory`, when given, are the blob's bytes (storage is then not read).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_stored(
     state: &AppState,
     method: &Method,
@@ -86,6 +88,7 @@ pub async fn serve_stored(
     info: &BlobInfo,
     content_type: &str,
     ranges: bool,
+    in_memory: Option<&bytes::Bytes>,
 ) -> Response {
     let mut h = HeaderMap::new();
     h.insert("Docker-Content-Digest", hv(&digest.0));
@@ -123,6 +126,9 @@ pub async fn serve_stored(
     if method == Method::HEAD {
         return respond(status, h, Body::empty());
     }
+    if let Some(bytes) = in_memory {
+        return respond(status, h, Body::from(bytes.slice(start as usize..(start + len) as usize)));
+    }
     match state.shim.storage().read_blob(digest, start, len).await {
         Ok(stream) => respond(status, h, Body::from_stream(stream)),
         Err(e) => {
@@ -142,7 +148,7 @@ pub async fn get_blob(state: &AppState, method: &Method, headers: &HeaderMap, re
         .await
         .map_err(|e| ErrorCode::Unknown.with_detail(e.to_string()))?
         .ok_or_else(|| ErrorCode::BlobUnknown.with_detail(digest.0.clone()))?;
-    Ok(serve_stored(state, method, headers, &digest, &info, "application/octet-stream", true).await)
+    Ok(serve_stored(state, method, headers, &digest, &info, "application/octet-stream", true, None).await)
 }
 
 #[cfg(test)]

@@ -67,21 +67,29 @@ pub async fn get_manifest(state: &AppState, method: &Method, headers: &HeaderMap
             .filter(|i| is_manifest_type(&i.media_type))
             .ok_or_else(unknown_revision)?;
         let media = info.media_type.clone();
-        return Ok(serve_stored(state, method, headers, &digest, &info, &media, false).await);
+        return Ok(serve_stored(state, method, headers, &digest, &info, &media, false, None).await);
     }
     if !valid_tag(reference) {
         return Err(ErrorCode::TagInvalid.with_detail(serde_json::json!({ "Tag": reference })));
     }
     let image = state.shim.image(name, reference).await.map_err(|e| shim_error(&e, name, reference))?;
     let chosen = negotiate(headers, &image);
-    let info = state
-        .shim
-        .storage()
-        .stat_blob(&chosen.digest)
-        .await
-        .map_err(|e| ErrorCode::Unknown.with_detail(e.to_string()))?
-        .ok_or_else(|| ErrorCode::ManifestUnknown.with_detail(serde_json::json!({ "Name": name, "Tag": reference })))?;
-    Ok(serve_stored(state, method, headers, &chosen.digest, &info, &chosen.media_type, false).await)
+    let info = crate::storage::BlobInfo { size: chosen.size, media_type: chosen.media_type.clone() };
+    match &chosen.bytes {
+        Some(bytes) => Ok(serve_stored(state, method, headers, &chosen.digest, &info, &chosen.media_type, false, Some(bytes)).await),
+        None => {
+            // Not in memory (cannot happen for images this process built or
+            // loaded): serve from storage.
+            state
+                .shim
+                .storage()
+                .stat_blob(&chosen.digest)
+                .await
+                .map_err(|e| ErrorCode::Unknown.with_detail(e.to_string()))?
+                .ok_or_else(|| ErrorCode::ManifestUnknown.with_detail(serde_json::json!({ "Name": name, "Tag": reference })))?;
+            Ok(serve_stored(state, method, headers, &chosen.digest, &info, &chosen.media_type, false, None).await)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -91,7 +99,7 @@ mod tests {
     use axum::http::HeaderValue;
 
     fn image() -> BuiltImage {
-        let m = |t: &str| StoredManifest { digest: Digest::of(t.as_bytes()), size: 1, media_type: t.to_string() };
+        let m = |t: &str| StoredManifest { digest: Digest::of(t.as_bytes()), size: 1, media_type: t.to_string(), bytes: None };
         BuiltImage { oci: m(media_type::OCI_MANIFEST), docker: m(media_type::DOCKER_MANIFEST) }
     }
 

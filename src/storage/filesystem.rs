@@ -202,7 +202,7 @@ impl Storage for FilesystemStorage {
         let mut f = tokio::fs::File::open(&path).await.map_err(io_err(&path))?;
         f.seek(io::SeekFrom::Start(offset)).await.map_err(io_err(&path))?;
         let reader = f.take(len);
-        Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024)))
+        Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20)))
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
