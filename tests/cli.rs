@@ -144,3 +144,36 @@ fn popcount_reads_path_info_in_both_shapes_and_graphs() {
     let out = Command::new(helper()).args(["popcount", "--path-info"]).arg(&bad).output().unwrap();
     assert_one_line_error(&out, "no \"path\"");
 }
+
+#[test]
+fn pack_gives_the_same_digests_whatever_the_thread_count() {
+    // Real files (this repository's sources and the helper binary), a
+    // multi-chunk layer among them, packed with 1 and with 4 threads.
+    let dir = tempfile::tempdir().unwrap();
+    let src = crate::support::repo().join("src");
+    let plan = serde_json::json!({"version": 1, "layers": [
+        {"paths": [src.to_str().unwrap()], "size": 0},
+        {"paths": [helper().to_str().unwrap()], "size": 0},
+    ]});
+    let plan_file = dir.path().join("plan.json");
+    std::fs::write(&plan_file, plan.to_string()).unwrap();
+    let mut results = Vec::new();
+    for (threads, compression) in [("1", "gzip"), ("4", "gzip"), ("1", "zstd"), ("4", "zstd")] {
+        let out = dir.path().join(format!("blobs-{threads}-{compression}"));
+        let o = Command::new(helper())
+            .env("RAYON_NUM_THREADS", threads)
+            .args(["pack", "--compression", compression, "--plan"])
+            .arg(&plan_file)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let packed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(packed[1]["tar_size"].as_u64().unwrap() > 2 * 1024 * 1024, "the binary spans several chunks");
+        results.push(packed);
+    }
+    assert_eq!(results[0], results[1], "gzip");
+    assert_eq!(results[2], results[3], "zstd");
+    assert_ne!(results[0][1]["digest"], results[2][1]["digest"]);
+}
