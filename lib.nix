@@ -84,6 +84,14 @@ let
     # Compression level: gzip 0 to 9, zstd 1 to 19. Default: null, which
     # means 6 for gzip and 3 for zstd.
     compressionLevel ? null,
+
+    # Pack each layer in a derivation of its own, so that a rebuild packs
+    # only the layers whose store paths changed (and images with the same
+    # layers share their derivations). The layer plan is computed by a
+    # first derivation and read at evaluation time, so this needs
+    # import-from-derivation (allowed by default, refused by Hydra and by
+    # `nix flake check`). The image is the same either way. Default: false.
+    incremental ? false,
   }:
     let
       checked =
@@ -100,28 +108,55 @@ let
         else if compressionLevel != null && !(builtins.isInt compressionLevel
           && compressionLevel >= 0 && compressionLevel <= (if compression == "gzip" then 9 else 19)) then
           fail name "`compressionLevel` must be null or an integer (gzip 0 to 9, zstd 1 to 19)"
+        else if !(builtins.isBool incremental) then fail name "`incremental` must be a boolean"
         else if !(builtins.elem layering [ "sharing" "nixery" "popularity-contest" ]) then
           fail name "`layering` must be \"sharing\", \"nixery\" or \"popularity-contest\", got ${builtins.toJSON layering}"
         else true;
 
-      image = derivation {
-        inherit name system;
+      spec = {
+        version = specVersion;
+        inherit name tag config maxLayers created format compression compressionLevel layering;
+        popularity =
+          if popularity == null || builtins.isAttrs popularity then popularity
+          else "${popularity}";
+      };
+
+      # A derivation run by the helper, with the closure of `contents`
+      # (sizes and references) written by Nix into its attributes file.
+      helperDerivation = drvName: subcommand: nixery: derivation {
+        name = drvName;
+        inherit system nixery;
         builder = helperExe;
-        args = [ "build-image" ];
+        args = [ subcommand ];
         __structuredAttrs = true;
-        # Nix writes the closure of `contents`, with sizes and references,
-        # into the builder's attributes file under `graph`.
         exportReferencesGraph.graph = contents;
-        nixery = {
-          version = specVersion;
-          inherit name tag config maxLayers created format compression compressionLevel layering;
-          popularity =
-            if popularity == null || builtins.isAttrs popularity then popularity
-            else "${popularity}";
-        };
-        # The image is a pure function of its inputs.
+        # The result is a pure function of the inputs.
         allowSubstitutes = false;
       };
+
+      # Incremental builds: the plan, then one derivation per layer. Layer
+      # derivations depend only on their store paths and the compression,
+      # so unchanged layers are never packed again.
+      # The plan names store paths; their context is given back, path by
+      # path, with builtins.storePath below.
+      plan = builtins.fromJSON (builtins.unsafeDiscardStringContext
+        (builtins.readFile (helperDerivation "${name}-layer-plan" "plan-layers" spec)));
+      layerDerivations = map (layer: derivation {
+        name = "nixery-layer";
+        inherit system;
+        builder = helperExe;
+        args = [ "pack-layer" ];
+        __structuredAttrs = true;
+        nixeryLayer = {
+          version = specVersion;
+          paths = map builtins.storePath layer.paths;
+          inherit compression compressionLevel;
+        };
+        allowSubstitutes = false;
+      }) plan.layers;
+
+      image = helperDerivation name "build-image"
+        (if incremental then spec // { prepacked = layerDerivations; } else spec);
 
       imageTag = if tag != null then tag else builtins.head (builtins.split "-" (baseNameOf image.outPath));
 

@@ -92,6 +92,36 @@ pub struct BuildSpec {
     /// The layering algorithm by name; the default when absent.
     #[serde(default)]
     pub layering: Option<String>,
+    /// Incremental builds: the outputs of `pack-layer` derivations, one
+    /// per planned layer, in plan order. When set, only the root layer is
+    /// packed here.
+    #[serde(default)]
+    pub prepacked: Option<Vec<PathBuf>>,
+}
+
+/// What a `pack-layer` derivation writes beside its `blob`.
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+pub struct PrepackedLayer {
+    pub paths: Vec<String>,
+    pub packed: packing::PackedLayer,
+}
+
+#[derive(Deserialize)]
+struct PackLayerAttrs {
+    outputs: std::collections::BTreeMap<String, PathBuf>,
+    #[serde(rename = "nixeryLayer")]
+    layer: PackLayerSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PackLayerSpec {
+    version: u32,
+    paths: Vec<String>,
+    #[serde(default)]
+    compression: Option<String>,
+    #[serde(default)]
+    compression_level: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -120,10 +150,52 @@ pub fn default_attrs_path() -> PathBuf {
     }
 }
 
+fn read_attrs<T: serde::de::DeserializeOwned>(attrs_path: &Path) -> Result<T, BuildError> {
+    let text = fs::read_to_string(attrs_path).map_err(|source| BuildError::Read { path: attrs_path.to_path_buf(), source })?;
+    serde_json::from_str(&text).map_err(|source| BuildError::Attrs { path: attrs_path.to_path_buf(), source })
+}
+
+fn write_out(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
+    fs::write(path, bytes).map_err(|e| BuildError::Image(ImageError::Io { path: path.to_path_buf(), source: e }))
+}
+
+/// The first stage of an incremental build (`nixery plan-layers`): writes
+/// the layer plan of the image's closure to the `out` output.
+pub fn plan_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
+    let attrs: Attrs = read_attrs(attrs_path)?;
+    let spec = attrs.nixery;
+    if spec.version != SPEC_VERSION {
+        return Err(BuildError::Version(spec.version));
+    }
+    let out = attrs.outputs.get("out").ok_or_else(|| BuildError::Invalid { name: spec.name.clone(), message: "no `out` output".into() })?;
+    let graph = ClosureGraph::new(attrs.graph, Some(attrs.export.map(|e| e.graph).unwrap_or_default()))?;
+    let plan = plan_layers(&spec, &graph)?;
+    write_out(out, &serde_json::to_vec(&plan).expect("json"))
+}
+
+/// The second stage (`nixery pack-layer`): packs one layer's store paths
+/// into `out/blob`, with `out/layer.json` ([`PrepackedLayer`]) beside it.
+pub fn pack_layer_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
+    let attrs: PackLayerAttrs = read_attrs(attrs_path)?;
+    if attrs.layer.version != SPEC_VERSION {
+        return Err(BuildError::Version(attrs.layer.version));
+    }
+    let invalid = |message: String| BuildError::Invalid { name: "layer".into(), message };
+    let out = attrs.outputs.get("out").ok_or_else(|| invalid("no `out` output".into()))?;
+    let compression = match &attrs.layer.compression {
+        Some(c) => c.parse::<packing::Compression>().map_err(invalid)?,
+        None => packing::Compression::Gzip,
+    };
+    fs::create_dir_all(out).map_err(|e| BuildError::Image(ImageError::Io { path: out.clone(), source: e }))?;
+    let content = LayerContent::StorePaths(attrs.layer.paths.clone());
+    let packed = packing::pack_to_file(&content, &out.join("blob"), PackOptions::new(compression, attrs.layer.compression_level))?;
+    let doc = PrepackedLayer { paths: attrs.layer.paths, packed };
+    write_out(&out.join("layer.json"), &serde_json::to_vec(&doc).expect("json"))
+}
+
 /// Runs a build from an attributes file, logging to stderr.
 pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
-    let text = fs::read_to_string(attrs_path).map_err(|source| BuildError::Read { path: attrs_path.to_path_buf(), source })?;
-    let attrs: Attrs = serde_json::from_str(&text).map_err(|source| BuildError::Attrs { path: attrs_path.to_path_buf(), source })?;
+    let attrs: Attrs = read_attrs(attrs_path)?;
     let spec = attrs.nixery;
     if spec.version != SPEC_VERSION {
         return Err(BuildError::Version(spec.version));
@@ -173,8 +245,11 @@ pub fn layer_comment(paths: &[String]) -> String {
     s
 }
 
-/// Plans, packs and writes the image of `graph` to `out`.
-pub fn build_image(spec: &BuildSpec, graph: &ClosureGraph, platform: Platform, out: &Path, tag: &str) -> Result<Image, BuildError> {
+/// The history comment of the root layer.
+pub const ROOT_LAYER_COMMENT: &str = "image root: links to the contents, /tmp";
+
+/// The plan of an image's store-path layers: the budget less the root layer.
+fn plan_layers(spec: &BuildSpec, graph: &ClosureGraph) -> Result<layering::LayerPlan, BuildError> {
     let invalid = |message: String| BuildError::Invalid { name: spec.name.clone(), message };
     if spec.max_layers < 2 {
         return Err(invalid(format!(
@@ -182,7 +257,6 @@ pub fn build_image(spec: &BuildSpec, graph: &ClosureGraph, platform: Platform, o
             spec.max_layers
         )));
     }
-    let config = RuntimeConfig::from_json_value(spec.config.clone()).map_err(|e| invalid(e.to_string()))?.with_default_path();
     let popularity = load_popularity(&spec.popularity)?;
     let algorithm = match &spec.layering {
         Some(name) => name.parse::<layering::Algorithm>().map_err(&invalid)?,
@@ -195,16 +269,23 @@ pub fn build_image(spec: &BuildSpec, graph: &ClosureGraph, platform: Platform, o
         graph.total_size(),
         plan.layers.len()
     );
+    Ok(plan)
+}
+
+/// Plans, packs and writes the image of `graph` to `out`.
+pub fn build_image(spec: &BuildSpec, graph: &ClosureGraph, platform: Platform, out: &Path, tag: &str) -> Result<Image, BuildError> {
+    let invalid = |message: String| BuildError::Invalid { name: spec.name.clone(), message };
+    if spec.max_layers < 2 {
+        return Err(invalid(format!(
+            "maxLayers must be at least 2 (one layer for the store paths, one for the image root), got {}",
+            spec.max_layers
+        )));
+    }
+    let config = RuntimeConfig::from_json_value(spec.config.clone()).map_err(|e| invalid(e.to_string()))?.with_default_path();
     let root = root_layer::join(&graph.roots).map_err(BuildError::RootLayer)?;
     for w in &root.warnings {
         eprintln!("nixery: warning: {w}");
     }
-
-    let mut contents: Vec<LayerContent> = plan.layers.iter().map(|l| LayerContent::StorePaths(l.paths.clone())).collect();
-    contents.push(LayerContent::Tree(root.entries));
-    let mut comments: Vec<String> = plan.layers.iter().map(|l| layer_comment(&l.paths)).collect();
-    comments.push("image root: links to the contents, /tmp".to_string());
-
     let compression = match &spec.compression {
         Some(c) => c.parse::<packing::Compression>().map_err(&invalid)?,
         None => packing::Compression::Gzip,
@@ -214,12 +295,42 @@ pub fn build_image(spec: &BuildSpec, graph: &ClosureGraph, platform: Platform, o
         Format::OciDir => out.to_path_buf(),
         Format::DockerArchive => std::env::temp_dir().join(format!("nixery-layout-{}", std::process::id())),
     };
-    let packed = packing::pack_all(&contents, &layout_dir.join("blobs/sha256"), opts)?;
+    let blobs = layout_dir.join("blobs/sha256");
+    let root_layer = LayerContent::Tree(root.entries);
+    let mut layers: Vec<ImageLayer> = Vec::new();
+    match &spec.prepacked {
+        // Incremental: the store-path layers come packed by their own
+        // derivations; link them in and pack only the root layer.
+        Some(dirs) => {
+            fs::create_dir_all(&blobs).map_err(|e| BuildError::Image(ImageError::Io { path: blobs.clone(), source: e }))?;
+            for dir in dirs {
+                let doc: PrepackedLayer = read_attrs(&dir.join("layer.json"))?;
+                let link = blobs.join(doc.packed.digest.hex());
+                if !link.exists() {
+                    std::os::unix::fs::symlink(dir.join("blob"), &link)
+                        .map_err(|e| BuildError::Image(ImageError::Io { path: link.clone(), source: e }))?;
+                }
+                layers.push(ImageLayer { comment: layer_comment(&doc.paths), packed: doc.packed });
+            }
+            eprintln!("nixery: {} prepacked layers, plus the root layer", layers.len());
+            let packed = packing::pack_all(std::slice::from_ref(&root_layer), &blobs, opts)?;
+            layers.extend(packed.into_iter().map(|packed| ImageLayer { packed, comment: ROOT_LAYER_COMMENT.to_string() }));
+        }
+        None => {
+            let plan = plan_layers(spec, graph)?;
+            let mut contents: Vec<LayerContent> = plan.layers.iter().map(|l| LayerContent::StorePaths(l.paths.clone())).collect();
+            contents.push(root_layer);
+            let mut comments: Vec<String> = plan.layers.iter().map(|l| layer_comment(&l.paths)).collect();
+            comments.push(ROOT_LAYER_COMMENT.to_string());
+            let packed = packing::pack_all(&contents, &blobs, opts)?;
+            layers = packed.into_iter().zip(comments).map(|(packed, comment)| ImageLayer { packed, comment }).collect();
+        }
+    }
     let image = Image {
         platform,
         created: spec.created.clone().unwrap_or_else(|| image::DEFAULT_CREATED.to_string()),
         config,
-        layers: packed.into_iter().zip(comments).map(|(packed, comment)| ImageLayer { packed, comment }).collect(),
+        layers,
     };
     image::write_oci_layout(&image, &spec.name, tag, &layout_dir)?;
     if spec.format == Format::DockerArchive {

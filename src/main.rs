@@ -63,6 +63,20 @@ enum Command {
         #[arg(long)]
         attrs: Option<PathBuf>,
     },
+    /// Plan an image's layers from a derivation's attributes (the first
+    /// stage of `buildNixeryImage { incremental = true; }`).
+    PlanLayers {
+        /// The attributes file; by default `$NIX_ATTRS_JSON_FILE`.
+        #[arg(long)]
+        attrs: Option<PathBuf>,
+    },
+    /// Pack one layer from a derivation's attributes (the second stage of
+    /// `buildNixeryImage { incremental = true; }`).
+    PackLayer {
+        /// The attributes file; by default `$NIX_ATTRS_JSON_FILE`.
+        #[arg(long)]
+        attrs: Option<PathBuf>,
+    },
     /// Run the registry shim: a pull-only registry that builds images on
     /// demand from their names (`docker pull HOST/shell/hello`).
     Serve(Box<ServeArgs>),
@@ -316,6 +330,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             builder::build_from_attrs(&attrs)?;
         }
         Command::Serve(args) => serve(*args)?,
+        Command::PlanLayers { attrs } => builder::plan_from_attrs(&attrs.unwrap_or_else(builder::default_attrs_path))?,
+        Command::PackLayer { attrs } => builder::pack_layer_from_attrs(&attrs.unwrap_or_else(builder::default_attrs_path))?,
         Command::WriteGraph { attrs } => {
             nixery::nix::write_graph_from_attrs(&attrs.unwrap_or_else(builder::default_attrs_path))?;
         }

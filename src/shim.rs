@@ -341,7 +341,7 @@ impl Shim {
             .map(|l| (LayerContent::StorePaths(l.paths.clone()), layer_key(&l.paths, self.config.pack), layer_comment(&l.paths)))
             .collect();
         let root_desc: Vec<String> = root.entries.iter().map(|e| format!("{e:?}")).collect();
-        contents.push((LayerContent::Tree(root.entries), layer_key(&root_desc, self.config.pack), "image root: links to the contents, /tmp".into()));
+        contents.push((LayerContent::Tree(root.entries), layer_key(&root_desc, self.config.pack), crate::builder::ROOT_LAYER_COMMENT.into()));
 
         // Cached layers first; pack the rest in parallel.
         let mut packed: Vec<Option<PackedLayer>> = Vec::with_capacity(contents.len());

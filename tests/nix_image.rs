@@ -181,3 +181,35 @@ fn popcount_counts_a_package_set_and_images_accept_it() {
     let (manifest, _) = layout_manifest(&image);
     assert_eq!(manifest["layers"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn incremental_builds_give_the_same_image_and_pack_only_new_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = |contents: &str, incremental: bool| {
+        format!(r#"nixery.buildNixeryImage {{ name = "inc"; tag = "v1"; contents = [ {contents} ]; incremental = {incremental}; }}"#)
+    };
+    let plain = nix_build_expr(dir.path(), &image("pkgs.hello pkgs.jq pkgs.bashInteractive", false));
+    let incremental = nix_build_expr(dir.path(), &image("pkgs.hello pkgs.jq pkgs.bashInteractive", true));
+    let (_, a) = layout_manifest(&plain);
+    let (_, b) = layout_manifest(&incremental);
+    assert_eq!(a, b, "the same image either way");
+    // Layers are links to the layer derivations' outputs; clients follow them.
+    let copy = dir.path().join("copy");
+    run(skopeo().arg("copy").arg(format!("oci:{}:v1", incremental.display())).arg(format!("oci:{}:v1", copy.display())));
+    // Swapping one package builds one new layer (nano's), not the others.
+    let file = dir.path().join("swap.nix");
+    std::fs::write(
+        &file,
+        format!(
+            "{{ helper }}: let nixery = import {}/lib.nix {{ inherit helper; }}; pkgs = import {}/tests/pkgs {{ }}; in {}",
+            repo().display(),
+            repo().display(),
+            image("pkgs.hello pkgs.jq pkgs.nano", true)
+        ),
+    )
+    .unwrap();
+    let out = run(&mut nix_build_cmd(&file));
+    let log = String::from_utf8_lossy(&out.stderr);
+    let packed_layers = log.lines().filter(|l| l.contains("building") && l.contains("-nixery-layer.drv")).count();
+    assert_eq!(packed_layers, 1, "only nano's layer is packed:\n{log}");
+}
