@@ -196,20 +196,31 @@ fn incremental_builds_give_the_same_image_and_pack_only_new_layers() {
     // Layers are links to the layer derivations' outputs; clients follow them.
     let copy = dir.path().join("copy");
     run(skopeo().arg("copy").arg(format!("oci:{}:v1", incremental.display())).arg(format!("oci:{}:v1", copy.display())));
-    // Swapping one package builds one new layer (nano's), not the others.
-    let file = dir.path().join("swap.nix");
-    std::fs::write(
-        &file,
+    // Changing one package packs one new layer, not the others. The
+    // package is new on every run, so the store's cache cannot hide work.
+    let nonce = format!("{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let changing = |version: u32| {
         format!(
-            "{{ helper }}: let nixery = import {}/lib.nix {{ inherit helper; }}; pkgs = import {}/tests/pkgs {{ }}; in {}",
-            repo().display(),
-            repo().display(),
-            image("pkgs.hello pkgs.jq pkgs.nano", true)
-        ),
-    )
-    .unwrap();
-    let out = run(&mut nix_build_cmd(&file));
+            r#"(derivation {{ name = "changing-{version}-{nonce}"; system = builtins.currentSystem; builder = "${{pkgs.busybox}}/bin/sh"; args = [ "-c" "echo {version} > $out" ]; }})"#
+        )
+    };
+    let write = |version: u32| {
+        let file = dir.path().join(format!("change-{version}.nix"));
+        std::fs::write(
+            &file,
+            format!(
+                "{{ helper }}: let nixery = import {}/lib.nix {{ inherit helper; }}; pkgs = import {}/tests/pkgs {{ }}; in {}",
+                repo().display(),
+                repo().display(),
+                image(&format!("pkgs.hello pkgs.jq {}", changing(version)), true)
+            ),
+        )
+        .unwrap();
+        file
+    };
+    run(&mut nix_build_cmd(&write(1)));
+    let out = run(&mut nix_build_cmd(&write(2)));
     let log = String::from_utf8_lossy(&out.stderr);
     let packed_layers = log.lines().filter(|l| l.contains("building") && l.contains("-nixery-layer.drv")).count();
-    assert_eq!(packed_layers, 1, "only nano's layer is packed:\n{log}");
+    assert_eq!(packed_layers, 1, "only the changed package's layer is packed:\n{log}");
 }
