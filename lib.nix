@@ -106,7 +106,8 @@ let
         else if !(builtins.elem compression [ "gzip" "zstd" ]) then
           fail name "`compression` must be \"gzip\" or \"zstd\", got ${builtins.toJSON compression}"
         else if compressionLevel != null && !(builtins.isInt compressionLevel
-          && compressionLevel >= 0 && compressionLevel <= (if compression == "gzip" then 9 else 19)) then
+          && compressionLevel >= (if compression == "gzip" then 0 else 1)
+          && compressionLevel <= (if compression == "gzip" then 9 else 19)) then
           fail name "`compressionLevel` must be null or an integer (gzip 0 to 9, zstd 1 to 19)"
         else if !(builtins.isBool incremental) then fail name "`incremental` must be a boolean"
         else if !(builtins.elem layering [ "sharing" "nixery" "popularity-contest" ]) then

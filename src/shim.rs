@@ -38,6 +38,8 @@ use crate::storage::{put_bytes, Storage, StorageError};
 /// Bumped whenever layer bytes or manifest structure change, so caches
 /// written by an older version are not reused.
 const CACHE_VERSION: &str = "nixery-cache-v1";
+/// How many images' manifests are kept in memory.
+const MEMORY_MANIFESTS: usize = 10_000;
 /// How many recent build errors the start page shows.
 const RECENT_ERRORS: usize = 20;
 
@@ -212,7 +214,12 @@ impl Shim {
                         Err(e) => Err(Arc::new(ShimError::Build(format!("build task failed: {e}")))),
                     };
                     if let Ok(img) = &result {
-                        this.manifests.lock().expect("manifest lock").insert(key2.clone(), img.clone());
+                        let mut manifests = this.manifests.lock().expect("manifest lock");
+                        // Bounded: what is dropped is still in storage.
+                        if manifests.len() >= MEMORY_MANIFESTS {
+                            manifests.clear();
+                        }
+                        manifests.insert(key2.clone(), img.clone());
                     }
                     this.inflight.lock().expect("inflight lock").remove(&key2);
                     result

@@ -138,16 +138,21 @@ pub async fn serve_stored(
     }
 }
 
+/// A digest from a URL, or DIGEST_INVALID (as the reference registry
+/// answers for anything but a well-formed sha256 digest).
+pub fn digest_param(reference: &str) -> Result<Digest, RegistryError> {
+    parse_digest(reference).map_err(|_| ErrorCode::DigestInvalid.with_detail(serde_json::json!({})))
+}
+
+/// What storage knows of a blob; a storage failure is UNKNOWN.
+pub async fn stat(state: &AppState, digest: &Digest) -> Result<Option<BlobInfo>, RegistryError> {
+    state.shim.storage().stat_blob(digest).await.map_err(|e| ErrorCode::Unknown.with_detail(e.to_string()))
+}
+
 /// `GET`/`HEAD /v2/<name>/blobs/<digest>`.
 pub async fn get_blob(state: &AppState, method: &Method, headers: &HeaderMap, reference: &str) -> Result<Response, RegistryError> {
-    let digest = parse_digest(reference).map_err(|_| ErrorCode::DigestInvalid.with_detail(serde_json::json!({})))?;
-    let info = state
-        .shim
-        .storage()
-        .stat_blob(&digest)
-        .await
-        .map_err(|e| ErrorCode::Unknown.with_detail(e.to_string()))?
-        .ok_or_else(|| ErrorCode::BlobUnknown.with_detail(digest.0.clone()))?;
+    let digest = digest_param(reference)?;
+    let info = stat(state, &digest).await?.ok_or_else(|| ErrorCode::BlobUnknown.with_detail(digest.0.clone()))?;
     Ok(serve_stored(state, method, headers, &digest, &info, "application/octet-stream", true, None).await)
 }
 

@@ -5,11 +5,11 @@
 use axum::http::{header, HeaderMap, Method};
 use axum::response::Response;
 
-use super::blobs::serve_stored;
+use super::blobs::{digest_param, serve_stored, stat};
 use super::errors::{ErrorCode, RegistryError};
 use super::AppState;
 use crate::image::media_type;
-use crate::image_name::{is_digest_reference, parse_digest, valid_tag};
+use crate::image_name::{is_digest_reference, valid_tag};
 use crate::nix::NixError;
 use crate::shim::{BuiltImage, ShimError, StoredManifest};
 
@@ -57,15 +57,8 @@ pub fn shim_error(e: &ShimError, name: &str, tag: &str) -> RegistryError {
 pub async fn get_manifest(state: &AppState, method: &Method, headers: &HeaderMap, name: &str, reference: &str) -> Result<Response, RegistryError> {
     let unknown_revision = || ErrorCode::ManifestUnknown.with_detail(serde_json::json!({ "Name": name, "Revision": reference }));
     if is_digest_reference(reference) {
-        let digest = parse_digest(reference).map_err(|_| ErrorCode::DigestInvalid.with_detail(serde_json::json!({})))?;
-        let info = state
-            .shim
-            .storage()
-            .stat_blob(&digest)
-            .await
-            .map_err(|e| ErrorCode::Unknown.with_detail(e.to_string()))?
-            .filter(|i| is_manifest_type(&i.media_type))
-            .ok_or_else(unknown_revision)?;
+        let digest = digest_param(reference)?;
+        let info = stat(state, &digest).await?.filter(|i| is_manifest_type(&i.media_type)).ok_or_else(unknown_revision)?;
         let media = info.media_type.clone();
         return Ok(serve_stored(state, method, headers, &digest, &info, &media, false, None).await);
     }
@@ -80,12 +73,8 @@ pub async fn get_manifest(state: &AppState, method: &Method, headers: &HeaderMap
         None => {
             // Not in memory (cannot happen for images this process built or
             // loaded): serve from storage.
-            state
-                .shim
-                .storage()
-                .stat_blob(&chosen.digest)
-                .await
-                .map_err(|e| ErrorCode::Unknown.with_detail(e.to_string()))?
+            stat(state, &chosen.digest)
+                .await?
                 .ok_or_else(|| ErrorCode::ManifestUnknown.with_detail(serde_json::json!({ "Name": name, "Tag": reference })))?;
             Ok(serve_stored(state, method, headers, &chosen.digest, &info, &chosen.media_type, false, None).await)
         }
