@@ -524,12 +524,22 @@ pub fn pack_to_file(content: &LayerContent, dest: &Path, opts: PackOptions) -> R
     Ok(packed)
 }
 
-/// Runs `f` on every item, on as many plain threads as rayon has workers,
-/// and returns the results in order. Layer producers run here rather than
-/// on rayon's workers, which stay free for compressing chunks.
-pub fn run_parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+/// How many layers to pack at once: for gzip, one per core (chunks of all
+/// of them share rayon's pool); for zstd, one, as zstd's own workers use
+/// every core for one layer and each encoder holds buffers per worker.
+pub fn producers(opts: PackOptions) -> usize {
+    match opts.compression {
+        Compression::Gzip => rayon::current_num_threads(),
+        Compression::Zstd => 1,
+    }
+}
+
+/// Runs `f` on every item, on `threads` plain threads, and returns the
+/// results in order. Layer producers run here rather than on rayon's
+/// workers, which stay free for compressing chunks.
+pub fn run_parallel<T: Send, R: Send>(items: Vec<T>, threads: usize, f: impl Fn(T) -> R + Sync) -> Vec<R> {
     let n = items.len();
-    let threads = rayon::current_num_threads().clamp(1, n.max(1));
+    let threads = threads.clamp(1, n.max(1));
     let slots: Vec<std::sync::Mutex<Option<T>>> = items.into_iter().map(|t| std::sync::Mutex::new(Some(t))).collect();
     let results: Vec<std::sync::Mutex<Option<R>>> = (0..n).map(|_| std::sync::Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
@@ -555,7 +565,7 @@ pub fn run_parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) 
 pub fn pack_all(contents: &[LayerContent], blob_dir: &Path, opts: PackOptions) -> Result<Vec<PackedLayer>, PackError> {
     fs::create_dir_all(blob_dir).map_err(io_err(blob_dir))?;
     let jobs: Vec<(usize, &LayerContent)> = contents.iter().enumerate().collect();
-    run_parallel(jobs, |(i, content)| {
+    run_parallel(jobs, producers(opts), |(i, content)| {
         let tmp = blob_dir.join(format!(".packing-{}-{i}", std::process::id()));
         let packed = pack_to_file(content, &tmp, opts).inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
@@ -729,9 +739,11 @@ mod tests {
 
     #[test]
     fn run_parallel_keeps_order() {
-        let out = run_parallel((0..50).collect(), |i: u32| i * 2);
-        assert_eq!(out, (0..50).map(|i| i * 2).collect::<Vec<_>>());
-        assert!(run_parallel(Vec::<u8>::new(), |x| x).is_empty());
+        for threads in [1, 3] {
+            let out = run_parallel((0..50).collect(), threads, |i: u32| i * 2);
+            assert_eq!(out, (0..50).map(|i| i * 2).collect::<Vec<_>>());
+        }
+        assert!(run_parallel(Vec::<u8>::new(), 2, |x| x).is_empty());
     }
 
     #[test]

@@ -361,7 +361,7 @@ impl Shim {
             let opts = self.config.pack;
             let jobs: Vec<(usize, LayerContent)> = missing.iter().map(|&i| (i, contents[i].0.clone())).collect();
             let results = tokio::task::spawn_blocking(move || {
-                crate::packing::run_parallel(jobs, |(i, content)| pack_into(&*storage, &content, opts).map(|p| (i, p)))
+                crate::packing::run_parallel(jobs, crate::packing::producers(opts), |(i, content)| pack_into(&*storage, &content, opts).map(|p| (i, p)))
                     .into_iter()
                     .collect::<Result<Vec<_>, ShimError>>()
             })
