@@ -182,10 +182,7 @@ pub fn pack_layer_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     }
     let invalid = |message: String| BuildError::Invalid { name: "layer".into(), message };
     let out = attrs.outputs.get("out").ok_or_else(|| invalid("no `out` output".into()))?;
-    let compression = match &attrs.layer.compression {
-        Some(c) => c.parse::<packing::Compression>().map_err(invalid)?,
-        None => packing::Compression::Gzip,
-    };
+    let compression = compression_named(&attrs.layer.compression).map_err(invalid)?;
     fs::create_dir_all(out).map_err(|e| BuildError::Image(ImageError::Io { path: out.clone(), source: e }))?;
     let content = LayerContent::StorePaths(attrs.layer.paths.clone());
     let packed = packing::pack_to_file(&content, &out.join("blob"), PackOptions::new(compression, attrs.layer.compression_level))?;
@@ -245,6 +242,11 @@ pub fn layer_comment(paths: &[String]) -> String {
     s
 }
 
+/// The compression a build description names (gzip when it names none).
+fn compression_named(name: &Option<String>) -> Result<packing::Compression, String> {
+    name.as_deref().map_or(Ok(packing::Compression::default()), str::parse)
+}
+
 /// The history comment of the root layer.
 pub const ROOT_LAYER_COMMENT: &str = "image root: links to the contents, /tmp";
 
@@ -286,10 +288,7 @@ pub fn build_image(spec: &BuildSpec, graph: &ClosureGraph, platform: Platform, o
     for w in &root.warnings {
         eprintln!("nixery: warning: {w}");
     }
-    let compression = match &spec.compression {
-        Some(c) => c.parse::<packing::Compression>().map_err(&invalid)?,
-        None => packing::Compression::Gzip,
-    };
+    let compression = compression_named(&spec.compression).map_err(&invalid)?;
     let opts = PackOptions::new(compression, spec.compression_level);
     let layout_dir = match spec.format {
         Format::OciDir => out.to_path_buf(),
