@@ -72,7 +72,9 @@ fn names_find_nested_case_folded_and_digit_attributes() {
 #[test]
 fn errors_are_the_specs_json_and_build_failures_are_shown() {
     let dir = tempfile::tempdir().unwrap();
-    let shim = Shim::start(&dir.path().join("store"), &[("NIX_TIMEOUT", "3")]);
+    // The timeout leaves a loaded machine time to evaluate and fail `broken`
+    // while `slow` (30 s) still outlasts it.
+    let shim = Shim::start(&dir.path().join("store"), &[("NIX_TIMEOUT", "10")]);
     let c = http();
     let error = |resp: reqwest::blocking::Response| -> (u16, serde_json::Value) {
         let status = resp.status().as_u16();
@@ -89,7 +91,7 @@ fn errors_are_the_specs_json_and_build_failures_are_shown() {
     assert!(e.to_string().contains("this package always fails to build"), "{e}");
     let (s, e) = error(c.get(shim.url("/v2/slow/manifests/latest")).send().unwrap());
     assert_eq!((s, e["errors"][0]["code"].as_str().unwrap()), (503, "UNAVAILABLE"));
-    assert!(e["errors"][0]["message"].as_str().unwrap().contains("timed out after 3 s"), "{e}");
+    assert!(e["errors"][0]["message"].as_str().unwrap().contains("timed out after 10 s"), "{e}");
     let (s, e) = error(c.put(shim.url("/v2/hello/manifests/latest")).body("{}").send().unwrap());
     assert_eq!((s, e["errors"][0]["code"].as_str().unwrap()), (405, "UNSUPPORTED"));
     let (s, e) = error(c.post(shim.url("/v2/hello/blobs/uploads/")).send().unwrap());
