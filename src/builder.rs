@@ -99,6 +99,22 @@ pub struct BuildSpec {
     pub prepacked: Option<Vec<PathBuf>>,
 }
 
+impl BuildSpec {
+    /// The layers left for store paths: `maxLayers` less the root layer.
+    pub fn store_layer_budget(&self) -> Result<usize, BuildError> {
+        if self.max_layers < 2 {
+            return Err(BuildError::Invalid {
+                name: self.name.clone(),
+                message: format!(
+                    "maxLayers must be at least 2 (one layer for the store paths, one for the image root), got {}",
+                    self.max_layers
+                ),
+            });
+        }
+        Ok(self.max_layers - 1)
+    }
+}
+
 /// What a `pack-layer` derivation writes beside its `blob`.
 #[derive(Debug, Clone, serde::Serialize, Deserialize)]
 pub struct PrepackedLayer {
@@ -155,8 +171,13 @@ fn read_attrs<T: serde::de::DeserializeOwned>(attrs_path: &Path) -> Result<T, Bu
     serde_json::from_str(&text).map_err(|source| BuildError::Attrs { path: attrs_path.to_path_buf(), source })
 }
 
+/// Maps an I/O error on `path` to a build error.
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Image(ImageError::Io { path: path.to_path_buf(), source })
+}
+
 fn write_out(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
-    fs::write(path, bytes).map_err(|e| BuildError::Image(ImageError::Io { path: path.to_path_buf(), source: e }))
+    fs::write(path, bytes).map_err(io_at(path))
 }
 
 /// The first stage of an incremental build (`nixery plan-layers`): writes
@@ -183,7 +204,7 @@ pub fn pack_layer_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     let invalid = |message: String| BuildError::Invalid { name: "layer".into(), message };
     let out = attrs.outputs.get("out").ok_or_else(|| invalid("no `out` output".into()))?;
     let compression = compression_named(&attrs.layer.compression).map_err(invalid)?;
-    fs::create_dir_all(out).map_err(|e| BuildError::Image(ImageError::Io { path: out.clone(), source: e }))?;
+    fs::create_dir_all(out).map_err(io_at(out))?;
     let content = LayerContent::StorePaths(attrs.layer.paths.clone());
     let packed = packing::pack_to_file(&content, &out.join("blob"), PackOptions::new(compression, attrs.layer.compression_level))?;
     let doc = PrepackedLayer { paths: attrs.layer.paths, packed };
@@ -253,18 +274,13 @@ pub const ROOT_LAYER_COMMENT: &str = "image root: links to the contents, /tmp";
 /// The plan of an image's store-path layers: the budget less the root layer.
 fn plan_layers(spec: &BuildSpec, graph: &ClosureGraph) -> Result<layering::LayerPlan, BuildError> {
     let invalid = |message: String| BuildError::Invalid { name: spec.name.clone(), message };
-    if spec.max_layers < 2 {
-        return Err(invalid(format!(
-            "maxLayers must be at least 2 (one layer for the store paths, one for the image root), got {}",
-            spec.max_layers
-        )));
-    }
+    let budget = spec.store_layer_budget()?;
     let popularity = load_popularity(&spec.popularity)?;
     let algorithm = match &spec.layering {
         Some(name) => name.parse::<layering::Algorithm>().map_err(&invalid)?,
         None => layering::Algorithm::default(),
     };
-    let plan = layering::plan_with(graph, &popularity, spec.max_layers - 1, algorithm)?;
+    let plan = layering::plan_with(graph, &popularity, budget, algorithm)?;
     eprintln!(
         "nixery: {} store paths ({} bytes) in {} layers ({algorithm} layering), plus the root layer",
         graph.paths.len(),
@@ -277,12 +293,7 @@ fn plan_layers(spec: &BuildSpec, graph: &ClosureGraph) -> Result<layering::Layer
 /// Plans, packs and writes the image of `graph` to `out`.
 pub fn build_image(spec: &BuildSpec, graph: &ClosureGraph, platform: Platform, out: &Path, tag: &str) -> Result<Image, BuildError> {
     let invalid = |message: String| BuildError::Invalid { name: spec.name.clone(), message };
-    if spec.max_layers < 2 {
-        return Err(invalid(format!(
-            "maxLayers must be at least 2 (one layer for the store paths, one for the image root), got {}",
-            spec.max_layers
-        )));
-    }
+    spec.store_layer_budget()?;
     let config = RuntimeConfig::from_json_value(spec.config.clone()).map_err(|e| invalid(e.to_string()))?.with_default_path();
     let root = root_layer::join(&graph.roots).map_err(BuildError::RootLayer)?;
     for w in &root.warnings {
@@ -301,13 +312,12 @@ pub fn build_image(spec: &BuildSpec, graph: &ClosureGraph, platform: Platform, o
         // Incremental: the store-path layers come packed by their own
         // derivations; link them in and pack only the root layer.
         Some(dirs) => {
-            fs::create_dir_all(&blobs).map_err(|e| BuildError::Image(ImageError::Io { path: blobs.clone(), source: e }))?;
+            fs::create_dir_all(&blobs).map_err(io_at(&blobs))?;
             for dir in dirs {
                 let doc: PrepackedLayer = read_attrs(&dir.join("layer.json"))?;
                 let link = blobs.join(doc.packed.digest.hex());
                 if !link.exists() {
-                    std::os::unix::fs::symlink(dir.join("blob"), &link)
-                        .map_err(|e| BuildError::Image(ImageError::Io { path: link.clone(), source: e }))?;
+                    std::os::unix::fs::symlink(dir.join("blob"), &link).map_err(io_at(&link))?;
                 }
                 layers.push(ImageLayer { comment: layer_comment(&doc.paths), packed: doc.packed });
             }

@@ -377,16 +377,7 @@ pub fn read_oci_layout(dir: &Path) -> Result<LayoutImage, ImageError> {
 pub fn write_docker_archive(image: &LayoutImage, repo_tag: &str, out: &Path) -> Result<(), ImageError> {
     let file = File::create(out).map_err(io_err(out))?;
     let mut tar = tar::Builder::new(BufWriter::new(file));
-    let header = |size: u64, kind: tar::EntryType, mode: u32| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_size(size);
-        h.set_mode(mode);
-        h.set_mtime(crate::packing::ENTRY_MTIME);
-        h.set_uid(0);
-        h.set_gid(0);
-        h
-    };
+    let header = |size: u64, kind: tar::EntryType, mode: u32| crate::packing::tar_header(kind, mode, size);
     let mut layer_paths = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for l in &image.layers {

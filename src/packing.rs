@@ -237,6 +237,19 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// A deterministic tar header: GNU format, mtime [`ENTRY_MTIME`], uid and
+/// gid 0, no user or group names, the permission bits of `mode`.
+pub fn tar_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode & 0o7777);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(ENTRY_MTIME);
+    h.set_size(size);
+    h
+}
+
 /// Writes deterministic tar entries.
 struct TarWriter<W: Write> {
     tar: tar::Builder<W>,
@@ -247,29 +260,18 @@ impl<W: Write> TarWriter<W> {
         TarWriter { tar: tar::Builder::new(w) }
     }
 
-    fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode & 0o7777);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(ENTRY_MTIME);
-        h.set_size(size);
-        h
-    }
-
     fn dir(&mut self, path: &str, mode: u32) -> io::Result<()> {
-        let mut h = Self::header(tar::EntryType::Directory, mode, 0);
+        let mut h = tar_header(tar::EntryType::Directory, mode, 0);
         self.tar.append_data(&mut h, path, io::empty())
     }
 
     fn symlink(&mut self, path: &str, target: &Path) -> io::Result<()> {
-        let mut h = Self::header(tar::EntryType::Symlink, 0o777, 0);
+        let mut h = tar_header(tar::EntryType::Symlink, 0o777, 0);
         self.tar.append_link(&mut h, path, target)
     }
 
     fn file(&mut self, path: &str, mode: u32, size: u64, data: impl io::Read) -> io::Result<()> {
-        let mut h = Self::header(tar::EntryType::Regular, mode, size);
+        let mut h = tar_header(tar::EntryType::Regular, mode, size);
         self.tar.append_data(&mut h, path, data)
     }
 
