@@ -328,9 +328,9 @@ pub fn top_level_outputs(dir: &Path, system: &str) -> Result<Vec<String>, NixErr
 }
 
 /// The references of every path in the closure of the given store paths
-/// that are valid in the local store (`nix-store --query --references`
-/// over `nix-store --query --requisites`). Returns the references and the
-/// given paths that were not valid.
+/// that are valid in the local store (the closure from `nix-store --query
+/// --requisites`, its references from one `nix-store --dump-db`). Returns
+/// the references and the given paths that were not valid.
 pub fn local_closure_references(paths: &[String]) -> Result<(std::collections::BTreeMap<String, Vec<String>>, Vec<String>), NixError> {
     let invalid_out = if paths.is_empty() {
         String::new()
@@ -343,12 +343,29 @@ pub fn local_closure_references(paths: &[String]) -> Result<(std::collections::B
     let mut refs = std::collections::BTreeMap::new();
     if !valid.is_empty() {
         let closure = run_sync(std::process::Command::new("nix-store").args(["--query", "--requisites"]).args(&valid), "nix-store --query --requisites")?;
-        for p in closure.lines() {
-            let r = run_sync(std::process::Command::new("nix-store").args(["--query", "--references", p]), "nix-store --query --references")?;
-            refs.insert(p.to_string(), r.lines().map(str::to_string).collect());
-        }
+        let closure: Vec<&str> = closure.lines().collect();
+        let dump = run_sync(std::process::Command::new("nix-store").arg("--dump-db").args(&closure), "nix-store --dump-db")?;
+        refs = parse_dump_db(&dump)?;
     }
     Ok((refs, invalid.into_iter().map(str::to_string).collect()))
+}
+
+/// Parses `nix-store --dump-db` registration records: path, NAR hash, NAR
+/// size, deriver (maybe empty), the number of references, the references.
+fn parse_dump_db(dump: &str) -> Result<std::collections::BTreeMap<String, Vec<String>>, NixError> {
+    let bad = || NixError::Output("unexpected nix-store --dump-db output".into());
+    let mut lines = dump.lines();
+    let mut refs = std::collections::BTreeMap::new();
+    while let Some(path) = lines.next() {
+        if path.is_empty() {
+            continue;
+        }
+        let (_hash, _size, _deriver) = (lines.next().ok_or_else(bad)?, lines.next().ok_or_else(bad)?, lines.next().ok_or_else(bad)?);
+        let n: usize = lines.next().and_then(|l| l.parse().ok()).ok_or_else(bad)?;
+        let r: Vec<String> = (0..n).map(|_| lines.next().map(str::to_string).ok_or_else(bad)).collect::<Result<_, _>>()?;
+        refs.insert(path.to_string(), r);
+    }
+    Ok(refs)
 }
 
 #[derive(Deserialize)]
@@ -392,6 +409,15 @@ mod tests {
         assert!(is_commit(&"a".repeat(40)));
         assert!(!is_commit("latest"));
         assert!(!is_commit(&"g".repeat(40)));
+    }
+
+    #[test]
+    fn dump_db_records() {
+        let dump = "/nix/store/a-x\nsha\n10\n\n0\n/nix/store/b-y\nsha\n20\n/nix/store/d-y.drv\n2\n/nix/store/a-x\n/nix/store/b-y\n";
+        let refs = parse_dump_db(dump).unwrap();
+        assert_eq!(refs["/nix/store/a-x"], Vec::<String>::new());
+        assert_eq!(refs["/nix/store/b-y"], vec!["/nix/store/a-x", "/nix/store/b-y"]);
+        assert!(parse_dump_db("/nix/store/a-x\nsha\n").is_err());
     }
 
     #[test]
