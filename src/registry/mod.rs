@@ -110,10 +110,9 @@ pub fn route(rest: &str) -> Route<'_> {
 }
 
 async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    let method = req.method().clone();
-    let headers = req.headers().clone();
-    let path = req.uri().path().to_string();
-    let rest = path.strip_prefix("/v2/").unwrap_or("");
+    // Pull requests have no body: keep the head, without copying it.
+    let (axum::http::request::Parts { method, headers, uri, .. }, _) = req.into_parts();
+    let rest = uri.path().strip_prefix("/v2/").unwrap_or("");
     let r = route(rest);
     let name = match &r {
         Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::Tags { name } => Some(*name),
