@@ -106,7 +106,7 @@ pub struct ErrorRecord {
 #[derive(Debug)]
 struct Revision {
     at: std::time::Instant,
-    source: ResolvedSource,
+    source: Arc<ResolvedSource>,
     /// A request is looking it up again.
     refreshing: bool,
 }
@@ -119,6 +119,10 @@ pub struct Shim {
     config: ShimConfig,
     storage: Arc<dyn Storage>,
     manifests: Mutex<HashMap<String, Arc<BuiltImage>>>,
+    /// The warm path: `name:tag` as requested → the image built for it and
+    /// the source revision it was built from. A hit needs no name parsing
+    /// and no cache key.
+    warm: Mutex<HashMap<String, (Arc<ResolvedSource>, Arc<BuiltImage>)>>,
     revisions: Mutex<HashMap<String, Revision>>,
     inflight: Mutex<HashMap<String, BuildFuture>>,
     errors: Mutex<VecDeque<ErrorRecord>>,
@@ -143,6 +147,7 @@ impl Shim {
             config,
             storage,
             manifests: Mutex::new(HashMap::new()),
+            warm: Mutex::new(HashMap::new()),
             revisions: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             errors: Mutex::new(VecDeque::new()),
@@ -183,12 +188,31 @@ impl Shim {
 
     /// The built image for `name:tag`, building it if needed.
     pub async fn image(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<BuiltImage>, Arc<ShimError>> {
-        let request = parse_image_name(name, &self.config.meta).map_err(|e| Arc::new(e.into()))?;
         let source = self.resolve(tag).await.map_err(|e| {
             let e = Arc::new(ShimError::from(e));
             self.record_error(&format!("{name}:{tag}"), e.to_string());
             e
         })?;
+        let warm_key = format!("{name}:{tag}");
+        if let Some((revision, image)) = self.warm.lock().expect("warm lock").get(&warm_key) {
+            if Arc::ptr_eq(revision, &source) || revision.revision == source.revision {
+                return Ok(image.clone());
+            }
+        }
+        let image = self.image_for(name, tag, source.clone()).await?;
+        let mut warm = self.warm.lock().expect("warm lock");
+        // Bounded: what is dropped is still in the other caches.
+        if warm.len() >= MEMORY_MANIFESTS {
+            warm.clear();
+        }
+        warm.insert(warm_key, (source, image.clone()));
+        Ok(image)
+    }
+
+    /// The image for `name` at the pinned `source`: from the manifest cache
+    /// (memory, then storage) or built, one build per image at a time.
+    async fn image_for(self: &Arc<Self>, name: &str, tag: &str, source: Arc<ResolvedSource>) -> Result<Arc<BuiltImage>, Arc<ShimError>> {
+        let request = parse_image_name(name, &self.config.meta).map_err(|e| Arc::new(e.into()))?;
         let key = self.manifest_key(&source.revision, &request);
         if let Some(hit) = self.manifests.lock().expect("manifest lock").get(&key) {
             return Ok(hit.clone());
@@ -238,7 +262,7 @@ impl Shim {
     /// hash the package set each time. When an entry expires, one request
     /// looks it up again while the others keep using the old one, so a
     /// busy instance never stampedes git or nix-hash.
-    async fn resolve(&self, tag: &str) -> Result<ResolvedSource, NixError> {
+    async fn resolve(&self, tag: &str) -> Result<Arc<ResolvedSource>, NixError> {
         // Other sources ignore the tag: one entry serves them all.
         let key = if matches!(self.config.source, PackageSource::Git(_)) { tag } else { "" };
         {
@@ -250,7 +274,7 @@ impl Shim {
                 entry.refreshing = true;
             }
         }
-        let result = self.config.source.resolve(tag).await;
+        let result = self.config.source.resolve(tag).await.map(Arc::new);
         let mut revisions = self.revisions.lock().expect("revisions lock");
         match result {
             Ok(r) => {

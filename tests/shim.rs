@@ -219,7 +219,7 @@ fn package_repo(dir: &std::path::Path) -> std::path::PathBuf {
 fn git_sources_build_each_ref_and_share_unchanged_layers() {
     let dir = tempfile::tempdir().unwrap();
     let pkgs = package_repo(dir.path());
-    let shim = Shim::start(&dir.path().join("store"), &[("NIXERY_PKGS_REPO", pkgs.to_str().unwrap())]);
+    let shim = Shim::start(&dir.path().join("store"), &[("NIXERY_PKGS_REPO", pkgs.to_str().unwrap()), ("NIXERY_REVISION_TTL", "1")]);
     let (m1, _) = manifest(&shim, "shell/hello", "v1", OCI);
     let (m2, _) = manifest(&shim, "shell/hello", "v2", OCI);
     let (latest, _) = manifest(&shim, "shell/hello", "latest", OCI);
@@ -240,6 +240,17 @@ fn git_sources_build_each_ref_and_share_unchanged_layers() {
     assert_eq!(tags["tags"], serde_json::json!(["latest", "main", "v1", "v2"]));
     let unknown = http().get(shim.url("/v2/hello/manifests/v3")).send().unwrap();
     assert_eq!(unknown.status(), 404);
+
+    // The branch moves: once the revision has been looked up again (a 1 s
+    // TTL here), `latest` is the new commit, not the warm image of the old.
+    let (again, _) = manifest(&shim, "shell/hello", "latest", OCI);
+    assert_eq!(again, m2, "warm");
+    let src = std::fs::read_to_string(pkgs.join("default.nix")).unwrap();
+    std::fs::write(pkgs.join("default.nix"), src.replace("echo nano 8;", "echo nano 9;")).unwrap();
+    run(Command::new("git").arg("-C").arg(&pkgs).args(["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "v3"]));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (moved, _) = manifest(&shim, "shell/hello", "latest", OCI);
+    assert_ne!(moved, m2, "latest follows the branch");
 }
 
 #[test]

@@ -16,14 +16,14 @@ use crate::shim::{BuiltImage, ShimError, StoredManifest};
 /// Picks the manifest for the client's `Accept` header: OCI when accepted
 /// or when nothing is said, Docker schema 2 when only that is accepted.
 pub fn negotiate<'a>(headers: &HeaderMap, image: &'a BuiltImage) -> &'a StoredManifest {
-    let accepted: Vec<String> = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
-        .collect();
-    let has = |t: &str| accepted.iter().any(|a| a == t);
+    let has = |t: &str| {
+        headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|a| a.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(t))
+    };
     if !has(media_type::OCI_MANIFEST) && has(media_type::DOCKER_MANIFEST) {
         &image.docker
     } else {

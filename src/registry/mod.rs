@@ -14,7 +14,8 @@
 //! Every `/v2` response carries `Docker-Distribution-API-Version:
 //! registry/2.0`. Errors come from one table (errors.rs). The router is a
 //! plain axum `Router`, so middleware (auth, TLS termination, metrics) can
-//! be layered on later without touching the handlers.
+//! be layered on later without touching the handlers. Request logs are on
+//! with `RUST_LOG=tower_http=debug`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,17 +51,22 @@ pub fn router(state: Arc<AppState>, web_dir: Option<PathBuf>) -> Router {
         .route("/v2", any(base))
         .route("/v2/", any(base))
         .route("/v2/{*rest}", any(dispatch))
-        .layer(axum::middleware::map_response(api_version_header));
+        .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+            axum::http::HeaderName::from_static("docker-distribution-api-version"),
+            HeaderValue::from_static("registry/2.0"),
+        ));
     let web = match web_dir {
         Some(dir) => Router::new().fallback_service(tower_http::services::ServeDir::new(dir)),
         None => Router::new().route("/", axum::routing::get(web::start_page)),
     };
-    v2.merge(web).with_state(state).layer(tower_http::trace::TraceLayer::new_for_http())
-}
-
-async fn api_version_header(mut resp: Response) -> Response {
-    resp.headers_mut().insert("Docker-Distribution-API-Version", HeaderValue::from_static("registry/2.0"));
-    resp
+    let app = v2.merge(web).with_state(state);
+    // Per-request logs cost a span and two events on every request: only
+    // when asked for (RUST_LOG=tower_http=debug).
+    if tracing::enabled!(target: "tower_http::trace::on_response", tracing::Level::DEBUG) {
+        app.layer(tower_http::trace::TraceLayer::new_for_http())
+    } else {
+        app
+    }
 }
 
 async fn base(method: Method) -> Response {
