@@ -68,6 +68,68 @@ pub struct ResolvedSource {
     pub revision: String,
 }
 
+/// A content hash of the directory tree at `root`: every entry's relative
+/// path and type, each file's executable bit and contents, each symlink's
+/// target. What `nix-hash` would tell apart, without a process: files are
+/// hashed in parallel, then combined in path order.
+pub fn tree_hash(root: &Path) -> std::io::Result<String> {
+    use rayon::prelude::*;
+    use sha2::{Digest as _, Sha256};
+    use std::os::unix::fs::PermissionsExt;
+
+    enum Kind {
+        Dir,
+        File { executable: bool },
+        Link(PathBuf),
+    }
+    let mut entries: Vec<(PathBuf, Kind)> = Vec::new();
+    for entry in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name() {
+        let entry = entry.map_err(std::io::Error::from)?;
+        let rel = entry.path().strip_prefix(root).unwrap_or(entry.path()).to_path_buf();
+        let t = entry.file_type();
+        let kind = if t.is_dir() {
+            Kind::Dir
+        } else if t.is_symlink() {
+            Kind::Link(std::fs::read_link(entry.path())?)
+        } else {
+            Kind::File { executable: entry.metadata().map_err(std::io::Error::from)?.permissions().mode() & 0o111 != 0 }
+        };
+        entries.push((rel, kind));
+    }
+    let file_hashes: Vec<Option<[u8; 32]>> = entries
+        .par_iter()
+        .map(|(rel, kind)| match kind {
+            Kind::File { .. } => {
+                let mut h = Sha256::new();
+                std::io::copy(&mut std::fs::File::open(root.join(rel))?, &mut h)?;
+                Ok(Some(h.finalize().into()))
+            }
+            _ => Ok(None),
+        })
+        .collect::<std::io::Result<_>>()?;
+    let mut h = Sha256::new();
+    for ((rel, kind), content) in entries.iter().zip(file_hashes) {
+        use std::os::unix::ffi::OsStrExt;
+        let path = rel.as_os_str().as_bytes();
+        h.update((path.len() as u64).to_le_bytes());
+        h.update(path);
+        match kind {
+            Kind::Dir => h.update(b"d"),
+            Kind::File { executable } => {
+                h.update(if *executable { b"x" } else { b"f" });
+                h.update(content.expect("a file has a hash"));
+            }
+            Kind::Link(target) => {
+                let t = target.as_os_str().as_bytes();
+                h.update(b"l");
+                h.update((t.len() as u64).to_le_bytes());
+                h.update(t);
+            }
+        }
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
 fn is_commit(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -134,12 +196,12 @@ impl PackageSource {
     pub async fn resolve(&self, tag: &str) -> Result<ResolvedSource, NixError> {
         match self {
             PackageSource::Path(p) => {
-                let hash = output_of(
-                    tokio::process::Command::new("nix-hash").args(["--type", "sha256", "--base32"]).arg(p),
-                    "nix-hash",
-                )
-                .await?;
-                Ok(ResolvedSource { src_type: "path", src_args: p.display().to_string(), revision: format!("path:{}", hash.trim()) })
+                let dir = p.clone();
+                let hash = tokio::task::spawn_blocking(move || tree_hash(&dir))
+                    .await
+                    .map_err(|e| NixError::Command { command: "hashing the package set".into(), log: e.to_string() })?
+                    .map_err(|e| NixError::Command { command: format!("hashing the package set {}", p.display()), log: e.to_string() })?;
+                Ok(ResolvedSource { src_type: "path", src_args: p.display().to_string(), revision: format!("path:{hash}") })
             }
             PackageSource::Git(url) => {
                 let commit = if is_commit(tag) {
@@ -403,6 +465,43 @@ pub fn write_graph_from_attrs(attrs_path: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tree_hash_tells_apart_what_nix_would() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("default.nix"), "{ }: { }").unwrap();
+        std::fs::write(d.join("sub/a"), "a").unwrap();
+        std::os::unix::fs::symlink("a", d.join("sub/link")).unwrap();
+        let base = tree_hash(d).unwrap();
+        assert_eq!(tree_hash(d).unwrap(), base, "stable");
+        let changes: Vec<(&str, Box<dyn Fn()>)> = vec![
+            ("contents", Box::new(|| std::fs::write(d.join("sub/a"), "b").unwrap())),
+            ("executable bit", Box::new(|| std::fs::set_permissions(d.join("sub/a"), std::fs::Permissions::from_mode(0o755)).unwrap())),
+            ("symlink target", Box::new(|| {
+                std::fs::remove_file(d.join("sub/link")).unwrap();
+                std::os::unix::fs::symlink("default.nix", d.join("sub/link")).unwrap();
+            })),
+            ("a new empty directory", Box::new(|| std::fs::create_dir(d.join("empty")).unwrap())),
+            ("a rename", Box::new(|| std::fs::rename(d.join("sub/a"), d.join("sub/b")).unwrap())),
+        ];
+        let mut seen = vec![base];
+        for (what, change) in changes {
+            change();
+            let h = tree_hash(d).unwrap();
+            assert!(!seen.contains(&h), "{what} changes the hash");
+            seen.push(h);
+        }
+        // Same contents elsewhere: same hash (the location is not hashed).
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::write(copy.path().join("f"), "x").unwrap();
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("f"), "x").unwrap();
+        assert_eq!(tree_hash(copy.path()).unwrap(), tree_hash(other.path()).unwrap());
+        assert!(tree_hash(&d.join("missing")).is_err());
+    }
 
     #[test]
     fn commits_are_recognised() {

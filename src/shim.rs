@@ -261,7 +261,7 @@ impl Shim {
     /// [`ShimConfig::revision_ttl`] so that warm pulls do not ask git or
     /// hash the package set each time. When an entry expires, one request
     /// looks it up again while the others keep using the old one, so a
-    /// busy instance never stampedes git or nix-hash.
+    /// busy instance never stampedes git or the package-set hashing.
     async fn resolve(&self, tag: &str) -> Result<Arc<ResolvedSource>, NixError> {
         // Other sources ignore the tag: one entry serves them all.
         let key = if matches!(self.config.source, PackageSource::Git(_)) { tag } else { "" };
@@ -274,7 +274,9 @@ impl Shim {
                 entry.refreshing = true;
             }
         }
+        let started = std::time::Instant::now();
         let result = self.config.source.resolve(tag).await.map(Arc::new);
+        tracing::debug!(tag, ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "source revision looked up");
         let mut revisions = self.revisions.lock().expect("revisions lock");
         match result {
             Ok(r) => {
@@ -374,6 +376,7 @@ impl Shim {
         let root_desc: Vec<String> = root.entries.iter().map(|e| format!("{e:?}")).collect();
         contents.push((LayerContent::Tree(root.entries), layer_key(&root_desc, self.config.pack), crate::builder::ROOT_LAYER_COMMENT.into()));
 
+        let planned = std::time::Instant::now();
         // Cached layers first; pack the rest in parallel.
         let mut packed: Vec<Option<PackedLayer>> = Vec::with_capacity(contents.len());
         for (_, key, _) in &contents {
@@ -396,7 +399,7 @@ impl Shim {
                 packed[i] = Some(p);
             }
         }
-        tracing::info!(layers = contents.len(), packed = missing.len(), "layers ready");
+        tracing::info!(layers = contents.len(), packed = missing.len(), pack_ms = planned.elapsed().as_millis() as u64, "layers ready");
 
         let image = Image {
             platform,
