@@ -21,7 +21,10 @@
 # Host files are imported by content (builtins.path), so store paths change
 # exactly when the host's files do; the derivations' builder is the
 # imported busybox, so builds are deterministic.
-{ system ? builtins.currentSystem }:
+#
+# `nonce`, when given, goes into every derivation, so that none of the
+# packages is built yet (benchmarks use it to time real builds).
+{ system ? builtins.currentSystem, nonce ? null }:
 
 let
   host = {
@@ -50,9 +53,11 @@ let
     builder = "${busybox}/bin/sh";
     args = [ "-euc" script ];
     PATH = "${busybox}/bin";
-  } // attrs);
+  } // attrs // nonceAttr);
 
-  busybox = derivation {
+  nonceAttr = if nonce == null then { } else { inherit nonce; };
+
+  busybox = derivation (nonceAttr // {
     name = "busybox-static";
     inherit system;
     builder = "${bootstrap}/busybox";
@@ -64,7 +69,7 @@ let
         [ "$applet" = busybox ] || $bb ln -s busybox $out/bin/$applet
       done
     '' ];
-  };
+  });
 
   hostGlibc = hostFiles "host-glibc" libDir [
     host.loader "libc.so.6" "libm.so.6" "libpthread.so.0" "libdl.so.2" "librt.so.1" "libresolv.so.2"
