@@ -51,7 +51,7 @@ enum Command {
         /// Layer compression: gzip or zstd.
         #[arg(long, default_value = "gzip")]
         compression: nixery::packing::Compression,
-        /// Compression level (gzip 0 to 9, default 6; zstd 1 to 19, default 3).
+        /// Compression level (gzip 0 to 9, default 5; zstd 1 to 19, default 3).
         #[arg(long)]
         level: Option<u32>,
     },
