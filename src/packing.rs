@@ -52,7 +52,7 @@ use sha2::{Digest as _, Sha256};
 /// as Nix uses for store paths).
 pub const ENTRY_MTIME: u64 = 1;
 /// The default gzip level. Level 5 rather than gzip's usual 6: with
-/// zlib-rs it packs 12-18 % faster for 0.2-0.3 % more bytes (BENCHMARKS.md).
+/// zlib-rs it packs 4-18 % faster for 0.2-0.3 % more bytes (BENCHMARKS.md).
 /// Part of the output format: changing it changes every layer digest.
 pub const DEFAULT_GZIP_LEVEL: u32 = 5;
 /// The input size of one independently compressed gzip chunk. Part of the
