@@ -8,9 +8,17 @@ rustPlatform.buildRustPackage {
 
   src = lib.cleanSourceWith {
     src = ../.;
+    # The crate, the Nix files it embeds (include_str!), and the Rust files
+    # of its test and bench targets: Cargo refuses a manifest whose
+    # declared targets are missing.
     filter = path: type:
       let rel = lib.removePrefix (toString ../. + "/") (toString path);
-      in rel == "Cargo.toml" || rel == "Cargo.lock" || rel == "src" || lib.hasPrefix "src/" rel;
+      in rel == "Cargo.toml" || rel == "Cargo.lock" || rel == "src" || lib.hasPrefix "src/" rel
+        || rel == "prepare-image" || rel == "prepare-image/default.nix"
+        || rel == "nix" || rel == "nix/top-level-outputs.nix"
+        || rel == "benches" || lib.hasPrefix "benches/" rel
+        || rel == "tests" || rel == "tests/support"
+        || (lib.hasPrefix "tests/" rel && lib.hasSuffix ".rs" rel);
   };
 
   cargoLock.lockFile = ../Cargo.lock;

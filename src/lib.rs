@@ -21,7 +21,7 @@
 //! ```text
 //! image_name  registry names, tags and digests; names to package lists
 //! nix         source revisions; prepare-image under nix-build → graph
-//! storage     blobs and caches behind one trait (filesystem, …)
+//! storage     blobs and caches behind one trait (filesystem, gcs, s3)
 //! shim        name → graph → plan → packed layers → manifests, cached
 //! registry    the pull-only distribution API over HTTP, start page
 //! ```

@@ -145,8 +145,8 @@ struct ServeArgs {
     /// expression imported like one).
     #[arg(long, env = "NIXERY_PKGS_PATH")]
     pkgs_path: Option<PathBuf>,
-    /// Where layers and manifests are stored: `filesystem`.
-    #[arg(long, env = "NIXERY_STORAGE_BACKEND", default_value = "filesystem")]
+    /// Where layers and manifests are stored: `filesystem`, `gcs` or `s3`.
+    #[arg(long, env = "NIXERY_STORAGE_BACKEND", default_value = "filesystem", value_parser = ["filesystem", "gcs", "s3"])]
     storage_backend: String,
     /// The storage directory of the filesystem backend.
     #[arg(long, env = "STORAGE_PATH")]
@@ -157,6 +157,10 @@ struct ServeArgs {
     /// Service account credentials of the gcs backend.
     #[arg(long, env = "GOOGLE_APPLICATION_CREDENTIALS")]
     google_application_credentials: Option<PathBuf>,
+    /// The bucket of the s3 backend (credentials, region and endpoint come
+    /// from the AWS_* variables).
+    #[arg(long, env = "NIXERY_S3_BUCKET")]
+    s3_bucket: Option<String>,
     /// Seconds a nix-build may take before it is stopped.
     #[arg(long, env = "NIX_TIMEOUT", default_value_t = 60)]
     nix_timeout: u64,
@@ -210,18 +214,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (Some(c), None, None) => (PackageSource::Channel(c.clone()), format!("nixpkgs {c}")),
         (None, None, None) => (PackageSource::Channel("nixos-unstable".into()), "nixpkgs nixos-unstable".to_string()),
     };
+    let rt = tokio::runtime::Runtime::new()?;
     let storage: Arc<dyn nixery::storage::Storage> = match args.storage_backend.as_str() {
         "filesystem" => {
             let path = args.storage_path.as_ref().context("the filesystem storage backend needs STORAGE_PATH (--storage-path)")?;
             Arc::new(nixery::storage::filesystem::FilesystemStorage::open(path)?)
         }
-        "gcs" | "s3" => anyhow::bail!(
-            "NIXERY_STORAGE_BACKEND={} is not available in this version; use filesystem",
-            args.storage_backend
-        ),
-        other => anyhow::bail!("unknown NIXERY_STORAGE_BACKEND {other:?} (expected filesystem)"),
+        "gcs" => {
+            let bucket = args.gcs_bucket.as_deref().context("the gcs storage backend needs GCS_BUCKET (--gcs-bucket)")?;
+            let credentials = args.google_application_credentials.as_ref().map(|p| p.display().to_string());
+            Arc::new(
+                nixery::storage::object::ObjectStorage::gcs(bucket, credentials.as_deref(), rt.handle().clone())
+                    .with_context(|| format!("cannot use the GCS bucket {bucket}"))?,
+            )
+        }
+        "s3" => {
+            let bucket = args.s3_bucket.as_deref().context("the s3 storage backend needs NIXERY_S3_BUCKET (--s3-bucket)")?;
+            Arc::new(nixery::storage::object::ObjectStorage::s3(bucket, rt.handle().clone()).with_context(|| format!("cannot use the S3 bucket {bucket}"))?)
+        }
+        other => anyhow::bail!("unknown NIXERY_STORAGE_BACKEND {other:?} (expected filesystem, gcs or s3)"),
     };
-    let _ = (&args.gcs_bucket, &args.google_application_credentials);
+    // Fail now, not on the first pull, when the storage is out of reach.
+    rt.block_on(storage.get_meta("startup-check")).with_context(|| format!("cannot reach the {} storage", storage.name()))?;
     let popularity = match &args.popularity_url {
         Some(u) => nixery::shim::load_popularity(u)?,
         None => Default::default(),
@@ -246,7 +260,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let app = nixery::registry::router(state, args.web_dir.clone());
     let addr = std::net::SocketAddr::new(args.bind, args.port);
 
-    let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(%addr, source = %source_description, "nixery is serving");

@@ -281,3 +281,70 @@ fn popularity_from_a_url_and_a_static_web_dir() {
     let page = http().get(shim.url("/index.html")).send().unwrap().text().unwrap();
     assert_eq!(page, "<h1>our own page</h1>");
 }
+
+#[test]
+fn s3_storage_serves_the_same_images_and_survives_a_restart() {
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3::start();
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let unused = dir.path().join("unused");
+    let digest = {
+        let shim = Shim::start(&unused, &env);
+        // A real client pulls and runs it.
+        let root = tempfile::tempdir().unwrap();
+        let image = format!("{}/shell/hello", shim.host());
+        run(podman(root.path()).args(["pull", "-q", "--tls-verify=false"]).arg(&image));
+        assert_eq!(run_stdout(podman(root.path()).args(PODMAN_RUN).arg(&image).arg("hello")), "Hello, world!\n");
+        let (m, head) = manifest(&shim, "shell/hello", "latest", OCI);
+        // The same manifest as from filesystem storage: same layers, bit for bit.
+        let fs_shim = Shim::start(&dir.path().join("fs"), &[]);
+        let (fs_m, _) = manifest(&fs_shim, "shell/hello", "latest", OCI);
+        assert_eq!(m, fs_m);
+        // Blobs come from the bucket, ranges too.
+        let layer = &layer_digests(&m)[0];
+        let whole = http().get(shim.url(&format!("/v2/shell/hello/blobs/{layer}"))).send().unwrap().bytes().unwrap();
+        assert_eq!(format!("sha256:{:x}", sha2::Sha256::digest(&whole)), *layer);
+        let part = http().get(shim.url(&format!("/v2/shell/hello/blobs/{layer}"))).header("Range", "bytes=10-19").send().unwrap();
+        assert_eq!(part.status(), 206);
+        assert_eq!(part.bytes().unwrap(), whole.slice(10..20));
+        let keys = s3.keys();
+        assert!(keys.contains(&format!("blobs/sha256/{}", layer.trim_start_matches("sha256:"))), "{keys:?}");
+        assert!(keys.iter().any(|k| k.starts_with("meta/manifests/")), "{keys:?}");
+        assert!(!unused.exists(), "nothing on the local filesystem");
+        head.headers()["docker-content-digest"].to_str().unwrap().to_string()
+    };
+    // A new process on the same bucket: a warm pull runs no nix-build.
+    let shim = Shim::start(&unused, &env);
+    let (_, head) = manifest(&shim, "shell/hello", "latest", OCI);
+    assert_eq!(head.headers()["docker-content-digest"].to_str().unwrap(), digest);
+    assert_eq!(shim.nix_builds(), 0, "{}", shim.log_text());
+}
+
+#[test]
+fn unreachable_object_storage_fails_at_start_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let out = Command::new(helper())
+        .arg("serve")
+        .env("NIXERY_PKGS_PATH", repo().join("tests/pkgs"))
+        .env("PORT", free_port().to_string())
+        .env("NIXERY_STORAGE_BACKEND", "s3")
+        .env("NIXERY_S3_BUCKET", "missing")
+        .env("AWS_ENDPOINT", &endpoint)
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach the s3 storage"), "{err}");
+    let out = Command::new(helper()).arg("serve").env("NIXERY_STORAGE_BACKEND", "gcs").env_remove("GCS_BUCKET").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GCS_BUCKET"));
+}

@@ -1,7 +1,7 @@
 //! Storage: where the registry shim keeps blobs (layers, configs,
 //! manifests) and its caches, behind one trait so that backends (the
-//! filesystem now; object storage such as GCS and S3 later) are
-//! interchangeable and several shims can share one store.
+//! filesystem, object storage: GCS and S3) are interchangeable and several
+//! shims can share one store.
 //!
 //! # Semantics every backend keeps
 //!
@@ -26,6 +26,7 @@ use futures::Stream;
 use crate::packing::Digest;
 
 pub mod filesystem;
+pub mod object;
 
 /// Errors from a storage backend.
 #[derive(Debug, thiserror::Error)]

@@ -254,6 +254,57 @@ impl Drop for Shim {
     }
 }
 
+/// moto's S3 server (scripts/setup installs it), with one empty bucket,
+/// stopped on drop.
+pub struct S3 {
+    pub port: u16,
+    pub bucket: String,
+    child: Child,
+}
+
+impl S3 {
+    pub fn start() -> S3 {
+        let port = free_port();
+        let mut child = Command::new("/opt/nixery-tools/moto/bin/moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (scripts/setup installs it)");
+        wait_for_port(port, &mut child);
+        let bucket = "nixery-test".to_string();
+        let resp = http().put(format!("http://127.0.0.1:{port}/{bucket}")).send().unwrap();
+        assert!(resp.status().is_success(), "creating the bucket: {}", resp.status());
+        S3 { port, bucket, child }
+    }
+
+    /// The shim's environment for this bucket.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("NIXERY_STORAGE_BACKEND", "s3".into()),
+            ("NIXERY_S3_BUCKET", self.bucket.clone()),
+            ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    /// The keys of every object in the bucket.
+    pub fn keys(&self) -> Vec<String> {
+        let body = http().get(format!("http://127.0.0.1:{}/{}?list-type=2", self.port, self.bucket)).send().unwrap().text().unwrap();
+        body.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()).map(str::to_string).collect()
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// An HTTP client for protocol tests.
 pub fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
