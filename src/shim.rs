@@ -189,6 +189,10 @@ impl Shim {
     /// The built image for `name:tag`, building it if needed.
     pub async fn image(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<BuiltImage>, Arc<ShimError>> {
         let source = self.resolve(tag).await.map_err(|e| {
+            // A bad name is reported before a bad tag, as on the cold path.
+            if let Err(name_error) = parse_image_name(name, &self.config.meta) {
+                return Arc::new(ShimError::from(name_error));
+            }
             let e = Arc::new(ShimError::from(e));
             self.record_error(&format!("{name}:{tag}"), e.to_string());
             e
