@@ -161,6 +161,10 @@ struct ServeArgs {
     /// from the AWS_* variables).
     #[arg(long, env = "NIXERY_S3_BUCKET")]
     s3_bucket: Option<String>,
+    /// With gcs or s3: redirect blob GETs to signed URLs of the bucket
+    /// (true), or stream blobs through the shim (false).
+    #[arg(long, env = "NIXERY_BLOB_REDIRECT", default_value_t = true, action = clap::ArgAction::Set)]
+    blob_redirect: bool,
     /// Seconds a nix-build may take before it is stopped.
     #[arg(long, env = "NIX_TIMEOUT", default_value_t = 60)]
     nix_timeout: u64,
@@ -224,13 +228,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let bucket = args.gcs_bucket.as_deref().context("the gcs storage backend needs GCS_BUCKET (--gcs-bucket)")?;
             let credentials = args.google_application_credentials.as_ref().map(|p| p.display().to_string());
             Arc::new(
-                nixery::storage::object::ObjectStorage::gcs(bucket, credentials.as_deref(), rt.handle().clone())
+                nixery::storage::object::ObjectStorage::gcs(bucket, credentials.as_deref(), args.blob_redirect, rt.handle().clone())
                     .with_context(|| format!("cannot use the GCS bucket {bucket}"))?,
             )
         }
         "s3" => {
             let bucket = args.s3_bucket.as_deref().context("the s3 storage backend needs NIXERY_S3_BUCKET (--s3-bucket)")?;
-            Arc::new(nixery::storage::object::ObjectStorage::s3(bucket, rt.handle().clone()).with_context(|| format!("cannot use the S3 bucket {bucket}"))?)
+            Arc::new(nixery::storage::object::ObjectStorage::s3(bucket, args.blob_redirect, rt.handle().clone()).with_context(|| format!("cannot use the S3 bucket {bucket}"))?)
         }
         other => anyhow::bail!("unknown NIXERY_STORAGE_BACKEND {other:?} (expected filesystem, gcs or s3)"),
     };

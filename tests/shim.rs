@@ -302,9 +302,18 @@ fn s3_storage_serves_the_same_images_and_survives_a_restart() {
         let fs_shim = Shim::start(&dir.path().join("fs"), &[]);
         let (fs_m, _) = manifest(&fs_shim, "shell/hello", "latest", OCI);
         assert_eq!(m, fs_m);
-        // Blobs come from the bucket, ranges too.
+        // Blob GETs are redirected to signed URLs of the bucket (HEAD is
+        // answered by the shim); the bytes and ranges come from there.
         let layer = &layer_digests(&m)[0];
-        let whole = http().get(shim.url(&format!("/v2/shell/hello/blobs/{layer}"))).send().unwrap().bytes().unwrap();
+        let blob_url = shim.url(&format!("/v2/shell/hello/blobs/{layer}"));
+        let no_follow = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let redirect = no_follow.get(&blob_url).send().unwrap();
+        assert_eq!(redirect.status(), 307);
+        let location = redirect.headers()["location"].to_str().unwrap();
+        assert!(location.starts_with(&format!("http://127.0.0.1:{}/{}/blobs/sha256/", s3.port, s3.bucket)), "{location}");
+        assert!(location.contains("X-Amz-Signature="), "{location}");
+        assert_eq!(no_follow.head(&blob_url).send().unwrap().status(), 200);
+        let whole = http().get(&blob_url).send().unwrap().bytes().unwrap();
         assert_eq!(format!("sha256:{:x}", sha2::Sha256::digest(&whole)), *layer);
         let part = http().get(shim.url(&format!("/v2/shell/hello/blobs/{layer}"))).header("Range", "bytes=10-19").send().unwrap();
         assert_eq!(part.status(), 206);
@@ -315,11 +324,19 @@ fn s3_storage_serves_the_same_images_and_survives_a_restart() {
         assert!(!unused.exists(), "nothing on the local filesystem");
         head.headers()["docker-content-digest"].to_str().unwrap().to_string()
     };
-    // A new process on the same bucket: a warm pull runs no nix-build.
-    let shim = Shim::start(&unused, &env);
-    let (_, head) = manifest(&shim, "shell/hello", "latest", OCI);
+    // A new process on the same bucket, streaming blobs itself: a warm pull
+    // runs no nix-build, and blobs come through the shim.
+    let mut streaming = env.clone();
+    streaming.push(("NIXERY_BLOB_REDIRECT", "false"));
+    let shim = Shim::start(&unused, &streaming);
+    let (m, head) = manifest(&shim, "shell/hello", "latest", OCI);
     assert_eq!(head.headers()["docker-content-digest"].to_str().unwrap(), digest);
     assert_eq!(shim.nix_builds(), 0, "{}", shim.log_text());
+    let layer = &layer_digests(&m)[0];
+    let no_follow = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let resp = no_follow.get(shim.url(&format!("/v2/shell/hello/blobs/{layer}"))).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(format!("sha256:{:x}", sha2::Sha256::digest(&resp.bytes().unwrap())), *layer);
 }
 
 #[test]

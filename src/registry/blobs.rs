@@ -153,6 +153,19 @@ pub async fn stat(state: &AppState, digest: &Digest) -> Result<Option<BlobInfo>,
 pub async fn get_blob(state: &AppState, method: &Method, headers: &HeaderMap, reference: &str) -> Result<Response, RegistryError> {
     let digest = digest_param(reference)?;
     let info = stat(state, &digest).await?.ok_or_else(|| ErrorCode::BlobUnknown.with_detail(digest.0.clone()))?;
+    // Object storage: the client fetches the bytes from the bucket (a
+    // temporary redirect, as the reference registry's storage redirects
+    // do); HEAD is answered here.
+    if method == Method::GET {
+        let url = state.shim.storage().blob_url(&digest).await.map_err(|e| ErrorCode::Unknown.with_detail(e.to_string()))?;
+        if let Some(url) = url {
+            let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+            let h = resp.headers_mut();
+            h.insert(header::LOCATION, HeaderValue::from_str(&url).map_err(|e| ErrorCode::Unknown.with_detail(e.to_string()))?);
+            h.insert("Docker-Content-Digest", hv(&digest.0));
+            return Ok(resp);
+        }
+    }
     Ok(serve_stored(state, method, headers, &digest, &info, "application/octet-stream", true, None).await)
 }
 

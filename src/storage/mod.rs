@@ -82,6 +82,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
 
     /// Writes a cache entry, replacing any earlier one.
     async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StorageError>;
+
+    /// A URL clients can fetch the blob from themselves (a signed object
+    /// storage URL), or `None` when blobs are served through the shim.
+    async fn blob_url(&self, _digest: &Digest) -> Result<Option<String>, StorageError> {
+        Ok(None)
+    }
 }
 
 /// Stores `bytes` as a blob (for small documents: configs, manifests).

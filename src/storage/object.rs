@@ -1,6 +1,8 @@
 //! The object storage backends (`NIXERY_STORAGE_BACKEND=gcs` with
 //! `GCS_BUCKET`, or `s3` with `NIXERY_S3_BUCKET`), through the
-//! `object_store` crate. Blobs are served through the shim.
+//! `object_store` crate. Blob GETs are redirected to signed URLs of the
+//! bucket (valid for [`SIGNED_URL_LIFETIME`]), unless redirects are off,
+//! in which case the shim streams them.
 //!
 //! ```text
 //! <bucket>/
@@ -33,6 +35,9 @@ use sha2::{Digest as _, Sha256};
 use super::{check_key, BlobInfo, BlobWriter, ByteStream, Storage, StorageError};
 use crate::packing::Digest;
 
+/// How long a signed blob URL is valid: a client starts its download
+/// right after the redirect.
+pub const SIGNED_URL_LIFETIME: std::time::Duration = std::time::Duration::from_secs(600);
 /// Blobs up to this size are uploaded in one request.
 const SINGLE_PUT_MAX: u64 = 16 << 20;
 /// The part size of multipart uploads.
@@ -48,6 +53,9 @@ pub struct ObjectStorage {
 struct Inner {
     name: &'static str,
     store: Arc<dyn ObjectStore>,
+    /// Signs blob URLs for clients to fetch directly; `None`: the shim
+    /// streams blobs itself.
+    signer: Option<Arc<dyn object_store::signer::Signer>>,
     /// What runs uploads for the synchronous `commit`.
     runtime: tokio::runtime::Handle,
     /// Where blobs are spooled before upload.
@@ -69,24 +77,33 @@ impl ObjectStorage {
     /// A backend on `store`; `runtime` runs uploads for blob writers.
     pub fn new(name: &'static str, store: Arc<dyn ObjectStore>, runtime: tokio::runtime::Handle) -> ObjectStorage {
         let spool = std::env::temp_dir().join(format!("nixery-spool-{}", std::process::id()));
-        ObjectStorage { inner: Arc::new(Inner { name, store, runtime, spool, counter: AtomicU64::new(0) }) }
+        ObjectStorage { inner: Arc::new(Inner { name, store, signer: None, runtime, spool, counter: AtomicU64::new(0) }) }
+    }
+
+    fn with_signer(self, signer: Option<Arc<dyn object_store::signer::Signer>>) -> ObjectStorage {
+        let Inner { name, store, runtime, spool, counter, .. } = Arc::into_inner(self.inner).expect("not shared yet");
+        ObjectStorage { inner: Arc::new(Inner { name, store, signer, runtime, spool, counter }) }
     }
 
     /// Google Cloud Storage: `bucket`, with credentials from the service
     /// account file `credentials` when given, else from the environment.
-    pub fn gcs(bucket: &str, credentials: Option<&str>, runtime: tokio::runtime::Handle) -> Result<ObjectStorage, object_store::Error> {
+    /// With `redirect`, blob GETs go to signed URLs.
+    pub fn gcs(bucket: &str, credentials: Option<&str>, redirect: bool, runtime: tokio::runtime::Handle) -> Result<ObjectStorage, object_store::Error> {
         let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket).with_retry(retry());
         if let Some(c) = credentials {
             b = b.with_service_account_path(c);
         }
-        Ok(ObjectStorage::new("gcs", Arc::new(b.build()?), runtime))
+        let store = Arc::new(b.build()?);
+        Ok(ObjectStorage::new("gcs", store.clone(), runtime).with_signer(redirect.then_some(store as _)))
     }
 
     /// Amazon S3 or an S3-compatible store: `bucket`, with the rest
-    /// (credentials, region, endpoint) from `AWS_*` variables.
-    pub fn s3(bucket: &str, runtime: tokio::runtime::Handle) -> Result<ObjectStorage, object_store::Error> {
+    /// (credentials, region, endpoint) from `AWS_*` variables. With
+    /// `redirect`, blob GETs go to signed URLs.
+    pub fn s3(bucket: &str, redirect: bool, runtime: tokio::runtime::Handle) -> Result<ObjectStorage, object_store::Error> {
         let b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry());
-        Ok(ObjectStorage::new("s3", Arc::new(b.build()?), runtime))
+        let store = Arc::new(b.build()?);
+        Ok(ObjectStorage::new("s3", store.clone(), runtime).with_signer(redirect.then_some(store as _)))
     }
 
     fn blob_path(digest: &Digest) -> ObjectPath {
@@ -248,6 +265,13 @@ impl Storage for ObjectStorage {
         let path = ObjectPath::from(format!("meta/{key}"));
         self.inner.store.put(&path, PutPayload::from(value.to_vec())).await.map_err(|e| store_err(&path, e))?;
         Ok(())
+    }
+
+    async fn blob_url(&self, digest: &Digest) -> Result<Option<String>, StorageError> {
+        let Some(signer) = &self.inner.signer else { return Ok(None) };
+        let path = ObjectStorage::blob_path(digest);
+        let url = signer.signed_url(axum::http::Method::GET, &path, SIGNED_URL_LIFETIME).await.map_err(|e| store_err(&path, e))?;
+        Ok(Some(url.to_string()))
     }
 }
 
