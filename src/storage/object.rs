@@ -74,15 +74,16 @@ fn store_err(what: impl std::fmt::Display, e: object_store::Error) -> StorageErr
 }
 
 impl ObjectStorage {
-    /// A backend on `store`; `runtime` runs uploads for blob writers.
-    pub fn new(name: &'static str, store: Arc<dyn ObjectStore>, runtime: tokio::runtime::Handle) -> ObjectStorage {
+    /// A backend on `store`, redirecting blob GETs to URLs signed by
+    /// `signer` when there is one; `runtime` runs uploads for blob writers.
+    pub fn new(
+        name: &'static str,
+        store: Arc<dyn ObjectStore>,
+        signer: Option<Arc<dyn object_store::signer::Signer>>,
+        runtime: tokio::runtime::Handle,
+    ) -> ObjectStorage {
         let spool = std::env::temp_dir().join(format!("nixery-spool-{}", std::process::id()));
-        ObjectStorage { inner: Arc::new(Inner { name, store, signer: None, runtime, spool, counter: AtomicU64::new(0) }) }
-    }
-
-    fn with_signer(self, signer: Option<Arc<dyn object_store::signer::Signer>>) -> ObjectStorage {
-        let Inner { name, store, runtime, spool, counter, .. } = Arc::into_inner(self.inner).expect("not shared yet");
-        ObjectStorage { inner: Arc::new(Inner { name, store, signer, runtime, spool, counter }) }
+        ObjectStorage { inner: Arc::new(Inner { name, store, signer, runtime, spool, counter: AtomicU64::new(0) }) }
     }
 
     /// Google Cloud Storage: `bucket`, with credentials from the service
@@ -94,7 +95,7 @@ impl ObjectStorage {
             b = b.with_service_account_path(c);
         }
         let store = Arc::new(b.build()?);
-        Ok(ObjectStorage::new("gcs", store.clone(), runtime).with_signer(redirect.then_some(store as _)))
+        Ok(ObjectStorage::new("gcs", store.clone(), redirect.then_some(store as _), runtime))
     }
 
     /// Amazon S3 or an S3-compatible store: `bucket`, with the rest
@@ -103,7 +104,7 @@ impl ObjectStorage {
     pub fn s3(bucket: &str, redirect: bool, runtime: tokio::runtime::Handle) -> Result<ObjectStorage, object_store::Error> {
         let b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry());
         let store = Arc::new(b.build()?);
-        Ok(ObjectStorage::new("s3", store.clone(), runtime).with_signer(redirect.then_some(store as _)))
+        Ok(ObjectStorage::new("s3", store.clone(), redirect.then_some(store as _), runtime))
     }
 
     fn blob_path(digest: &Digest) -> ObjectPath {
@@ -282,14 +283,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn conformance_in_memory() {
         let store = Arc::new(object_store::memory::InMemory::new());
-        let storage = ObjectStorage::new("memory", store, tokio::runtime::Handle::current());
+        let storage = ObjectStorage::new("memory", store, None, tokio::runtime::Handle::current());
         crate::storage::conformance(&storage).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn large_blobs_go_up_in_parts_and_read_back_in_ranges() {
         let store = Arc::new(object_store::memory::InMemory::new());
-        let storage = ObjectStorage::new("memory", store, tokio::runtime::Handle::current());
+        let storage = ObjectStorage::new("memory", store, None, tokio::runtime::Handle::current());
         let data: Vec<u8> = (0..(SINGLE_PUT_MAX as usize + PART_SIZE + 12_345)).map(|i| (i % 253) as u8).collect();
         let digest = Digest::of(&data);
         let mut w = storage.blob_writer().unwrap();
