@@ -111,6 +111,13 @@ struct Revision {
     refreshing: bool,
 }
 
+/// An image on the warm path, with the source revision it was built from.
+#[derive(Debug)]
+struct WarmImage {
+    source: Arc<ResolvedSource>,
+    image: Arc<BuiltImage>,
+}
+
 type BuildFuture = Shared<BoxFuture<'static, Result<Arc<BuiltImage>, Arc<ShimError>>>>;
 
 /// The image service.
@@ -122,7 +129,7 @@ pub struct Shim {
     /// The warm path: `name:tag` as requested → the image built for it and
     /// the source revision it was built from. A hit needs no name parsing
     /// and no cache key.
-    warm: Mutex<HashMap<String, (Arc<ResolvedSource>, Arc<BuiltImage>)>>,
+    warm: Mutex<HashMap<String, WarmImage>>,
     revisions: Mutex<HashMap<String, Revision>>,
     inflight: Mutex<HashMap<String, BuildFuture>>,
     errors: Mutex<VecDeque<ErrorRecord>>,
@@ -198,9 +205,9 @@ impl Shim {
             e
         })?;
         let warm_key = format!("{name}:{tag}");
-        if let Some((revision, image)) = self.warm.lock().expect("warm lock").get(&warm_key) {
-            if Arc::ptr_eq(revision, &source) || revision.revision == source.revision {
-                return Ok(image.clone());
+        if let Some(warm) = self.warm.lock().expect("warm lock").get(&warm_key) {
+            if Arc::ptr_eq(&warm.source, &source) || warm.source.revision == source.revision {
+                return Ok(warm.image.clone());
             }
         }
         let image = self.image_for(name, tag, source.clone()).await?;
@@ -209,7 +216,7 @@ impl Shim {
         if warm.len() >= MEMORY_MANIFESTS {
             warm.clear();
         }
-        warm.insert(warm_key, (source, image.clone()));
+        warm.insert(warm_key, WarmImage { source, image: image.clone() });
         Ok(image)
     }
 

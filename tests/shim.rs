@@ -336,7 +336,7 @@ fn s3_storage_serves_the_same_images_and_survives_a_restart() {
     let no_follow = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let resp = no_follow.get(shim.url(&format!("/v2/shell/hello/blobs/{layer}"))).send().unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(format!("sha256:{:x}", sha2::Sha256::digest(&resp.bytes().unwrap())), *layer);
+    assert_eq!(format!("sha256:{:x}", sha2::Sha256::digest(resp.bytes().unwrap())), *layer);
 }
 
 #[test]
