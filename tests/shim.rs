@@ -313,6 +313,11 @@ fn s3_storage_serves_the_same_images_and_survives_a_restart() {
         assert!(location.starts_with(&format!("http://127.0.0.1:{}/{}/blobs/sha256/", s3.port, s3.bucket)), "{location}");
         assert!(location.contains("X-Amz-Signature="), "{location}");
         assert_eq!(no_follow.head(&blob_url).send().unwrap().status(), 200);
+        // A blob the bucket does not have is the spec's error, not a redirect.
+        let missing = no_follow.get(shim.url(&format!("/v2/shell/hello/blobs/sha256:{}", "0".repeat(64)))).send().unwrap();
+        assert_eq!(missing.status(), 404);
+        let body: serde_json::Value = missing.json().unwrap();
+        assert_eq!(body["errors"][0]["code"], "BLOB_UNKNOWN");
         let whole = http().get(&blob_url).send().unwrap().bytes().unwrap();
         assert_eq!(format!("sha256:{:x}", sha2::Sha256::digest(&whole)), *layer);
         let part = http().get(shim.url(&format!("/v2/shell/hello/blobs/{layer}"))).header("Range", "bytes=10-19").send().unwrap();
