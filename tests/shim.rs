@@ -347,19 +347,12 @@ fn s3_storage_serves_the_same_images_and_survives_a_restart() {
 #[test]
 fn unreachable_object_storage_fails_at_start_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port().to_string();
-    let endpoint = format!("http://127.0.0.1:{port}");
+    // Nothing listens on the endpoint.
     let out = Command::new(helper())
         .arg("serve")
         .env("NIXERY_PKGS_PATH", repo().join("tests/pkgs"))
         .env("PORT", free_port().to_string())
-        .env("NIXERY_STORAGE_BACKEND", "s3")
-        .env("NIXERY_S3_BUCKET", "missing")
-        .env("AWS_ENDPOINT", &endpoint)
-        .env("AWS_ALLOW_HTTP", "true")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
+        .envs(s3_env(free_port(), "missing"))
         .current_dir(dir.path())
         .output()
         .unwrap();

@@ -254,6 +254,20 @@ impl Drop for Shim {
     }
 }
 
+/// The shim's environment for `bucket` on an S3 endpoint at `port` of
+/// the loopback (plain HTTP, test credentials).
+pub fn s3_env(port: u16, bucket: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("NIXERY_STORAGE_BACKEND", "s3".into()),
+        ("NIXERY_S3_BUCKET", bucket.to_string()),
+        ("AWS_ENDPOINT", format!("http://127.0.0.1:{port}")),
+        ("AWS_ALLOW_HTTP", "true".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+    ]
+}
+
 /// moto's S3 server (scripts/setup installs it), with one empty bucket,
 /// stopped on drop.
 pub struct S3 {
@@ -280,15 +294,7 @@ impl S3 {
 
     /// The shim's environment for this bucket.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("NIXERY_STORAGE_BACKEND", "s3".into()),
-            ("NIXERY_S3_BUCKET", self.bucket.clone()),
-            ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port)),
-            ("AWS_ALLOW_HTTP", "true".into()),
-            ("AWS_ACCESS_KEY_ID", "test".into()),
-            ("AWS_SECRET_ACCESS_KEY", "test".into()),
-            ("AWS_REGION", "us-east-1".into()),
-        ]
+        s3_env(self.port, &self.bucket)
     }
 
     /// The keys of every object in the bucket.
