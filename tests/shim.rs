@@ -362,4 +362,26 @@ fn unreachable_object_storage_fails_at_start_with_a_clear_error() {
     let out = Command::new(helper()).arg("serve").env("NIXERY_STORAGE_BACKEND", "gcs").env_remove("GCS_BUCKET").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("GCS_BUCKET"));
+    // gcs with a service account file (one that points the client at a
+    // local endpoint, as GCS emulators are used): the bucket and the file
+    // are taken, and the endpoint is checked at start.
+    let key = dir.path().join("service-account.json");
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    std::fs::write(
+        &key,
+        serde_json::json!({ "gcs_base_url": endpoint, "disable_oauth": true, "client_email": "", "private_key": "", "private_key_id": "" }).to_string(),
+    )
+    .unwrap();
+    let out = Command::new(helper())
+        .arg("serve")
+        .env("NIXERY_PKGS_PATH", repo().join("tests/pkgs"))
+        .env("PORT", free_port().to_string())
+        .env("NIXERY_STORAGE_BACKEND", "gcs")
+        .env("GCS_BUCKET", "nixery-test")
+        .env("GOOGLE_APPLICATION_CREDENTIALS", &key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach the gcs storage") && err.contains(&endpoint), "{err}");
 }
