@@ -135,7 +135,7 @@ pub async fn serve_stored(
         Ok(stream) => respond(status, h, Body::from_stream(stream)),
         Err(e) => {
             tracing::error!(%digest, error = %e, "reading a blob failed");
-            ErrorCode::Unknown.with_detail(e.to_string()).into_response()
+            unknown(e).into_response()
         }
     }
 }
@@ -146,9 +146,14 @@ pub fn digest_param(reference: &str) -> Result<Digest, RegistryError> {
     parse_digest(reference).map_err(|_| ErrorCode::DigestInvalid.with_detail(serde_json::json!({})))
 }
 
+/// A storage failure, as the client sees it: UNKNOWN with the cause.
+fn unknown(e: impl std::fmt::Display) -> RegistryError {
+    ErrorCode::Unknown.with_detail(e.to_string())
+}
+
 /// What storage knows of a blob; a storage failure is UNKNOWN.
 pub async fn stat(state: &AppState, digest: &Digest) -> Result<Option<BlobInfo>, RegistryError> {
-    state.shim.storage().stat_blob(digest).await.map_err(|e| ErrorCode::Unknown.with_detail(e.to_string()))
+    state.shim.storage().stat_blob(digest).await.map_err(unknown)
 }
 
 /// `GET`/`HEAD /v2/<name>/blobs/<digest>`.
@@ -159,11 +164,11 @@ pub async fn get_blob(state: &AppState, method: &Method, headers: &HeaderMap, re
     // temporary redirect, as the reference registry's storage redirects
     // do); HEAD is answered here.
     if method == Method::GET {
-        let url = state.shim.storage().blob_url(&digest).await.map_err(|e| ErrorCode::Unknown.with_detail(e.to_string()))?;
+        let url = state.shim.storage().blob_url(&digest).await.map_err(unknown)?;
         if let Some(url) = url {
             let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
             let h = resp.headers_mut();
-            h.insert(header::LOCATION, HeaderValue::from_str(&url).map_err(|e| ErrorCode::Unknown.with_detail(e.to_string()))?);
+            h.insert(header::LOCATION, HeaderValue::from_str(&url).map_err(unknown)?);
             h.insert("Docker-Content-Digest", hv(&digest.0));
             return Ok(resp);
         }
