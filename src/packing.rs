@@ -211,18 +211,22 @@ impl Default for PackOptions {
     }
 }
 
-/// A writer that hashes and counts what passes through it.
-struct HashingWriter<W> {
+/// A writer that hashes and counts what passes through it (layers as they
+/// are packed; blobs as storage writes them).
+#[derive(Debug)]
+pub struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,
     count: u64,
 }
 
 impl<W: Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
+    pub fn new(inner: W) -> Self {
         HashingWriter { inner, hasher: Sha256::new(), count: 0 }
     }
-    fn finish(self) -> (W, Digest, u64) {
+    /// The inner writer, the SHA-256 digest and the byte count of what
+    /// was written.
+    pub fn finish(self) -> (W, Digest, u64) {
         (self.inner, Digest::from_hasher(self.hasher), self.count)
     }
 }

@@ -17,11 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{check_key, BlobInfo, BlobWriter, ByteStream, Storage, StorageError};
-use crate::packing::Digest;
+use crate::packing::{Digest, HashingWriter};
 
 const MEDIA_TYPE_XATTR: &str = "user.nixery.media-type";
 const SIDECAR_SUFFIX: &str = ".media-type";
@@ -94,15 +93,12 @@ fn valid_hex(digest: &Digest) -> bool {
 struct FsBlobWriter {
     storage: FilesystemStorage,
     tmp: PathBuf,
-    file: Option<BufWriter<File>>,
-    hasher: Sha256,
+    file: Option<HashingWriter<BufWriter<File>>>,
 }
 
 impl Write for FsBlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.as_mut().expect("writer is open").write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
+        self.file.as_mut().expect("writer is open").write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.file.as_mut().expect("writer is open").flush()
@@ -123,9 +119,9 @@ impl BlobWriter for FsBlobWriter {
         let file = self.file.take().expect("writer is open");
         let tmp = self.tmp.clone();
         let result = (|| {
+            let (file, actual, _) = file.finish();
             let file = file.into_inner().map_err(|e| StorageError::Io { path: tmp.display().to_string(), source: e.into_error() })?;
             file.sync_all().map_err(io_err(&tmp))?;
-            let actual = Digest(format!("sha256:{:x}", std::mem::take(&mut self.hasher).finalize()));
             if &actual != expected || !valid_hex(expected) {
                 return Err(StorageError::DigestMismatch { expected: expected.clone(), actual });
             }
@@ -170,7 +166,7 @@ impl Storage for FilesystemStorage {
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.inner.root.join("staging").join(format!("{}-{n}", std::process::id()));
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
-        Ok(Box::new(FsBlobWriter { storage: self.clone(), tmp, file: Some(BufWriter::with_capacity(1 << 20, file)), hasher: Sha256::new() }))
+        Ok(Box::new(FsBlobWriter { storage: self.clone(), tmp, file: Some(HashingWriter::new(BufWriter::with_capacity(1 << 20, file))) }))
     }
 
     async fn stat_blob(&self, digest: &Digest) -> Result<Option<BlobInfo>, StorageError> {

@@ -30,10 +30,9 @@ use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{Attribute, Attributes, GetOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload, WriteMultipart};
-use sha2::{Digest as _, Sha256};
 
 use super::{check_key, BlobInfo, BlobWriter, ByteStream, Storage, StorageError};
-use crate::packing::Digest;
+use crate::packing::{Digest, HashingWriter};
 
 /// How long a signed blob URL is valid: a client starts its download
 /// right after the redirect.
@@ -163,17 +162,12 @@ impl ObjectStorage {
 struct ObjectBlobWriter {
     storage: ObjectStorage,
     tmp: PathBuf,
-    file: Option<BufWriter<File>>,
-    hasher: Sha256,
-    size: u64,
+    file: Option<HashingWriter<BufWriter<File>>>,
 }
 
 impl Write for ObjectBlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.as_mut().expect("writer is open").write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
+        self.file.as_mut().expect("writer is open").write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.file.as_mut().expect("writer is open").flush()
@@ -189,16 +183,14 @@ impl Drop for ObjectBlobWriter {
 
 impl BlobWriter for ObjectBlobWriter {
     fn commit(mut self: Box<Self>, expected: &Digest, media_type: &str) -> Result<(), StorageError> {
-        let file = self.file.take().expect("writer is open");
+        let (file, actual, size) = self.file.take().expect("writer is open").finish();
         let io = |e: io::Error| StorageError::Io { path: self.tmp.display().to_string(), source: e };
         let file = file.into_inner().map_err(|e| io(e.into_error()))?;
-        let actual = Digest(format!("sha256:{:x}", std::mem::take(&mut self.hasher).finalize()));
         if &actual != expected {
             return Err(StorageError::DigestMismatch { expected: expected.clone(), actual });
         }
         let storage = self.storage.clone();
         let path = ObjectStorage::blob_path(expected);
-        let size = self.size;
         storage.block_on(async {
             // Blobs are immutable: one that is there already is these bytes.
             if storage.stat_blob(expected).await?.is_some() {
@@ -226,7 +218,7 @@ impl Storage for ObjectStorage {
         let tmp = spool.join(n.to_string());
         // Read and write: commit reads the spool back to upload it.
         let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).map_err(|e| StorageError::Io { path: tmp.display().to_string(), source: e })?;
-        Ok(Box::new(ObjectBlobWriter { storage: self.clone(), tmp, file: Some(BufWriter::with_capacity(1 << 20, file)), hasher: Sha256::new(), size: 0 }))
+        Ok(Box::new(ObjectBlobWriter { storage: self.clone(), tmp, file: Some(HashingWriter::new(BufWriter::with_capacity(1 << 20, file))) }))
     }
 
     async fn stat_blob(&self, digest: &Digest) -> Result<Option<BlobInfo>, StorageError> {
