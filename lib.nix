@@ -82,15 +82,17 @@ let
     compression ? "gzip",
 
     # Compression level: gzip 0 to 9, zstd 1 to 19. Default: null, which
-    # means 6 for gzip and 3 for zstd.
+    # means 5 for gzip and 3 for zstd.
     compressionLevel ? null,
 
     # Pack each layer in a derivation of its own, so that a rebuild packs
     # only the layers whose store paths changed (and images with the same
     # layers share their derivations). The layer plan is computed by a
     # first derivation and read at evaluation time, so this needs
-    # import-from-derivation (allowed by default, refused by Hydra and by
-    # `nix flake check`). The image is the same either way. Default: false.
+    # import-from-derivation (allowed by default; refused where
+    # allow-import-from-derivation = false, as on Hydra, and by
+    # `nix flake check --no-build`). The image is the same either way.
+    # Default: false.
     incremental ? false,
   }:
     let

@@ -1,49 +1,89 @@
-//! The image builder: the whole path from a closure graph to an image on
-//! disk, as `buildNixeryImage` runs it inside `nix-build`.
+//! The image builder: `buildNixeryImage` as it runs inside `nix-build`,
+//! with this program as the derivation's builder.
 //!
-//! Inside a build the helper is the derivation's builder. Nix writes the
-//! derivation's attributes to `.attrs.json` (`$NIX_ATTRS_JSON_FILE`), with
-//! the closure graph from `exportReferencesGraph` and the image arguments
-//! under `nixery` (see [`BuildSpec`]). This module reads them, plans the
-//! layers, packs them in parallel with the root layer, and writes the OCI
-//! layout (or a docker-archive) to the `out` output.
+//! Nix writes the derivation's attributes to `.attrs.json`, with the
+//! closure graph of the contents from `exportReferencesGraph` and the
+//! image arguments under `nixery` (see [`BuildSpec`]). This module reads
+//! them, hands the image to [`crate::assembly`] with the output's
+//! `blobs/sha256/` as the layer store, and writes the OCI layout (or a
+//! docker-archive) to the `out` output.
+//!
+//! With `incremental = true`, `lib.nix` runs three kinds of derivation:
+//! `plan-layers` writes the store layers of the plan, one `pack-layer`
+//! derivation per layer packs it, and `build-image` links those layers in
+//! by key and packs only the rest (the root layer).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::graph::{package_name, ClosureGraph, GraphError, Popularity};
-use crate::image::{self, Image, ImageError, ImageLayer, Platform, RuntimeConfig};
-use crate::layering::{self, LayeringError};
-use crate::packing::{self, LayerContent, PackError, PackOptions};
-use crate::root_layer;
+use crate::assembly::{self, AssemblyError, DirStore, ImageSpec};
+use crate::graph::{ClosureGraph, GraphError, PathInfo, Popularity};
+use crate::image::{self, ImageError, Platform, RuntimeConfig};
+use crate::layering::{self, Algorithm};
+use crate::nix::prepare::{GraphDoc, GRAPH_VERSION};
+use crate::packing::{self, Compression, LayerContent, PackError, PackOptions, PackedLayer};
 
-/// Version of the `nixery` attribute contract between `lib.nix` and the
-/// helper.
+/// Version of the JSON contract between `lib.nix` and the helper.
 pub const SPEC_VERSION: u32 = 1;
 
 /// Errors building an image.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// The attributes file (or a file it names) cannot be read.
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The attributes are not what `lib.nix` writes.
     #[error("{path} is not a valid nixery build description: {source}")]
-    Attrs { path: PathBuf, source: serde_json::Error },
+    Attrs {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: serde_json::Error,
+    },
+    /// `lib.nix` and the helper disagree on the contract.
     #[error("the build description has version {0}, this helper understands version {SPEC_VERSION}; use the helper that matches lib.nix")]
     Version(u32),
+    /// An argument is not valid; the message names it.
     #[error("in image {name}: {message}")]
-    Invalid { name: String, message: String },
+    Invalid {
+        /// The image.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Writing the output failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The closure graph Nix exported is not valid.
     #[error(transparent)]
     Graph(#[from] GraphError),
-    #[error(transparent)]
-    Layering(#[from] LayeringError),
+    /// Assembling the image failed.
+    #[error("in image {name}: {source}")]
+    Assembly {
+        /// The image.
+        name: String,
+        /// What failed.
+        source: AssemblyError,
+    },
+    /// Packing a layer failed.
     #[error(transparent)]
     Pack(#[from] PackError),
+    /// Writing the image's documents failed.
     #[error(transparent)]
     Image(#[from] ImageError),
-    #[error("joining the contents into the image root: {0}")]
-    RootLayer(std::io::Error),
 }
 
 /// Output formats.
@@ -64,89 +104,113 @@ pub enum PopularitySource {
     /// A path to a JSON file.
     File(PathBuf),
     /// The data itself.
-    Inline(std::collections::BTreeMap<String, u64>),
+    Inline(BTreeMap<String, u64>),
 }
 
 /// The image arguments `lib.nix` passes under the `nixery` attribute.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BuildSpec {
+    /// [`SPEC_VERSION`].
     pub version: u32,
+    /// The image name.
     pub name: String,
+    /// The tag; the output path's hash when absent.
     #[serde(default)]
     pub tag: Option<String>,
+    /// The runtime config, as the user wrote it.
     #[serde(default)]
     pub config: serde_json::Value,
+    /// The most layers the image may have, every layer counted.
     pub max_layers: usize,
+    /// The creation time.
     #[serde(default)]
     pub created: Option<String>,
+    /// Popularity data.
     #[serde(default)]
     pub popularity: Option<PopularitySource>,
+    /// The output format.
     pub format: Format,
-    /// "gzip" or "zstd"; gzip when absent.
+    /// The layer compression.
     #[serde(default)]
-    pub compression: Option<String>,
+    pub compression: Compression,
     /// The compression level; the compression's default when absent.
     #[serde(default)]
     pub compression_level: Option<u32>,
-    /// The layering algorithm by name; the default when absent.
+    /// The layering algorithm.
     #[serde(default)]
-    pub layering: Option<String>,
-    /// Incremental builds: the outputs of `pack-layer` derivations, one
-    /// per planned layer, in plan order. When set, only the root layer is
-    /// packed here.
+    pub layering: Algorithm,
+    /// Incremental builds: the outputs of `pack-layer` derivations.
     #[serde(default)]
     pub prepacked: Option<Vec<PathBuf>>,
 }
 
 impl BuildSpec {
-    /// The layers left for store paths: `maxLayers` less the root layer.
-    pub fn store_layer_budget(&self) -> Result<usize, BuildError> {
-        if self.max_layers < 2 {
-            return Err(BuildError::Invalid {
-                name: self.name.clone(),
-                message: format!(
-                    "maxLayers must be at least 2 (one layer for the store paths, one for the image root), got {}",
-                    self.max_layers
-                ),
-            });
+    fn invalid(&self, message: impl std::fmt::Display) -> BuildError {
+        BuildError::Invalid { name: self.name.clone(), message: message.to_string() }
+    }
+
+    fn check_version(&self) -> Result<(), BuildError> {
+        if self.version != SPEC_VERSION {
+            return Err(BuildError::Version(self.version));
         }
-        Ok(self.max_layers - 1)
+        Ok(())
+    }
+
+    fn pack_options(&self) -> Result<PackOptions, BuildError> {
+        PackOptions::new(self.compression, self.compression_level).map_err(|e| self.invalid(e))
+    }
+
+    /// The assembly inputs of this image for `system`, reading the local store.
+    pub fn image_spec(&self, system: &str) -> Result<ImageSpec, BuildError> {
+        let config = RuntimeConfig::from_json_value(self.config.clone()).map_err(|e| self.invalid(e))?.with_default_path();
+        Ok(ImageSpec {
+            max_layers: self.max_layers,
+            layering: self.layering,
+            popularity: std::sync::Arc::new(load_popularity(&self.popularity)?),
+            pack: self.pack_options()?,
+            platform: Platform::from_nix_system(system).map_err(|e| self.invalid(e))?,
+            created: self.created.clone().unwrap_or_else(|| image::DEFAULT_CREATED.to_string()),
+            config,
+            store_root: PathBuf::from("/"),
+        })
     }
 }
 
 /// What a `pack-layer` derivation writes beside its `blob`.
-#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PrepackedLayer {
+    /// The layer's store paths.
     pub paths: Vec<String>,
-    pub packed: packing::PackedLayer,
+    /// The packed blob.
+    pub packed: PackedLayer,
 }
 
 #[derive(Deserialize)]
 struct PackLayerAttrs {
-    outputs: std::collections::BTreeMap<String, PathBuf>,
+    outputs: BTreeMap<String, PathBuf>,
     #[serde(rename = "nixeryLayer")]
     layer: PackLayerSpec,
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PackLayerSpec {
     version: u32,
     paths: Vec<String>,
     #[serde(default)]
-    compression: Option<String>,
+    compression: Compression,
     #[serde(default)]
     compression_level: Option<u32>,
 }
 
 #[derive(Deserialize)]
 struct Attrs {
-    outputs: std::collections::BTreeMap<String, PathBuf>,
+    outputs: BTreeMap<String, PathBuf>,
     system: String,
     nixery: BuildSpec,
     #[serde(default)]
-    graph: Vec<crate::graph::PathInfo>,
+    graph: Vec<PathInfo>,
     #[serde(default, rename = "exportReferencesGraph")]
     export: Option<ExportRoots>,
 }
@@ -157,85 +221,27 @@ struct ExportRoots {
     graph: Vec<String>,
 }
 
-/// Where the attributes file is: `$NIX_ATTRS_JSON_FILE`, else `.attrs.json`
-/// in the build directory (older Nix).
+/// Where the attributes file is. `$NIX_ATTRS_JSON_FILE` when it exists;
+/// else `.attrs.json` in `$NIX_BUILD_TOP`: Nix before 2.17 sets the
+/// variable to the path outside the sandbox, and older Nix not at all.
 pub fn default_attrs_path() -> PathBuf {
-    match std::env::var_os("NIX_ATTRS_JSON_FILE") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::var_os("NIX_BUILD_TOP").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".attrs.json"),
+    attrs_path_from(std::env::var_os("NIX_ATTRS_JSON_FILE").map(PathBuf::from), std::env::var_os("NIX_BUILD_TOP").map(PathBuf::from))
+}
+
+fn attrs_path_from(attrs_file: Option<PathBuf>, build_top: Option<PathBuf>) -> PathBuf {
+    match attrs_file {
+        Some(p) if p.exists() => p,
+        _ => build_top.unwrap_or_else(|| PathBuf::from(".")).join(".attrs.json"),
     }
 }
 
-fn read_attrs<T: serde::de::DeserializeOwned>(attrs_path: &Path) -> Result<T, BuildError> {
-    let text = fs::read_to_string(attrs_path).map_err(|source| BuildError::Read { path: attrs_path.to_path_buf(), source })?;
-    serde_json::from_str(&text).map_err(|source| BuildError::Attrs { path: attrs_path.to_path_buf(), source })
-}
-
-/// Maps an I/O error on `path` to a build error.
-fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
-    move |source| BuildError::Image(ImageError::Io { path: path.to_path_buf(), source })
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, BuildError> {
+    let text = fs::read_to_string(path).map_err(|source| BuildError::Read { path: path.to_path_buf(), source })?;
+    serde_json::from_str(&text).map_err(|source| BuildError::Attrs { path: path.to_path_buf(), source })
 }
 
 fn write_out(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
-    fs::write(path, bytes).map_err(io_at(path))
-}
-
-/// The first stage of an incremental build (`nixery plan-layers`): writes
-/// the layer plan of the image's closure to the `out` output.
-pub fn plan_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
-    let attrs: Attrs = read_attrs(attrs_path)?;
-    let spec = attrs.nixery;
-    if spec.version != SPEC_VERSION {
-        return Err(BuildError::Version(spec.version));
-    }
-    let out = attrs.outputs.get("out").ok_or_else(|| BuildError::Invalid { name: spec.name.clone(), message: "no `out` output".into() })?;
-    let graph = ClosureGraph::new(attrs.graph, Some(attrs.export.map(|e| e.graph).unwrap_or_default()))?;
-    let plan = plan_layers(&spec, &graph)?;
-    write_out(out, &serde_json::to_vec(&plan).expect("json"))
-}
-
-/// The second stage (`nixery pack-layer`): packs one layer's store paths
-/// into `out/blob`, with `out/layer.json` ([`PrepackedLayer`]) beside it.
-pub fn pack_layer_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
-    let attrs: PackLayerAttrs = read_attrs(attrs_path)?;
-    if attrs.layer.version != SPEC_VERSION {
-        return Err(BuildError::Version(attrs.layer.version));
-    }
-    let invalid = |message: String| BuildError::Invalid { name: "layer".into(), message };
-    let out = attrs.outputs.get("out").ok_or_else(|| invalid("no `out` output".into()))?;
-    let compression = compression_named(&attrs.layer.compression).map_err(invalid)?;
-    fs::create_dir_all(out).map_err(io_at(out))?;
-    let content = LayerContent::StorePaths(attrs.layer.paths.clone());
-    let packed = packing::pack_to_file(&content, &out.join("blob"), PackOptions::new(compression, attrs.layer.compression_level))?;
-    let doc = PrepackedLayer { paths: attrs.layer.paths, packed };
-    write_out(&out.join("layer.json"), &serde_json::to_vec(&doc).expect("json"))
-}
-
-/// Runs a build from an attributes file, logging to stderr.
-pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
-    let attrs: Attrs = read_attrs(attrs_path)?;
-    let spec = attrs.nixery;
-    if spec.version != SPEC_VERSION {
-        return Err(BuildError::Version(spec.version));
-    }
-    let invalid = |message: String| BuildError::Invalid { name: spec.name.clone(), message };
-    let out = attrs.outputs.get("out").ok_or_else(|| invalid("the derivation has no `out` output".into()))?;
-    let roots = attrs.export.map(|e| e.graph).unwrap_or_default();
-    let graph = ClosureGraph::new(attrs.graph, Some(roots))?;
-    let tag = match &spec.tag {
-        Some(t) => t.clone(),
-        None => out_hash(out).to_string(),
-    };
-    let platform = Platform::from_nix_system(&attrs.system)?;
-    let image = build_image(&spec, &graph, platform, out, &tag)?;
-    eprintln!("nixery: wrote image {}:{} with {} layers to {}", spec.name, tag, image.layers.len(), out.display());
-    Ok(())
-}
-
-/// The hash part of an output path, the default tag (as dockerTools does).
-fn out_hash(out: &Path) -> &str {
-    let base = out.file_name().and_then(|n| n.to_str()).unwrap_or("latest");
-    base.split('-').next().unwrap_or(base)
+    fs::write(path, bytes).map_err(|source| BuildError::Write { path: path.to_path_buf(), source })
 }
 
 fn load_popularity(source: &Option<PopularitySource>) -> Result<Popularity, BuildError> {
@@ -249,105 +255,135 @@ fn load_popularity(source: &Option<PopularitySource>) -> Result<Popularity, Buil
     }
 }
 
-/// A short description of a layer's paths for its history entry.
-pub fn layer_comment(paths: &[String]) -> String {
-    const SHOWN: usize = 8;
-    let mut names: Vec<&str> = paths.iter().map(|p| package_name(p)).collect();
-    names.sort_unstable();
-    let more = names.len().saturating_sub(SHOWN);
-    names.truncate(SHOWN);
-    let mut s = format!("store paths: {}", names.join(", "));
-    if more > 0 {
-        s.push_str(&format!(" and {more} more"));
+/// The image attributes, checked, with the closure graph.
+struct Build {
+    spec: BuildSpec,
+    system: String,
+    out: PathBuf,
+    graph: ClosureGraph,
+}
+
+fn read_build(attrs_path: &Path) -> Result<Build, BuildError> {
+    let attrs: Attrs = read_json(attrs_path)?;
+    attrs.nixery.check_version()?;
+    let out = attrs.outputs.get("out").cloned().ok_or_else(|| attrs.nixery.invalid("the derivation has no `out` output"))?;
+    let graph = ClosureGraph::new(attrs.graph, Some(attrs.export.map(|e| e.graph).unwrap_or_default()))?;
+    Ok(Build { spec: attrs.nixery, system: attrs.system, out, graph })
+}
+
+/// The first stage of an incremental build (`nixery plan-layers`): writes
+/// the store-path layers of the image's plan to the `out` output, as
+/// `nixery layers` prints a plan.
+pub fn plan_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
+    let b = read_build(attrs_path)?;
+    let spec = b.spec.image_spec(&b.system)?;
+    let plan = assembly::plan(&spec, &b.graph).map_err(|source| BuildError::Assembly { name: b.spec.name.clone(), source })?;
+    let layers = plan
+        .jobs
+        .iter()
+        .filter(|j| !j.content.store_paths.is_empty())
+        .map(|j| layering::PlannedLayer {
+            size: j.content.store_paths.iter().map(|p| b.graph.paths[p].nar_size).sum(),
+            paths: j.content.store_paths.clone(),
+        })
+        .collect();
+    let doc = layering::LayerPlan { version: layering::PLAN_VERSION, layers };
+    write_out(&b.out, &serde_json::to_vec(&doc).expect("a plan serialises"))
+}
+
+/// The second stage (`nixery pack-layer`): packs one layer's store paths
+/// into `out/blob`, with `out/layer.json` ([`PrepackedLayer`]) beside it.
+pub fn pack_layer_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
+    let attrs: PackLayerAttrs = read_json(attrs_path)?;
+    if attrs.layer.version != SPEC_VERSION {
+        return Err(BuildError::Version(attrs.layer.version));
     }
-    s
+    let invalid = |message: String| BuildError::Invalid { name: "layer".into(), message };
+    let out = attrs.outputs.get("out").ok_or_else(|| invalid("the derivation has no `out` output".into()))?;
+    let opts = PackOptions::new(attrs.layer.compression, attrs.layer.compression_level).map_err(|e| invalid(e.to_string()))?;
+    fs::create_dir_all(out).map_err(|source| BuildError::Write { path: out.clone(), source })?;
+    let content = LayerContent::store_paths(attrs.layer.paths.clone());
+    let packed = packing::pack_to_file(&content, &out.join("blob"), opts)?;
+    let doc = PrepackedLayer { paths: attrs.layer.paths, packed };
+    write_out(&out.join("layer.json"), &serde_json::to_vec(&doc).expect("a layer serialises"))
 }
 
-/// The compression a build description names (gzip when it names none).
-fn compression_named(name: &Option<String>) -> Result<packing::Compression, String> {
-    name.as_deref().map_or(Ok(packing::Compression::default()), str::parse)
-}
-
-/// The history comment of the root layer.
-pub const ROOT_LAYER_COMMENT: &str = "image root: links to the contents, /tmp";
-
-/// The plan of an image's store-path layers: the budget less the root layer.
-fn plan_layers(spec: &BuildSpec, graph: &ClosureGraph) -> Result<layering::LayerPlan, BuildError> {
-    let invalid = |message: String| BuildError::Invalid { name: spec.name.clone(), message };
-    let budget = spec.store_layer_budget()?;
-    let popularity = load_popularity(&spec.popularity)?;
-    let algorithm = match &spec.layering {
-        Some(name) => name.parse::<layering::Algorithm>().map_err(&invalid)?,
-        None => layering::Algorithm::default(),
-    };
-    let plan = layering::plan_with(graph, &popularity, budget, algorithm)?;
-    eprintln!(
-        "nixery: {} store paths ({} bytes) in {} layers ({algorithm} layering), plus the root layer",
-        graph.paths.len(),
-        graph.total_size(),
-        plan.layers.len()
-    );
-    Ok(plan)
-}
-
-/// Plans, packs and writes the image of `graph` to `out`.
-pub fn build_image(spec: &BuildSpec, graph: &ClosureGraph, platform: Platform, out: &Path, tag: &str) -> Result<Image, BuildError> {
-    let invalid = |message: String| BuildError::Invalid { name: spec.name.clone(), message };
-    spec.store_layer_budget()?;
-    let config = RuntimeConfig::from_json_value(spec.config.clone()).map_err(|e| invalid(e.to_string()))?.with_default_path();
-    let root = root_layer::join(&graph.roots).map_err(BuildError::RootLayer)?;
-    for w in &root.warnings {
+/// Runs a build from an attributes file (`nixery build-image`), logging
+/// to stderr.
+pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
+    let b = read_build(attrs_path)?;
+    let tag = b.spec.tag.clone().unwrap_or_else(|| out_hash(&b.out).to_string());
+    let spec = b.spec.image_spec(&b.system)?;
+    let name = &b.spec.name;
+    let assembly_error = |source| BuildError::Assembly { name: name.clone(), source };
+    let plan = assembly::plan(&spec, &b.graph).map_err(assembly_error)?;
+    for w in &plan.warnings {
         eprintln!("nixery: warning: {w}");
     }
-    let compression = compression_named(&spec.compression).map_err(&invalid)?;
-    let opts = PackOptions::new(compression, spec.compression_level);
-    let layout_dir = match spec.format {
-        Format::OciDir => out.to_path_buf(),
+    eprintln!(
+        "nixery: {} store paths ({} bytes) in {} layers ({} layering), the root layer included",
+        b.graph.paths.len(),
+        b.graph.total_size(),
+        plan.jobs.len(),
+        spec.layering
+    );
+    let layout_dir = match b.spec.format {
+        Format::OciDir => b.out.clone(),
         Format::DockerArchive => std::env::temp_dir().join(format!("nixery-layout-{}", std::process::id())),
     };
-    let blobs = layout_dir.join("blobs/sha256");
-    let root_layer = LayerContent::Tree(root.entries);
-    let mut layers: Vec<ImageLayer> = Vec::new();
-    match &spec.prepacked {
-        // Incremental: the store-path layers come packed by their own
-        // derivations; link them in and pack only the root layer.
-        Some(dirs) => {
-            fs::create_dir_all(&blobs).map_err(io_at(&blobs))?;
-            for dir in dirs {
-                let doc: PrepackedLayer = read_attrs(&dir.join("layer.json"))?;
-                let link = blobs.join(doc.packed.digest.hex());
-                if !link.exists() {
-                    std::os::unix::fs::symlink(dir.join("blob"), &link).map_err(io_at(&link))?;
-                }
-                layers.push(ImageLayer { comment: layer_comment(&doc.paths), packed: doc.packed });
-            }
-            eprintln!("nixery: {} prepacked layers, plus the root layer", layers.len());
-            let packed = packing::pack_all(std::slice::from_ref(&root_layer), &blobs, opts)?;
-            layers.extend(packed.into_iter().map(|packed| ImageLayer { packed, comment: ROOT_LAYER_COMMENT.to_string() }));
-        }
-        None => {
-            let plan = plan_layers(spec, graph)?;
-            let mut contents: Vec<LayerContent> = plan.layers.iter().map(|l| LayerContent::StorePaths(l.paths.clone())).collect();
-            contents.push(root_layer);
-            let mut comments: Vec<String> = plan.layers.iter().map(|l| layer_comment(&l.paths)).collect();
-            comments.push(ROOT_LAYER_COMMENT.to_string());
-            let packed = packing::pack_all(&contents, &blobs, opts)?;
-            layers = packed.into_iter().zip(comments).map(|(packed, comment)| ImageLayer { packed, comment }).collect();
-        }
+    let mut store = DirStore::new(layout_dir.join("blobs/sha256"));
+    for dir in b.spec.prepacked.iter().flatten() {
+        let doc: PrepackedLayer = read_json(&dir.join("layer.json"))?;
+        let key = LayerContent::store_paths(doc.paths).key(spec.pack);
+        store.add_prepacked(key, doc.packed, dir.join("blob"));
     }
-    let image = Image {
-        platform,
-        created: spec.created.clone().unwrap_or_else(|| image::DEFAULT_CREATED.to_string()),
-        config,
-        layers,
-    };
-    image::write_oci_layout(&image, &spec.name, tag, &layout_dir)?;
-    if spec.format == Format::DockerArchive {
+    let (image, stats) = assembly::assemble(plan, &store).map_err(assembly_error)?;
+    image::write_oci_layout(&image, name, &tag, &layout_dir)?;
+    if b.spec.format == Format::DockerArchive {
         let layout = image::read_oci_layout(&layout_dir)?;
-        image::write_docker_archive(&layout, &format!("{}:{tag}", spec.name), out)?;
+        image::write_docker_archive(&layout, &format!("{name}:{tag}"), &b.out)?;
         let _ = fs::remove_dir_all(&layout_dir);
     }
-    Ok(image)
+    eprintln!("nixery: wrote image {name}:{tag} with {} layers ({} packed, {} prepacked) to {}", image.layers.len(), stats.packed, stats.reused, b.out.display());
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct WriteGraphAttrs {
+    outputs: BTreeMap<String, PathBuf>,
+    #[serde(rename = "nixeryGraph")]
+    spec: WriteGraphSpec,
+    #[serde(default)]
+    graph: Vec<PathInfo>,
+    #[serde(default, rename = "exportReferencesGraph")]
+    export: Option<BTreeMap<String, Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WriteGraphSpec {
+    version: u32,
+    not_found: Vec<String>,
+}
+
+/// The builder of prepare-image's graph derivation (`nixery write-graph`):
+/// copies the closure graph Nix exported into the output as a
+/// [`GraphDoc`], for the registry shim to read.
+pub fn write_graph_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
+    let attrs: WriteGraphAttrs = read_json(attrs_path)?;
+    if attrs.spec.version != GRAPH_VERSION {
+        return Err(BuildError::Version(attrs.spec.version));
+    }
+    let out = attrs.outputs.get("out").ok_or_else(|| BuildError::Invalid { name: "graph".into(), message: "the derivation has no `out` output".into() })?;
+    let roots = attrs.export.and_then(|mut e| e.remove("graph")).unwrap_or_default();
+    let doc = GraphDoc { version: GRAPH_VERSION, not_found: attrs.spec.not_found, roots, graph: attrs.graph };
+    write_out(out, &serde_json::to_vec(&doc).expect("a graph serialises"))
+}
+
+/// The hash part of an output path, the default tag (as dockerTools does).
+fn out_hash(out: &Path) -> &str {
+    let base = out.file_name().and_then(|n| n.to_str()).unwrap_or("latest");
+    base.split('-').next().unwrap_or(base)
 }
 
 #[cfg(test)]
@@ -355,23 +391,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn comments_list_names_and_count_the_rest() {
-        let paths: Vec<String> = (0..10).map(|i| format!("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-p{i}")).collect();
-        assert_eq!(layer_comment(&paths[..2]), "store paths: p0, p1");
-        assert!(layer_comment(&paths).ends_with("p7 and 2 more"));
-    }
-
-    #[test]
     fn default_tag_is_the_output_hash() {
-        assert_eq!(out_hash(Path::new("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-hello")), "0123456789abcdfghijklmnpqrsvwxyz");
+        assert_eq!(out_hash(Path::new("/nix/store/abc123-hello")), "abc123");
     }
 
     #[test]
-    fn spec_rejects_unknown_keys() {
-        let e = serde_json::from_value::<BuildSpec>(serde_json::json!({
-            "version": 1, "name": "x", "maxLayers": 3, "format": "oci-dir", "maxLayer": 2
-        }))
-        .unwrap_err();
-        assert!(e.to_string().contains("maxLayer"));
+    fn the_attrs_file_inside_the_sandbox_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().to_path_buf();
+        // Nix 2.8 names the path outside the sandbox, which does not exist in it.
+        let outside = PathBuf::from("/tmp/nix-build-x.drv-0/.attrs.json");
+        assert_eq!(attrs_path_from(Some(outside), Some(top.clone())), top.join(".attrs.json"));
+        fs::write(top.join("named.json"), "{}").unwrap();
+        assert_eq!(attrs_path_from(Some(top.join("named.json")), Some(top.clone())), top.join("named.json"));
+        assert_eq!(attrs_path_from(None, Some(top.clone())), top.join(".attrs.json"));
+    }
+
+    #[test]
+    fn specs_take_the_enums_and_refuse_bad_levels() {
+        let spec = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({"version": 1, "name": "x", "maxLayers": 10, "format": "oci-dir"});
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            serde_json::from_value::<BuildSpec>(v)
+        };
+        let s = spec(serde_json::json!({"compression": "zstd", "layering": "nixery", "compressionLevel": 19})).unwrap();
+        assert_eq!((s.compression, s.layering), (Compression::Zstd, Algorithm::Nixery));
+        assert_eq!(s.pack_options().unwrap().level, 19);
+        let e = spec(serde_json::json!({"compression": "lz4"})).unwrap_err().to_string();
+        assert!(e.contains("lz4"), "{e}");
+        assert!(spec(serde_json::json!({"layering": "bogus"})).unwrap_err().to_string().contains("bogus"));
+        let bad = spec(serde_json::json!({"compressionLevel": 10})).unwrap();
+        assert_eq!(bad.pack_options().unwrap_err().to_string(), "in image x: compression level 10 is out of range for gzip (0 to 9)");
     }
 }

@@ -24,17 +24,28 @@ pub const STORE_DIR: &str = "/nix/store";
 /// Errors in a closure graph or in popularity data.
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
+    /// The graph is not the JSON Nix writes.
     #[error("the closure graph is not valid JSON of the expected shape: {0}")]
     Json(#[from] serde_json::Error),
     #[error("{0:?} is not a store path (expected {STORE_DIR}/<hash>-<name>)")]
+    /// A path outside the store (or one that could escape it).
     NotAStorePath(String),
     #[error("store path {path} refers to {reference}, which is not in the graph")]
-    DanglingReference { path: String, reference: String },
+    /// A reference to a path the graph does not hold.
+    DanglingReference {
+        /// The path that refers.
+        path: String,
+        /// The path it refers to.
+        reference: String,
+    },
     #[error("root {0} is not in the graph")]
+    /// A root the graph does not hold.
     UnknownRoot(String),
     #[error("store path {0} appears twice in the graph")]
+    /// A path listed twice.
     Duplicate(String),
     #[error("popularity data is not a JSON object of name to count: {0}")]
+    /// Popularity data that is not a JSON object of name to count.
     Popularity(serde_json::Error),
 }
 

@@ -1,9 +1,10 @@
 //! Image names as package lists: `shell/hello` asks for the `shell`
 //! meta-package and `hello`.
 //!
-//! This module owns the registry-facing grammar (repository names, tags,
-//! digests, as the OCI distribution spec defines them) and the mapping from
-//! a name to what Nix is asked to build. It does not look anything up.
+//! This module owns the registry-facing grammar of names and tags (as the
+//! OCI distribution spec defines them; digests are [`crate::digest`]'s)
+//! and the mapping from a name to what Nix is asked to build. It does not
+//! look anything up.
 //!
 //! - Path components are attribute names; dotted components reach nested
 //!   sets (`xorg.xev`). The lookup in `prepare-image/` falls back to a
@@ -16,15 +17,13 @@
 
 use std::collections::BTreeSet;
 
-/// Errors in a name, tag or digest, each mapping to a registry error code.
+/// A name that is not an image name (the registry's `NAME_INVALID`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
+    /// Not a repository name under the distribution spec's grammar, or a
+    /// name that asks for no package.
     #[error("invalid repository name {0:?}")]
     Name(String),
-    #[error("invalid tag {0:?}")]
-    Tag(String),
-    #[error("invalid digest {0:?}")]
-    Digest(String),
 }
 
 /// The default expansion of the `shell` meta-package, as the original.
@@ -91,17 +90,6 @@ pub fn valid_tag(tag: &str) -> bool {
 /// Whether `reference` looks like a digest (`algorithm:encoded`).
 pub fn is_digest_reference(reference: &str) -> bool {
     reference.contains(':')
-}
-
-/// Parses a digest: only `sha256:` followed by 64 lower-case hex digits is
-/// accepted; anything else is `NameError::Digest`.
-pub fn parse_digest(s: &str) -> Result<crate::packing::Digest, NameError> {
-    match s.strip_prefix("sha256:") {
-        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
-            Ok(crate::packing::Digest(s.to_string()))
-        }
-        _ => Err(NameError::Digest(s.to_string())),
-    }
 }
 
 /// Meta-package settings.
@@ -187,17 +175,12 @@ mod tests {
     }
 
     #[test]
-    fn tags_and_digests() {
+    fn tags() {
         for ok in ["latest", "v1.2.3", "_x", "A-b_c.d", &"t".repeat(128)] {
             assert!(valid_tag(ok), "{ok}");
         }
         for bad in ["", ".x", "-x", "a:b", "a/b", &"t".repeat(129)] {
             assert!(!valid_tag(bad), "{bad}");
-        }
-        let hex = "a".repeat(64);
-        assert!(parse_digest(&format!("sha256:{hex}")).is_ok());
-        for bad in ["sha256:xyz", "sha256:abcd", &format!("sha256:{}", "A".repeat(64)), &format!("md5:{hex}"), "nocolon"] {
-            assert!(parse_digest(bad).is_err(), "{bad}");
         }
     }
 }

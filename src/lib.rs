@@ -4,34 +4,36 @@
 //! down imports anything further up:
 //!
 //! ```text
+//! digest      content addresses, and the writer that hashes as it writes
 //! graph       the closure of store paths and their references, popularity
 //!   ↓
-//! layering    which paths share a layer (a plan within a layer budget)
+//! layering    which store paths share a layer (a plan within a budget)
 //!   ↓
-//! packing     each layer as a reproducible gzip tar, hashed while written
-//! root_layer  the symlink join of the contents that makes an image usable
+//! packing     a layer's contents as a reproducible compressed tar
 //!   ↓
-//! image       config, manifest, index; OCI layout and docker-archive
+//! image       config and manifests; OCI layout and docker-archive
 //!   ↓
-//! builder     the whole path as `buildNixeryImage` runs it in nix-build
+//! assembly    THE one place an image is put together: plan the layers
+//!             (root layer included, one budget rule), get each from a
+//!             layer store or pack it, return the image
+//!   ↓                                   ↓
+//! builder     buildNixeryImage          shim       on-demand images, cached
+//!             inside nix-build          ↑ image_name, nix, storage
+//!                                       registry   the distribution API
 //! ```
 //!
-//! The registry shim (`nixery serve`) reuses that path:
-//!
-//! ```text
-//! image_name  registry names, tags and digests; names to package lists
-//! nix         source revisions; prepare-image under nix-build → graph
-//! storage     blobs and caches behind one trait (filesystem, gcs, s3)
-//! shim        name → graph → plan → packed layers → manifests, cached
-//! registry    the pull-only distribution API over HTTP, start page
-//! ```
-//!
-//! The same store paths always give the same layer bytes, whichever way an
-//! image is built, so images share layers in registries and client caches.
+//! Both entry points call [`assembly::plan`] and [`assembly::assemble`];
+//! they differ only in their [`assembly::LayerStore`] (a directory of
+//! blobs, or a storage backend with its layer cache). So the same store
+//! paths always give the same layer bytes, whichever way an image is
+//! built, and images share layers in registries and client caches.
 
+#![deny(missing_docs)]
 #![deny(missing_debug_implementations)]
 
+pub mod assembly;
 pub mod builder;
+pub mod digest;
 pub mod graph;
 pub mod image;
 pub mod image_name;
@@ -39,6 +41,11 @@ pub mod layering;
 pub mod nix;
 pub mod packing;
 pub mod registry;
-pub mod root_layer;
 pub mod shim;
 pub mod storage;
+
+/// The version of the bytes nixery writes: layers, configs and manifests.
+/// Every cache key includes it, and the golden digests in the packing
+/// tests are pinned per version: a change to any of those bytes bumps it,
+/// so no cache ever serves bytes of an older format.
+pub const FORMAT_VERSION: u32 = 1;

@@ -54,6 +54,9 @@ enum Command {
         /// Compression level (gzip 0 to 9, default 5; zstd 1 to 19, default 3).
         #[arg(long)]
         level: Option<u32>,
+        /// Where store paths are read from: `/`, or a chroot store's root.
+        #[arg(long, default_value = "/")]
+        store_root: PathBuf,
     },
     /// Build an image from a derivation's attributes (the builder entry
     /// point of `buildNixeryImage`).
@@ -190,6 +193,12 @@ struct ServeArgs {
     /// The layering algorithm: sharing, nixery or popularity-contest.
     #[arg(long, env = "NIXERY_LAYERING", default_value_t = nixery::layering::Algorithm::default())]
     layering: nixery::layering::Algorithm,
+    /// Layer compression: gzip or zstd (Docker 23+, containerd 1.5+, podman 4+).
+    #[arg(long, env = "NIXERY_COMPRESSION", default_value = "gzip")]
+    compression: nixery::packing::Compression,
+    /// Compression level (gzip 0 to 9, default 5; zstd 1 to 19, default 3).
+    #[arg(long, env = "NIXERY_COMPRESSION_LEVEL")]
+    compression_level: Option<u32>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "NIXERY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -244,6 +253,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(u) => nixery::shim::load_popularity(u)?,
         None => Default::default(),
     };
+    let pack = nixery::packing::PackOptions::new(args.compression, args.compression_level)?;
     let helper = std::env::current_exe().context("cannot find this program's path")?;
     let prepare_dir = std::env::temp_dir().join(format!("nixery-prepare-{}", std::process::id()));
     let prepare = Prepare::install(&prepare_dir, helper, std::time::Duration::from_secs(args.nix_timeout))
@@ -254,8 +264,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         base_packages: non_empty(&args.base_packages),
         max_layers: args.max_layers as usize,
         layering: args.layering,
-        pack: Default::default(),
-        popularity,
+        pack,
+        popularity: Arc::new(popularity),
         prepare,
         revision_ttl: std::time::Duration::from_secs(args.revision_ttl),
     };
@@ -336,10 +346,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let plan = layering::plan_with(&g, &pop, max_layers, algorithm)?;
             println!("{}", serde_json::to_string_pretty(&plan)?);
         }
-        Command::Pack { plan, out, compression, level } => {
+        Command::Pack { plan, out, compression, level, store_root } => {
+            use nixery::packing::{self, LayerContent, PackOptions};
             let plan: layering::LayerPlan = serde_json::from_str(&read(&plan)?).with_context(|| format!("{} is not a layer plan", plan.display()))?;
-            let contents: Vec<nixery::packing::LayerContent> = plan.layers.into_iter().map(|l| nixery::packing::LayerContent::StorePaths(l.paths)).collect();
-            let packed = nixery::packing::pack_all(&contents, &out, nixery::packing::PackOptions::new(compression, level))?;
+            let opts = PackOptions::new(compression, level)?;
+            let contents: Vec<LayerContent> =
+                plan.layers.into_iter().map(|l| LayerContent { store_root: store_root.clone(), ..LayerContent::store_paths(l.paths) }).collect();
+            let packed = packing::run_parallel(contents, packing::producers(opts), |c| packing::pack_to_dir(&c, &out, opts))
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?;
             println!("{}", serde_json::to_string_pretty(&packed)?);
         }
         Command::BuildImage { attrs } => {
@@ -349,15 +364,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(*args)?,
         Command::PlanLayers { attrs } => builder::plan_from_attrs(&attrs.unwrap_or_else(builder::default_attrs_path))?,
         Command::PackLayer { attrs } => builder::pack_layer_from_attrs(&attrs.unwrap_or_else(builder::default_attrs_path))?,
-        Command::WriteGraph { attrs } => {
-            nixery::nix::write_graph_from_attrs(&attrs.unwrap_or_else(builder::default_attrs_path))?;
-        }
+        Command::WriteGraph { attrs } => builder::write_graph_from_attrs(&attrs.unwrap_or_else(builder::default_attrs_path))?,
         Command::Popcount { package_set, system, path_info, graph } => {
             let pop = match (package_set, path_info, graph) {
                 (Some(dir), _, _) => {
                     let dir = std::fs::canonicalize(&dir).with_context(|| format!("package set {}", dir.display()))?;
-                    let outputs = nixery::nix::top_level_outputs(&dir, &system)?;
-                    let (refs, missing) = nixery::nix::local_closure_references(&outputs)?;
+                    let outputs = nixery::nix::popcount::top_level_outputs(&dir, &system)?;
+                    let (refs, missing) = nixery::nix::popcount::local_closure_references(&outputs)?;
                     if !missing.is_empty() {
                         eprintln!("nixery: {} of {} packages are not in the store and are not counted (build or substitute them first)", missing.len(), outputs.len());
                     }

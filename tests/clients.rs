@@ -16,7 +16,7 @@ fn push_to_the_reference_registry_pull_back_and_run_with_podman() {
     let registry = Registry::start();
     let host = registry.host();
     let (_, manifest) = layout_manifest(&image);
-    let manifest_digest = nixery::packing::Digest::of(&manifest).0;
+    let manifest_digest = nixery::digest::Digest::of(&manifest).to_string();
 
     run(skopeo().args(["copy", "--dest-tls-verify=false"]).arg(format!("oci:{}:v1", image.display())).arg(format!("docker://{host}/hello:v1")));
     let inspect: serde_json::Value = serde_json::from_str(&run_stdout(

@@ -93,12 +93,21 @@ fn the_root_layer_links_contents_and_has_tmp() {
 
 #[test]
 fn large_paths_get_a_layer_of_their_own() {
+    // Nine store paths, three store layers (maxLayers 4, the root layer
+    // included): most paths must share, and only what sharing saves most
+    // (size, weighed by popularity) keeps a layer alone. The more popular
+    // glibc and busybox lose to the 110 MB path; without the size in the
+    // ranking they would win.
     let dir = tempfile::tempdir().unwrap();
     let out = nix_build_expr(
         dir.path(),
-        r#"nixery.buildNixeryImage { name = "big"; tag = "v1"; contents = [ pkgs.hello pkgs.bigdata ]; maxLayers = 10; compressionLevel = 1; }"#,
+        r#"nixery.buildNixeryImage { name = "big"; tag = "v1"; contents = [ pkgs.hello pkgs.jq pkgs.bashInteractive pkgs.coreutils pkgs.bigdata ]; maxLayers = 4; compressionLevel = 1; }"#,
     );
     let found = store_paths_by_layer(&out);
+    let mut layers: Vec<usize> = found.values().map(|l| l[0]).collect();
+    layers.sort();
+    layers.dedup();
+    assert!(found.len() >= 8 && layers.len() == 3, "{} paths must share 3 store layers: {found:?}", found.len());
     let big = found.keys().find(|p| p.ends_with("-bigdata-1.0")).expect("bigdata in the image").clone();
     let big_layer = found[&big][0];
     let sharing: Vec<&String> = found.iter().filter(|(_, l)| l[0] == big_layer).map(|(p, _)| p).collect();

@@ -122,7 +122,7 @@ fn manifests_negotiate_and_digests_fetch_the_same_bytes() {
         assert_eq!(h["etag"].to_str().unwrap(), format!("\"{digest}\""));
         let body = resp.bytes().unwrap();
         assert_eq!(h["content-length"].to_str().unwrap(), body.len().to_string());
-        assert_eq!(nixery::packing::Digest::of(&body).0, digest, "the digest is of the bytes served");
+        assert_eq!(nixery::digest::Digest::of(&body).to_string(), digest, "the digest is of the bytes served");
         let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(m["mediaType"], want);
         // By digest, on /manifests/ and on /blobs/ (as containerd does): the same bytes.

@@ -9,8 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::errors::{ErrorCode, RegistryError};
 use super::AppState;
-use crate::image_name::parse_digest;
-use crate::packing::Digest;
+use crate::digest::Digest;
 use crate::storage::BlobInfo;
 
 /// What a `Range` header asks of a blob of a given size.
@@ -19,47 +18,47 @@ pub enum RangeRequest {
     /// No range, or one to ignore (malformed, several ranges): the whole blob.
     Full,
     /// Bytes `start..=end`.
-    Partial { start: u64, end: u64 },
+    Partial {
+        /// The first byte.
+        start: u64,
+        /// The last byte (inclusive).
+        end: u64,
+    },
     /// A well-formed range that lies outside the blob.
     Unsatisfiable,
 }
 
-/// Parses a `Range` header value (RFC 9110 byte ranges, single range).
+/// What a `Range` header asks of a blob of `size` bytes. The syntax is
+/// `http-range-header`'s; what a range means follows RFC 9110 as the
+/// reference registry (Go's `http.ServeContent`) applies it: a header that
+/// does not parse, or asks for several ranges, is ignored; a suffix longer
+/// than the blob is the whole blob; a range that starts past the end is
+/// unsatisfiable.
 pub fn parse_range(value: Option<&str>, size: u64) -> RangeRequest {
-    let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else { return RangeRequest::Full };
-    if spec.contains(',') {
-        return RangeRequest::Full;
+    use http_range_header::{EndPosition, RangeUnsatisfiableError, StartPosition};
+    let Some(value) = value else { return RangeRequest::Full };
+    let ranges = match http_range_header::parse_range_header(value.trim()) {
+        Ok(r) => r.ranges,
+        // `bytes=-0` parses, but asks for nothing.
+        Err(RangeUnsatisfiableError::ZeroSuffix) => return RangeRequest::Unsatisfiable,
+        Err(_) => return RangeRequest::Full,
+    };
+    let [range] = ranges.as_slice() else { return RangeRequest::Full };
+    if size == 0 {
+        return RangeRequest::Unsatisfiable;
     }
-    let Some((a, b)) = spec.trim().split_once('-') else { return RangeRequest::Full };
-    let (a, b) = (a.trim(), b.trim());
-    let num = |s: &str| if !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()) { s.parse::<u64>().ok() } else { None };
-    match (a.is_empty(), b.is_empty()) {
-        // bytes=-N: the last N bytes.
-        (true, false) => match num(b) {
-            Some(0) => RangeRequest::Unsatisfiable,
-            Some(_) if size == 0 => RangeRequest::Unsatisfiable,
-            Some(n) => RangeRequest::Partial { start: size.saturating_sub(n), end: size - 1 },
-            None => RangeRequest::Full,
-        },
-        // bytes=A-
-        (false, true) => match num(a) {
-            Some(start) if start >= size => RangeRequest::Unsatisfiable,
-            Some(start) => RangeRequest::Partial { start, end: size - 1 },
-            None => RangeRequest::Full,
-        },
-        // bytes=A-B
-        (false, false) => match (num(a), num(b)) {
-            (Some(start), Some(end)) if start <= end => {
-                if start >= size {
-                    RangeRequest::Unsatisfiable
-                } else {
-                    RangeRequest::Partial { start, end: end.min(size - 1) }
-                }
-            }
-            _ => RangeRequest::Full,
-        },
-        (true, true) => RangeRequest::Full,
+    let last = size - 1;
+    let (start, end) = match (range.start, range.end) {
+        (StartPosition::FromLast(n), _) => (size.saturating_sub(n), last),
+        (StartPosition::Index(start), EndPosition::LastByte) => (start, last),
+        (StartPosition::Index(start), EndPosition::Index(end)) if start <= end => (start, end.min(last)),
+        // A reversed range is a syntax error: ignored.
+        (StartPosition::Index(_), EndPosition::Index(_)) => return RangeRequest::Full,
+    };
+    if start > last {
+        return RangeRequest::Unsatisfiable;
     }
+    RangeRequest::Partial { start, end }
 }
 
 fn etag(digest: &Digest) -> String {
@@ -93,7 +92,7 @@ pub async fn serve_stored(
     let tag = etag(digest);
     let not_modified = if_none_match(headers, &tag);
     let mut h = HeaderMap::with_capacity(8);
-    h.insert("Docker-Content-Digest", hv(&digest.0));
+    h.insert("Docker-Content-Digest", hv(digest.as_str()));
     h.insert(header::ETAG, HeaderValue::try_from(tag).expect("a digest is a header value"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=31536000"));
     let respond = |status: StatusCode, headers: HeaderMap, body: Body| {
@@ -143,7 +142,7 @@ pub async fn serve_stored(
 /// A digest from a URL, or DIGEST_INVALID (as the reference registry
 /// answers for anything but a well-formed sha256 digest).
 pub fn digest_param(reference: &str) -> Result<Digest, RegistryError> {
-    parse_digest(reference).map_err(|_| ErrorCode::DigestInvalid.with_detail(serde_json::json!({})))
+    Digest::parse(reference).map_err(|_| ErrorCode::DigestInvalid.with_detail(serde_json::json!({})))
 }
 
 /// A storage failure, as the client sees it: UNKNOWN with the cause.
@@ -159,7 +158,7 @@ pub async fn stat(state: &AppState, digest: &Digest) -> Result<Option<BlobInfo>,
 /// `GET`/`HEAD /v2/<name>/blobs/<digest>`.
 pub async fn get_blob(state: &AppState, method: &Method, headers: &HeaderMap, reference: &str) -> Result<Response, RegistryError> {
     let digest = digest_param(reference)?;
-    let info = stat(state, &digest).await?.ok_or_else(|| ErrorCode::BlobUnknown.with_detail(digest.0.clone()))?;
+    let info = stat(state, &digest).await?.ok_or_else(|| ErrorCode::BlobUnknown.with_detail(digest.as_str()))?;
     // Object storage: the client fetches the bytes from the bucket (a
     // temporary redirect, as the reference registry's storage redirects
     // do); HEAD is answered here.
@@ -169,7 +168,7 @@ pub async fn get_blob(state: &AppState, method: &Method, headers: &HeaderMap, re
             let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
             let h = resp.headers_mut();
             h.insert(header::LOCATION, HeaderValue::from_str(&url).map_err(unknown)?);
-            h.insert("Docker-Content-Digest", hv(&digest.0));
+            h.insert("Docker-Content-Digest", hv(digest.as_str()));
             return Ok(resp);
         }
     }
@@ -193,8 +192,10 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=100-200"), 100), Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=-0"), 100), Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=0-"), 0), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=0-0"), 1), Partial { start: 0, end: 0 });
+        assert_eq!(parse_range(Some("bytes=-1"), 0), Unsatisfiable);
         // Ignored: malformed, reversed, several ranges, other units.
-        for v in ["bytes=9-0", "bytes=a-b", "bytes=0-1,5-6", "items=0-1", "bytes=-", "bytes=+1-2"] {
+        for v in ["bytes=9-0", "bytes=a-b", "bytes=0-1,5-6", "items=0-1", "bytes=-", "bytes=+1-2", "bytes=00-1", "bytes=1-2-3"] {
             assert_eq!(parse_range(Some(v), 100), Full, "{v}");
         }
     }

@@ -9,14 +9,23 @@ use serde_json::Value;
 /// An error code of the distribution spec (and the reference registry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
+    /// `BLOB_UNKNOWN` (404).
     BlobUnknown,
+    /// `DIGEST_INVALID` (400).
     DigestInvalid,
+    /// `MANIFEST_UNKNOWN` (404).
     ManifestUnknown,
+    /// `NAME_INVALID` (400).
     NameInvalid,
+    /// `NAME_UNKNOWN` (404).
     NameUnknown,
+    /// `TAG_INVALID` (400).
     TagInvalid,
+    /// `UNSUPPORTED` (405).
     Unsupported,
+    /// `UNKNOWN` (500).
     Unknown,
+    /// `UNAVAILABLE` (503).
     Unavailable,
 }
 
@@ -52,8 +61,11 @@ impl ErrorCode {
 /// An error response.
 #[derive(Debug, Clone)]
 pub struct RegistryError {
+    /// The code.
     pub code: ErrorCode,
+    /// A message instead of the code's default one.
     pub message: Option<String>,
+    /// The `detail` of the envelope.
     pub detail: Option<Value>,
 }
 

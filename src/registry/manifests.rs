@@ -42,14 +42,16 @@ pub fn shim_error(e: &ShimError, name: &str, tag: &str) -> RegistryError {
         ShimError::NotFound(pkgs) => ErrorCode::ManifestUnknown
             .with_detail(serde_json::json!({ "Name": name, "Tag": tag, "NotFound": pkgs }))
             .message(format!("manifest unknown: packages not found: {}", pkgs.join(", "))),
-        ShimError::Nix(NixError::UnknownRef(r)) => ErrorCode::ManifestUnknown
-            .with_detail(serde_json::json!({ "Name": name, "Tag": tag }))
-            .message(format!("manifest unknown: the package set has no ref {r:?}")),
-        ShimError::Nix(NixError::Timeout { timeout, log }) => ErrorCode::Unavailable
-            .with_detail(serde_json::json!({ "Log": log }))
-            .message(format!("the nix build of {name}:{tag} timed out after {} s", timeout.as_secs())),
-        ShimError::Nix(e) => ErrorCode::Unknown.with_detail(serde_json::json!({ "Error": e.to_string() })).message(format!("the nix build of {name}:{tag} failed")),
-        other => ErrorCode::Unknown.with_detail(serde_json::json!({ "Error": other.to_string() })).message(format!("building {name}:{tag} failed")),
+        e => match e.nix() {
+            Some(NixError::UnknownRef(r)) => ErrorCode::ManifestUnknown
+                .with_detail(serde_json::json!({ "Name": name, "Tag": tag }))
+                .message(format!("manifest unknown: the package set has no ref {r:?}")),
+            Some(NixError::Timeout { timeout, log }) => ErrorCode::Unavailable
+                .with_detail(serde_json::json!({ "Log": log }))
+                .message(format!("the nix build of {name}:{tag} timed out after {} s", timeout.as_secs())),
+            Some(e) => ErrorCode::Unknown.with_detail(serde_json::json!({ "Error": e.to_string() })).message(format!("the nix build of {name}:{tag} failed")),
+            None => ErrorCode::Unknown.with_detail(serde_json::json!({ "Error": e.to_string() })).message(format!("building {name}:{tag} failed")),
+        },
     }
 }
 
@@ -84,7 +86,7 @@ pub async fn get_manifest(state: &AppState, method: &Method, headers: &HeaderMap
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packing::Digest;
+    use crate::digest::Digest;
     use axum::http::HeaderValue;
 
     fn image() -> BuiltImage {

@@ -39,6 +39,7 @@ use crate::shim::Shim;
 /// What the handlers share.
 #[derive(Debug)]
 pub struct AppState {
+    /// The image service.
     pub shim: Arc<Shim>,
     /// A line for the start page saying where packages come from.
     pub source_description: String,
@@ -90,9 +91,25 @@ async fn tags(state: &AppState, name: &str) -> Result<Response, errors::Registry
 /// The parts of a `/v2/` path.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route<'a> {
-    Manifest { name: &'a str, reference: &'a str },
-    Blob { name: &'a str, digest: &'a str },
-    Tags { name: &'a str },
+    /// `<name>/manifests/<reference>`.
+    Manifest {
+        /// The repository name.
+        name: &'a str,
+        /// A tag or digest.
+        reference: &'a str,
+    },
+    /// `<name>/blobs/<digest>`.
+    Blob {
+        /// The repository name.
+        name: &'a str,
+        /// The digest, unchecked.
+        digest: &'a str,
+    },
+    /// `<name>/tags/list`.
+    Tags {
+        /// The repository name.
+        name: &'a str,
+    },
     /// Uploads and anything else this pull-only registry
     /// does not do.
     Unsupported,

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{check_key, BlobInfo, BlobWriter, ByteStream, Storage, StorageError};
-use crate::packing::{Digest, HashingWriter};
+use crate::digest::{Digest, HashingWriter};
 
 const MEDIA_TYPE_XATTR: &str = "user.nixery.media-type";
 const SIDECAR_SUFFIX: &str = ".media-type";
@@ -85,11 +85,6 @@ fn sidecar(blob: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Only well-formed sha256 digests name files; anything else is unknown.
-fn valid_hex(digest: &Digest) -> bool {
-    digest.0.starts_with("sha256:") && digest.hex().len() == 64 && digest.hex().bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-}
-
 struct FsBlobWriter {
     storage: FilesystemStorage,
     tmp: PathBuf,
@@ -122,7 +117,7 @@ impl BlobWriter for FsBlobWriter {
             let (file, actual, _) = file.finish();
             let file = file.into_inner().map_err(|e| StorageError::Io { path: tmp.display().to_string(), source: e.into_error() })?;
             file.sync_all().map_err(io_err(&tmp))?;
-            if &actual != expected || !valid_hex(expected) {
+            if &actual != expected {
                 return Err(StorageError::DigestMismatch { expected: expected.clone(), actual });
             }
             let dest = self.storage.blob_path(expected);
@@ -170,9 +165,6 @@ impl Storage for FilesystemStorage {
     }
 
     async fn stat_blob(&self, digest: &Digest) -> Result<Option<BlobInfo>, StorageError> {
-        if !valid_hex(digest) {
-            return Ok(None);
-        }
         let this = self.clone();
         let digest = digest.clone();
         tokio::task::spawn_blocking(move || {
@@ -192,9 +184,6 @@ impl Storage for FilesystemStorage {
 
     async fn read_blob(&self, digest: &Digest, offset: u64, len: u64) -> Result<ByteStream, StorageError> {
         let path = self.blob_path(digest);
-        if !valid_hex(digest) {
-            return Err(io_err(&path)(io::ErrorKind::NotFound.into()));
-        }
         let mut f = tokio::fs::File::open(&path).await.map_err(io_err(&path))?;
         f.seek(io::SeekFrom::Start(offset)).await.map_err(io_err(&path))?;
         let reader = f.take(len);
@@ -262,12 +251,5 @@ mod tests {
         fs::write(dir.path().join("staging/leftover"), b"x").unwrap();
         FilesystemStorage::open(dir.path()).unwrap();
         assert!(empty_dir(&dir.path().join("staging")));
-    }
-
-    #[tokio::test]
-    async fn malformed_digests_are_unknown() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = FilesystemStorage::open(dir.path()).unwrap();
-        assert_eq!(s.stat_blob(&Digest("sha256:../../etc/passwd".into())).await.unwrap(), None);
     }
 }

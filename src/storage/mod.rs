@@ -15,7 +15,7 @@
 //! - Cache entries ([`Storage::get_meta`], [`Storage::put_meta`]) are small
 //!   documents under a key; writes replace them atomically.
 //!
-//! [`conformance`] is the suite every backend runs.
+//! `conformance` (compiled for tests) is the suite every backend runs.
 
 use std::io::{self, Write};
 use std::pin::Pin;
@@ -23,7 +23,7 @@ use std::pin::Pin;
 use async_trait::async_trait;
 use futures::Stream;
 
-use crate::packing::Digest;
+use crate::digest::Digest;
 
 pub mod filesystem;
 pub mod object;
@@ -31,10 +31,23 @@ pub mod object;
 /// Errors from a storage backend.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
+    /// Reading or writing failed.
     #[error("storage I/O on {path}: {source}")]
-    Io { path: String, source: io::Error },
+    Io {
+        /// The file or object.
+        path: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// What was written is not the blob it was meant to be.
     #[error("digest mismatch: expected {expected}, wrote {actual}")]
-    DigestMismatch { expected: Digest, actual: Digest },
+    DigestMismatch {
+        /// The digest the writer was committed as.
+        expected: Digest,
+        /// The digest of what was written.
+        actual: Digest,
+    },
+    /// A cache key that could escape its folder.
     #[error("invalid storage key {0:?}")]
     InvalidKey(String),
 }

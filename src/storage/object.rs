@@ -32,7 +32,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{Attribute, Attributes, GetOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload, WriteMultipart};
 
 use super::{check_key, BlobInfo, BlobWriter, ByteStream, Storage, StorageError};
-use crate::packing::{Digest, HashingWriter};
+use crate::digest::{Digest, HashingWriter};
 
 /// How long a signed blob URL is valid: a client starts its download
 /// right after the redirect.

@@ -1,29 +1,24 @@
-//! The OCI image: config, manifest, index, and the on-disk forms an image
-//! takes (an OCI image layout directory, or a docker-archive tarball).
+//! The OCI image: its config and manifest documents and their exact
+//! bytes, and the forms an image takes on disk: an OCI image layout
+//! directory ([`layout`]) or a docker-archive tarball ([`docker_archive`]).
 //!
-//! This module owns the JSON documents and their exact bytes. It takes
-//! packed layers ([`crate::packing::PackedLayer`]) as given.
-//!
-//! An OCI image layout looks like this:
-//!
-//! ```text
-//! $out/
-//! ├── oci-layout                {"imageLayoutVersion":"1.0.0"}
-//! ├── index.json                names the manifest with the tag
-//! └── blobs/sha256/
-//!     ├── <manifest digest>     the image manifest
-//!     ├── <config digest>       the image config
-//!     └── <layer digest>…       gzip tar layers
-//! ```
+//! This module takes packed layers ([`crate::packing::PackedLayer`]) as
+//! given; [`crate::assembly`] decides which layers an image has.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::packing::{Digest, PackedLayer};
+use crate::digest::Digest;
+use crate::packing::PackedLayer;
+
+pub mod docker_archive;
+pub mod layout;
+
+pub use docker_archive::write_docker_archive;
+pub use layout::{read_oci_layout, write_oci_layout, LayoutImage};
 
 /// OCI media types.
 pub mod media_type {
@@ -54,14 +49,22 @@ pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/u
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    /// Reading or writing a file failed.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The runtime config, or a document read back, is not valid.
     #[error("invalid image config: {0}")]
     Config(String),
+    /// A Nix system images cannot be made for.
     #[error("unsupported system {0:?} (expected e.g. x86_64-linux or aarch64-linux)")]
     System(String),
 }
 
-fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> ImageError {
+pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> ImageError {
     let path = path.into();
     move |source| ImageError::Io { path, source }
 }
@@ -128,22 +131,31 @@ impl<'de> Deserialize<'de> for StringSet {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
+    /// The user (name or uid, optionally `:group`) the process runs as.
     #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Ports the image listens on (`80/tcp`).
     #[serde(rename = "ExposedPorts", default, skip_serializing_if = "Option::is_none")]
     pub exposed_ports: Option<StringSet>,
+    /// Environment, `NAME=value` each.
     #[serde(rename = "Env", default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,
+    /// The program and its first arguments.
     #[serde(rename = "Entrypoint", default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Vec<String>>,
+    /// The default command (arguments to the entrypoint, if any).
     #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<Vec<String>>,
+    /// Paths expected to be volumes.
     #[serde(rename = "Volumes", default, skip_serializing_if = "Option::is_none")]
     pub volumes: Option<StringSet>,
+    /// The working directory.
     #[serde(rename = "WorkingDir", default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
+    /// Labels (`org.opencontainers.image.source`, …).
     #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
+    /// The signal that stops the container.
     #[serde(rename = "StopSignal", default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
 }
@@ -178,18 +190,23 @@ impl RuntimeConfig {
 /// A descriptor: media type, digest and size of a blob.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Descriptor {
+    /// The blob's media type.
     #[serde(rename = "mediaType")]
     pub media_type: String,
+    /// The blob's digest.
     pub digest: Digest,
+    /// The blob's size in bytes.
     pub size: u64,
+    /// The platform of a manifest in an index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
+    /// Annotations (`org.opencontainers.image.ref.name`, …).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
 
 impl Descriptor {
-    fn new(media_type: &str, digest: Digest, size: u64) -> Descriptor {
+    pub(crate) fn new(media_type: &str, digest: Digest, size: u64) -> Descriptor {
         Descriptor { media_type: media_type.to_string(), digest, size, platform: None, annotations: BTreeMap::new() }
     }
 }
@@ -233,6 +250,7 @@ struct ManifestDoc<'a> {
 /// A layer of an image, with a note for its history entry.
 #[derive(Debug, Clone)]
 pub struct ImageLayer {
+    /// The blob.
     pub packed: PackedLayer,
     /// What the layer holds, for the config's history (`store paths: …`).
     pub comment: String,
@@ -250,19 +268,28 @@ pub enum ManifestFlavour {
 /// An image: its layers and its config, ready to be serialised.
 #[derive(Debug, Clone)]
 pub struct Image {
+    /// What it runs on.
     pub platform: Platform,
+    /// The creation time in the config.
     pub created: String,
+    /// The runtime config.
     pub config: RuntimeConfig,
+    /// The layers, bottom first.
     pub layers: Vec<ImageLayer>,
 }
 
 /// The serialised documents of an image, with their digests.
 #[derive(Debug, Clone)]
 pub struct ImageDocs {
+    /// The config's bytes.
     pub config: Vec<u8>,
+    /// Their digest.
     pub config_digest: Digest,
+    /// The manifest's bytes.
     pub manifest: Vec<u8>,
+    /// Their digest.
     pub manifest_digest: Digest,
+    /// The manifest's media type.
     pub manifest_media_type: &'static str,
 }
 
@@ -313,104 +340,10 @@ impl Image {
     }
 }
 
-/// Writes `bytes` to `dir/<hex digest>`.
-fn write_blob(dir: &Path, digest: &Digest, bytes: &[u8]) -> Result<(), ImageError> {
-    let path = dir.join(digest.hex());
-    fs::write(&path, bytes).map_err(io_err(path))
-}
-
-/// Writes the OCI layout files of `image` into `out`, whose
-/// `blobs/sha256/` must already hold the layer blobs. `name` and `tag`
-/// name the manifest in `index.json`.
-pub fn write_oci_layout(image: &Image, name: &str, tag: &str, out: &Path) -> Result<ImageDocs, ImageError> {
-    let blobs = out.join("blobs/sha256");
-    fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
-    let docs = image.docs(ManifestFlavour::Oci);
-    write_blob(&blobs, &docs.config_digest, &docs.config)?;
-    write_blob(&blobs, &docs.manifest_digest, &docs.manifest)?;
-    let mut desc = Descriptor::new(media_type::OCI_MANIFEST, docs.manifest_digest.clone(), docs.manifest.len() as u64);
-    desc.platform = Some(image.platform.clone());
-    desc.annotations.insert("org.opencontainers.image.ref.name".into(), tag.to_string());
-    desc.annotations.insert("io.containerd.image.name".into(), format!("{name}:{tag}"));
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": media_type::OCI_INDEX,
-        "manifests": [desc],
-    });
-    let index_path = out.join("index.json");
-    fs::write(&index_path, serde_json::to_vec(&index).expect("index serialises")).map_err(io_err(index_path))?;
-    let layout = out.join("oci-layout");
-    fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io_err(layout))?;
-    Ok(docs)
-}
-
-/// An image read back from an OCI layout directory.
-#[derive(Debug, Clone)]
-pub struct LayoutImage {
-    pub dir: PathBuf,
-    pub config: Vec<u8>,
-    pub config_digest: Digest,
-    pub layers: Vec<Descriptor>,
-    pub ref_name: Option<String>,
-}
-
-/// Reads the single image of an OCI layout written by [`write_oci_layout`].
-pub fn read_oci_layout(dir: &Path) -> Result<LayoutImage, ImageError> {
-    let bad = |m: &str| ImageError::Config(format!("{}: {m}", dir.display()));
-    let read = |p: PathBuf| fs::read(&p).map_err(io_err(p));
-    let index: serde_json::Value =
-        serde_json::from_slice(&read(dir.join("index.json"))?).map_err(|e| bad(&format!("index.json: {e}")))?;
-    let desc: Descriptor = serde_json::from_value(index["manifests"][0].clone()).map_err(|_| bad("index.json names no manifest"))?;
-    let ref_name = desc.annotations.get("org.opencontainers.image.ref.name").cloned();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&read(dir.join("blobs/sha256").join(desc.digest.hex()))?).map_err(|e| bad(&format!("manifest: {e}")))?;
-    let config_desc: Descriptor = serde_json::from_value(manifest["config"].clone()).map_err(|_| bad("manifest has no config"))?;
-    let layers: Vec<Descriptor> = serde_json::from_value(manifest["layers"].clone()).map_err(|_| bad("manifest has no layers"))?;
-    let config = read(dir.join("blobs/sha256").join(config_desc.digest.hex()))?;
-    Ok(LayoutImage { dir: dir.to_path_buf(), config, config_digest: config_desc.digest, layers, ref_name })
-}
-
-/// Writes a docker-archive tarball (what `docker save` writes and
-/// `docker load` and `skopeo copy docker-archive:` read) of a layout image.
-/// Layers stay gzip-compressed; Docker and skopeo detect that. The tarball
-/// is reproducible: fixed entry order and metadata.
-pub fn write_docker_archive(image: &LayoutImage, repo_tag: &str, out: &Path) -> Result<(), ImageError> {
-    let file = File::create(out).map_err(io_err(out))?;
-    let mut tar = tar::Builder::new(BufWriter::new(file));
-    let header = |size: u64, kind: tar::EntryType, mode: u32| crate::packing::tar_header(kind, mode, size);
-    let mut layer_paths = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for l in &image.layers {
-        let name = format!("{}/layer.tar", l.digest.hex());
-        layer_paths.push(name.clone());
-        if !seen.insert(l.digest.clone()) {
-            continue;
-        }
-        let src = image.dir.join("blobs/sha256").join(l.digest.hex());
-        let f = File::open(&src).map_err(io_err(&src))?;
-        let len = f.metadata().map_err(io_err(&src))?.len();
-        tar.append_data(&mut header(0, tar::EntryType::Directory, 0o755), l.digest.hex(), io::empty()).map_err(io_err(out))?;
-        tar.append_data(&mut header(len, tar::EntryType::Regular, 0o644), &name, f).map_err(io_err(out))?;
-    }
-    let config_name = format!("{}.json", image.config_digest.hex());
-    tar.append_data(&mut header(image.config.len() as u64, tar::EntryType::Regular, 0o644), &config_name, &image.config[..])
-        .map_err(io_err(out))?;
-    let manifest = serde_json::to_vec(&serde_json::json!([{
-        "Config": config_name,
-        "RepoTags": [repo_tag],
-        "Layers": layer_paths,
-    }]))
-    .expect("manifest serialises");
-    tar.append_data(&mut header(manifest.len() as u64, tar::EntryType::Regular, 0o644), "manifest.json", &manifest[..])
-        .map_err(io_err(out))?;
-    let mut w = tar.into_inner().map_err(io_err(out))?;
-    w.flush().map_err(io_err(out))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::{self, File};
 
     fn layer(n: u8) -> ImageLayer {
         ImageLayer {
@@ -446,11 +379,11 @@ mod tests {
         assert_eq!(config["config"]["Cmd"], serde_json::json!(["hello"]));
         assert_eq!(config["config"]["ExposedPorts"], serde_json::json!({"80/tcp": {}}));
         assert_eq!(config["config"]["Env"][0], DEFAULT_PATH);
-        assert_eq!(config["rootfs"]["diff_ids"][1], Digest::of(&[2, 2]).0);
+        assert_eq!(config["rootfs"]["diff_ids"][1], Digest::of(&[2, 2]).as_str());
         assert_eq!(config["history"].as_array().unwrap().len(), 2);
         let manifest: serde_json::Value = serde_json::from_slice(&docs.manifest).unwrap();
         assert_eq!(manifest["mediaType"], media_type::OCI_MANIFEST);
-        assert_eq!(manifest["config"]["digest"], Digest::of(&docs.config).0);
+        assert_eq!(manifest["config"]["digest"], Digest::of(&docs.config).as_str());
         assert_eq!(manifest["layers"][0]["size"], 11);
         assert_eq!(docs.manifest_digest, Digest::of(&docs.manifest));
         let docker = image().docs(ManifestFlavour::Docker);

@@ -16,7 +16,7 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use crate::packing::TreeEntry;
+use crate::packing::{Owner, TreeEntry};
 
 /// Top-level entries of a package that are never linked into the root.
 const SKIPPED: &[&str] = &["nix-support"];
@@ -36,55 +36,55 @@ pub struct RootTree {
     pub warnings: Vec<String>,
 }
 
-/// Joins the content packages (store paths, in the user's order).
-pub fn join(contents: &[String]) -> io::Result<RootTree> {
+/// Joins the content packages (store paths, in the user's order), read
+/// from the store under `store_root` (`/`, or a chroot store's root).
+pub fn join(contents: &[String], store_root: &Path) -> io::Result<RootTree> {
     let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
     let mut warnings = Vec::new();
     for pkg in contents {
-        let meta = fs::symlink_metadata(pkg)?;
+        let on_disk = store_root.join(pkg.trim_start_matches('/'));
+        let meta = fs::symlink_metadata(&on_disk).map_err(|e| io::Error::new(e.kind(), format!("{pkg}: {e}")))?;
         if !meta.is_dir() {
             warnings.push(format!("{pkg} is not a directory, so nothing of it is linked into the image root"));
             continue;
         }
-        for entry in sorted_dir(Path::new(pkg))? {
+        for entry in sorted_dir(&on_disk)? {
             let name = entry.file_name().to_string_lossy().into_owned();
             if SKIPPED.contains(&name.as_str()) {
                 continue;
             }
-            merge(&entry.path(), &name, pkg, &mut nodes, &mut warnings)?;
+            let source = Source { disk: entry.path(), image: format!("{pkg}/{name}") };
+            merge(&source, &name, pkg, &mut nodes, &mut warnings)?;
         }
     }
     // /usr/bin/env from the first package that provides bin/env.
     if let Some(Node::Link { target, package }) = nodes.get("bin/env").cloned() {
-        match nodes.get("usr/bin/env") {
-            None => {
-                for d in ["usr", "usr/bin"] {
-                    match nodes.get(d) {
-                        None => {
-                            nodes.insert(d.to_string(), Node::Dir);
-                        }
-                        Some(Node::Dir) => {}
-                        Some(Node::Link { package: p, .. }) => {
-                            warnings.push(format!("/{d} is a link from {p}, so /usr/bin/env is not added"));
-                        }
+        if !nodes.contains_key("usr/bin/env") {
+            for d in ["usr", "usr/bin"] {
+                match nodes.get(d) {
+                    None => {
+                        nodes.insert(d.to_string(), Node::Dir);
+                    }
+                    Some(Node::Dir) => {}
+                    Some(Node::Link { package: p, .. }) => {
+                        warnings.push(format!("/{d} is a link from {p}, so /usr/bin/env is not added"));
                     }
                 }
-                if matches!(nodes.get("usr/bin"), Some(Node::Dir)) && matches!(nodes.get("usr"), Some(Node::Dir)) {
-                    nodes.insert("usr/bin/env".to_string(), Node::Link { target, package });
-                }
             }
-            Some(_) => {}
+            if matches!(nodes.get("usr/bin"), Some(Node::Dir)) && matches!(nodes.get("usr"), Some(Node::Dir)) {
+                nodes.insert("usr/bin/env".to_string(), Node::Link { target, package });
+            }
         }
     }
     let mut entries: Vec<TreeEntry> = nodes
         .into_iter()
         .filter(|(path, _)| path != "tmp")
         .map(|(path, node)| match node {
-            Node::Dir => TreeEntry::Dir { path, mode: 0o755 },
+            Node::Dir => TreeEntry::Dir { path, mode: 0o755, owner: Owner::default() },
             Node::Link { target, .. } => TreeEntry::Symlink { path, target },
         })
         .collect();
-    entries.push(TreeEntry::Dir { path: "tmp".to_string(), mode: 0o1777 });
+    entries.push(TreeEntry::Dir { path: "tmp".to_string(), mode: 0o1777, owner: Owner::default() });
     Ok(RootTree { entries, warnings })
 }
 
@@ -94,8 +94,15 @@ fn sorted_dir(dir: &Path) -> io::Result<Vec<fs::DirEntry>> {
     Ok(v)
 }
 
-fn merge(src: &Path, dst: &str, pkg: &str, nodes: &mut BTreeMap<String, Node>, warnings: &mut Vec<String>) -> io::Result<()> {
-    let meta = fs::symlink_metadata(src)?;
+/// A file of a content package: where it is on disk, and its store path
+/// (what links in the image point to).
+struct Source {
+    disk: std::path::PathBuf,
+    image: String,
+}
+
+fn merge(src: &Source, dst: &str, pkg: &str, nodes: &mut BTreeMap<String, Node>, warnings: &mut Vec<String>) -> io::Result<()> {
+    let meta = fs::symlink_metadata(&src.disk)?;
     if dst == "tmp" {
         warnings.push(format!("{pkg} provides /tmp; the image's /tmp is an empty directory with mode 1777 instead"));
         return Ok(());
@@ -111,12 +118,13 @@ fn merge(src: &Path, dst: &str, pkg: &str, nodes: &mut BTreeMap<String, Node>, w
                 return Ok(());
             }
         }
-        for entry in sorted_dir(src)? {
+        for entry in sorted_dir(&src.disk)? {
             let name = entry.file_name().to_string_lossy().into_owned();
-            merge(&entry.path(), &format!("{dst}/{name}"), pkg, nodes, warnings)?;
+            let child = Source { disk: entry.path(), image: format!("{}/{name}", src.image) };
+            merge(&child, &format!("{dst}/{name}"), pkg, nodes, warnings)?;
         }
     } else {
-        let target = src.to_string_lossy().into_owned();
+        let target = src.image.clone();
         match nodes.get(dst) {
             None => {
                 nodes.insert(dst.to_string(), Node::Link { target, package: pkg.to_string() });
@@ -157,17 +165,17 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let a = pkg(tmp.path(), "a", &["bin/sh", "bin/env", "lib/liba.so", "nix-support/propagated"]);
         let b = pkg(tmp.path(), "b", &["bin/sh", "bin/hello", "share/doc/b"]);
-        let tree = join(&[a.clone(), b.clone()]).unwrap();
-        assert_eq!(find(&tree, "bin"), Some(&TreeEntry::Dir { path: "bin".into(), mode: 0o755 }));
+        let tree = join(&[a.clone(), b.clone()], Path::new("/")).unwrap();
+        assert_eq!(find(&tree, "bin"), Some(&TreeEntry::Dir { path: "bin".into(), mode: 0o755, owner: Owner::default() }));
         assert_eq!(find(&tree, "bin/sh"), Some(&TreeEntry::Symlink { path: "bin/sh".into(), target: format!("{a}/bin/sh") }));
         assert_eq!(find(&tree, "bin/hello"), Some(&TreeEntry::Symlink { path: "bin/hello".into(), target: format!("{b}/bin/hello") }));
         assert_eq!(find(&tree, "usr/bin/env"), Some(&TreeEntry::Symlink { path: "usr/bin/env".into(), target: format!("{a}/bin/env") }));
-        assert_eq!(find(&tree, "tmp"), Some(&TreeEntry::Dir { path: "tmp".into(), mode: 0o1777 }));
+        assert_eq!(find(&tree, "tmp"), Some(&TreeEntry::Dir { path: "tmp".into(), mode: 0o1777, owner: Owner::default() }));
         assert!(find(&tree, "nix-support").is_none());
         assert_eq!(tree.warnings.len(), 1);
         assert!(tree.warnings[0].contains("/bin/sh"), "{:?}", tree.warnings);
         // The other order gives the other winner: the first listed wins.
-        let tree = join(&[b.clone(), a]).unwrap();
+        let tree = join(&[b.clone(), a], Path::new("/")).unwrap();
         assert_eq!(find(&tree, "bin/sh"), Some(&TreeEntry::Symlink { path: "bin/sh".into(), target: format!("{b}/bin/sh") }));
     }
 
@@ -176,14 +184,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let a = pkg(tmp.path(), "a", &["lib/x"]);
         symlink("lib", Path::new(&a).join("lib64")).unwrap();
-        let tree = join(&[a.clone()]).unwrap();
+        let tree = join(std::slice::from_ref(&a), Path::new("/")).unwrap();
         assert_eq!(find(&tree, "lib64"), Some(&TreeEntry::Symlink { path: "lib64".into(), target: format!("{a}/lib64") }));
         assert!(find(&tree, "usr/bin/env").is_none());
     }
 
     #[test]
     fn empty_contents_still_give_tmp() {
-        let tree = join(&[]).unwrap();
-        assert_eq!(tree.entries, vec![TreeEntry::Dir { path: "tmp".into(), mode: 0o1777 }]);
+        let tree = join(&[], Path::new("/")).unwrap();
+        assert_eq!(tree.entries, vec![TreeEntry::Dir { path: "tmp".into(), mode: 0o1777, owner: Owner::default() }]);
     }
 }

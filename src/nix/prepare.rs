@@ -1,0 +1,159 @@
+//! Running `prepare-image/` under `nix-build`: from a pinned source and a
+//! list of attribute names to the closure graph of those packages (or the
+//! names the set does not have). The graph derivation's builder is this
+//! program too: [`crate::builder::write_graph_from_attrs`].
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+use super::{tail, NixError, ResolvedSource};
+use crate::graph::{ClosureGraph, PathInfo};
+
+/// The prepare-image expression, embedded so the binary is self-contained.
+pub const PREPARE_IMAGE_NIX: &str = include_str!("../../prepare-image/default.nix");
+
+/// Version of the graph document `write-graph` writes.
+pub const GRAPH_VERSION: u32 = 1;
+
+/// What `prepare-image` found.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    /// The closure graph of the image's packages (roots: the packages).
+    Graph(ClosureGraph),
+    /// These names are not in the package set.
+    NotFound(Vec<String>),
+}
+
+/// How to run prepare-image.
+#[derive(Debug, Clone)]
+pub struct Prepare {
+    /// The prepare-image expression file.
+    pub expression: PathBuf,
+    /// The helper binary (this program).
+    pub helper: PathBuf,
+    /// The longest a nix-build may take.
+    pub timeout: Duration,
+}
+
+/// What the graph derivation writes (`nixery write-graph`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GraphDoc {
+    /// [`GRAPH_VERSION`].
+    pub version: u32,
+    /// The names the package set does not have.
+    pub not_found: Vec<String>,
+    /// The packages found, in the order asked (the image's contents).
+    pub roots: Vec<String>,
+    /// Their closure.
+    pub graph: Vec<PathInfo>,
+}
+
+impl Prepare {
+    /// Writes the embedded expression under `dir` and returns the settings.
+    pub fn install(dir: &Path, helper: PathBuf, timeout: Duration) -> std::io::Result<Prepare> {
+        std::fs::create_dir_all(dir)?;
+        let expression = dir.join("prepare-image.nix");
+        std::fs::write(&expression, PREPARE_IMAGE_NIX)?;
+        Ok(Prepare { expression, helper, timeout })
+    }
+
+    /// Runs prepare-image for `packages` on `system`.
+    pub async fn run(
+        &self,
+        source: &ResolvedSource,
+        packages: &[String],
+        base_packages: &[String],
+        system: &str,
+    ) -> Result<Prepared, NixError> {
+        let mut cmd = tokio::process::Command::new("nix-build");
+        cmd.arg(&self.expression)
+            .arg("--no-out-link")
+            .args(["--argstr", "srcType", source.src_type])
+            .args(["--argstr", "srcArgs", &source.src_args])
+            .args(["--argstr", "packages", &serde_json::to_string(packages).expect("json")])
+            .args(["--argstr", "basePackages", &serde_json::to_string(base_packages).expect("json")])
+            .args(["--argstr", "system", system])
+            .arg("--argstr")
+            .arg("helper")
+            .arg(&self.helper)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|source| NixError::Spawn { command: "nix-build".into(), source })?;
+        let pid = child.id();
+        let mut stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        // Nix's log is collected as it comes, so a timeout can still show it.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let log_task = tokio::spawn({
+            let log = log.clone();
+            async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut lines = tokio::io::BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut l = log.lock().expect("log lock");
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let run = async {
+            let mut out = String::new();
+            let _ = stdout.read_to_string(&mut out).await;
+            out
+        };
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let finished = match tokio::time::timeout_at(deadline, run).await {
+            Ok(out) => match tokio::time::timeout_at(deadline, child.wait()).await {
+                Ok(status) => Some((out, status)),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        let (out, status) = match finished {
+            Some(r) => r,
+            None => {
+                if let Some(pid) = pid {
+                    stop_group(pid, &mut child).await;
+                }
+                log_task.abort();
+                let log = tail(&log.lock().expect("log lock"));
+                return Err(NixError::Timeout { timeout: self.timeout, log });
+            }
+        };
+        let _ = log_task.await;
+        let err = log.lock().expect("log lock").clone();
+        let status = status.map_err(|source| NixError::Spawn { command: "nix-build".into(), source })?;
+        if !status.success() {
+            return Err(NixError::BuildFailed { status: status.to_string(), log: tail(&err) });
+        }
+        let out_path = out.trim();
+        let text = tokio::fs::read_to_string(out_path).await.map_err(|source| NixError::Io { path: out_path.into(), source })?;
+        let doc: GraphDoc = serde_json::from_str(&text).map_err(|e| NixError::Output { what: out_path.into(), detail: e.to_string() })?;
+        if !doc.not_found.is_empty() {
+            return Ok(Prepared::NotFound(doc.not_found));
+        }
+        Ok(Prepared::Graph(ClosureGraph::new(doc.graph, Some(doc.roots))?))
+    }
+}
+
+/// Stops nix-build and what it started: SIGINT first, on which Nix stops
+/// its builders (they run in sessions of their own), then SIGKILL to the
+/// whole process group if it has not exited within five seconds.
+async fn stop_group(pid: u32, child: &mut tokio::process::Child) {
+    use rustix::process::{kill_process_group, Pid, Signal};
+    // The child leads its own process group (process_group(0)).
+    let Some(group) = i32::try_from(pid).ok().and_then(Pid::from_raw) else { return };
+    let _ = kill_process_group(group, Signal::INT);
+    if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+        let _ = kill_process_group(group, Signal::KILL);
+        let _ = child.wait().await;
+    }
+}

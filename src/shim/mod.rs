@@ -1,0 +1,481 @@
+//! The on-demand image service behind the registry shim: from an image
+//! name and tag to stored manifests. Images are put together by
+//! [`crate::assembly`], exactly as `buildNixeryImage` does, so the same
+//! store paths give the same layers.
+//!
+//! ```text
+//! name:tag ─► warm cache ─────────────────────────────────────────────► hit
+//!   │ miss
+//!   ▼
+//! packages, system ─► source revision ─► manifest cache (memory, storage) ─► hit
+//!                                          │ miss: one build per image
+//!                                          ▼
+//!                       prepare-image (nix-build) ─► closure graph
+//!                                          ▼
+//!                       assembly: plan ─► layers (layer cache, or packed
+//!                       into storage once) ─► config and manifests stored
+//! ```
+//!
+//! Caches, all bounded: the warm cache maps the `name:tag` a client asked
+//! for to its image while the source revision holds; the manifest cache
+//! maps (format version, exact revision, packages, system, settings) to
+//! the manifests, in memory and in storage (so a restart builds nothing);
+//! the layer cache maps a layer's key to its packed blob ([`layers`]).
+//! Concurrent requests for the same cold image share one build, and
+//! concurrent builds that share a layer pack it once.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::assembly::{self, AssemblyError, ImageSpec};
+use crate::digest::Digest;
+use crate::graph::Popularity;
+use crate::image::{media_type, Image, ImageError, ManifestFlavour, Platform, RuntimeConfig};
+use crate::image_name::{parse_image_name, ImageRequest, MetaPackages, NameError};
+use crate::layering;
+use crate::nix::{NixError, PackageSource, Prepare, Prepared, ResolvedSource};
+use crate::packing::PackOptions;
+use crate::storage::{put_bytes, Storage, StorageError};
+
+pub mod layers;
+
+/// How many images are kept in memory (warm path and manifest cache).
+const MEMORY_IMAGES: u64 = 10_000;
+/// How many resolved source revisions are kept.
+const MEMORY_REVISIONS: u64 = 10_000;
+/// How many recent build errors the start page shows.
+const RECENT_ERRORS: usize = 20;
+
+/// Errors serving an image.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    /// The name is not a valid image name.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// The package set does not have these packages.
+    #[error("packages not found: {}", .0.join(", "))]
+    NotFound(Vec<String>),
+    /// Running Nix or git failed.
+    #[error(transparent)]
+    Nix(#[from] NixError),
+    /// Pinning the package source failed (an error shared by every request
+    /// that waited for the same lookup).
+    #[error(transparent)]
+    Source(Arc<NixError>),
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Assembling the image failed.
+    #[error("assembling the image: {0}")]
+    Assembly(#[from] AssemblyError),
+    /// The image's system is not one images can be made for.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// A build task panicked or was cancelled.
+    #[error("the build task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl ShimError {
+    /// The Nix or git error behind this one, if that is what it is.
+    pub fn nix(&self) -> Option<&NixError> {
+        match self {
+            ShimError::Nix(e) => Some(e),
+            ShimError::Source(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The shim's settings.
+#[derive(Debug, Clone)]
+pub struct ShimConfig {
+    /// Where packages come from.
+    pub source: PackageSource,
+    /// Meta-package expansions.
+    pub meta: MetaPackages,
+    /// Packages every image gets when the set has them.
+    pub base_packages: Vec<String>,
+    /// Most layers per image, root layer included.
+    pub max_layers: usize,
+    /// The layering algorithm.
+    pub layering: layering::Algorithm,
+    /// Layer compression.
+    pub pack: PackOptions,
+    /// Popularity data for layering.
+    pub popularity: Arc<Popularity>,
+    /// How to run prepare-image.
+    pub prepare: Prepare,
+    /// How long a resolved source revision (a git ref's commit, a local
+    /// set's hash) is reused before it is looked up again.
+    pub revision_ttl: Duration,
+}
+
+/// A stored manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredManifest {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its media type.
+    pub media_type: String,
+    /// The manifest's bytes, kept in memory so warm pulls touch no storage.
+    #[serde(skip)]
+    pub bytes: Option<bytes::Bytes>,
+}
+
+/// An image that is built and stored: one manifest per flavour.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuiltImage {
+    /// The OCI manifest.
+    pub oci: StoredManifest,
+    /// The Docker schema 2 manifest.
+    pub docker: StoredManifest,
+}
+
+/// A build error, for the start page.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorRecord {
+    /// When it happened.
+    pub at: SystemTime,
+    /// `name:tag`.
+    pub image: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// A resolved source revision and when it was looked up.
+#[derive(Debug)]
+struct Revision {
+    at: Instant,
+    source: Arc<ResolvedSource>,
+    /// A request is looking it up again.
+    refreshing: AtomicBool,
+}
+
+/// An image on the warm path, with the source revision it was built from.
+#[derive(Debug)]
+struct WarmImage {
+    source: Arc<ResolvedSource>,
+    image: Arc<BuiltImage>,
+}
+
+/// The image service.
+pub struct Shim {
+    config: ShimConfig,
+    storage: Arc<dyn Storage>,
+    /// `name:tag` as requested → the image built for it and the revision
+    /// it was built from. A hit needs no name parsing and no cache key.
+    warm: moka::sync::Cache<String, Arc<WarmImage>>,
+    /// Manifest key → image; loading (from storage, or by building) is
+    /// single-flight.
+    images: moka::future::Cache<String, Arc<BuiltImage>>,
+    /// Tag (git) or "" (other sources) → resolved revision.
+    revisions: moka::future::Cache<String, Arc<Revision>>,
+    /// Layer key → packed layer.
+    layers: layers::LayerCache,
+    errors: Mutex<VecDeque<ErrorRecord>>,
+    popularity_digest: String,
+}
+
+impl std::fmt::Debug for Shim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shim").field("config", &self.config).field("storage", &self.storage.name()).field("images", &self.images.entry_count()).finish()
+    }
+}
+
+fn hex_sha256(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    format!("{:x}", h.finalize())
+}
+
+impl Shim {
+    /// A service on `storage` with `config`.
+    pub fn new(config: ShimConfig, storage: Arc<dyn Storage>) -> Arc<Shim> {
+        let pop = serde_json::to_string(&config.popularity.0).expect("popularity serialises");
+        Arc::new(Shim {
+            popularity_digest: hex_sha256(&[&pop]),
+            config,
+            storage,
+            warm: moka::sync::Cache::new(MEMORY_IMAGES),
+            images: moka::future::Cache::new(MEMORY_IMAGES),
+            revisions: moka::future::Cache::new(MEMORY_REVISIONS),
+            layers: layers::layer_cache(),
+            errors: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// The storage backend.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ShimConfig {
+        &self.config
+    }
+
+    /// The tags of every image name.
+    pub async fn tags(&self) -> Result<Vec<String>, NixError> {
+        self.config.source.tags().await
+    }
+
+    /// The most recent build errors, newest first.
+    pub fn recent_errors(&self) -> Vec<ErrorRecord> {
+        self.errors.lock().unwrap_or_else(|e| e.into_inner()).iter().rev().cloned().collect()
+    }
+
+    fn record_error(&self, image: &str, message: String) {
+        let mut e = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        if e.len() == RECENT_ERRORS {
+            e.pop_front();
+        }
+        e.push_back(ErrorRecord { at: SystemTime::now(), image: image.to_string(), message });
+    }
+
+    /// The built image for `name:tag`, building it if needed.
+    pub async fn image(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<BuiltImage>, Arc<ShimError>> {
+        let source = self.resolve(tag).await.map_err(|e| {
+            // A bad name is reported before a bad tag, as on the cold path.
+            if let Err(name_error) = parse_image_name(name, &self.config.meta) {
+                return Arc::new(ShimError::from(name_error));
+            }
+            let e = Arc::new(ShimError::Source(e));
+            self.record_error(&format!("{name}:{tag}"), e.to_string());
+            e
+        })?;
+        let warm_key = format!("{name}:{tag}");
+        if let Some(warm) = self.warm.get(&warm_key) {
+            if Arc::ptr_eq(&warm.source, &source) || warm.source.revision == source.revision {
+                return Ok(warm.image.clone());
+            }
+        }
+        let image = self.image_for(name, tag, source.clone()).await?;
+        self.warm.insert(warm_key, Arc::new(WarmImage { source, image: image.clone() }));
+        Ok(image)
+    }
+
+    /// The image for `name` at the pinned `source`: from the manifest cache
+    /// (memory, then storage) or built; one load per image at a time.
+    async fn image_for(self: &Arc<Self>, name: &str, tag: &str, source: Arc<ResolvedSource>) -> Result<Arc<BuiltImage>, Arc<ShimError>> {
+        let request = parse_image_name(name, &self.config.meta).map_err(|e| Arc::new(e.into()))?;
+        let key = self.manifest_key(&source.revision, &request);
+        if let Some(hit) = self.images.get(&key).await {
+            return Ok(hit);
+        }
+        // The load runs in a task of its own, so that a client that
+        // disconnects does not cancel the build the others wait for.
+        let this = self.clone();
+        let label = format!("{name}:{tag}");
+        let task = tokio::spawn(async move {
+            let loader = this.clone();
+            this.images
+                .try_get_with(key.clone(), async move { loader.load_or_build(&key, &request, &source, &label).await.map(Arc::new) })
+                .await
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(e) => Err(Arc::new(ShimError::Task(e))),
+        }
+    }
+
+    /// The source pinned for `tag`, remembered for
+    /// [`ShimConfig::revision_ttl`] so that warm pulls do not ask git or
+    /// hash the package set each time. When an entry expires, one request
+    /// looks it up again while the others keep using the old one, so a
+    /// busy instance never stampedes git or the package-set hashing; the
+    /// first lookup of a tag is shared by everyone who asks at once.
+    async fn resolve(&self, tag: &str) -> Result<Arc<ResolvedSource>, Arc<NixError>> {
+        // Other sources ignore the tag: one entry serves them all.
+        let key = if matches!(self.config.source, PackageSource::Git(_)) { tag } else { "" };
+        let lookup = || async {
+            let started = Instant::now();
+            let result = self.config.source.resolve(tag).await;
+            tracing::debug!(tag, ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "source revision looked up");
+            result.map(|r| Arc::new(Revision { at: Instant::now(), source: Arc::new(r), refreshing: AtomicBool::new(false) }))
+        };
+        let entry = self.revisions.try_get_with(key.to_string(), lookup()).await?;
+        if entry.at.elapsed() < self.config.revision_ttl || entry.refreshing.swap(true, Ordering::AcqRel) {
+            return Ok(entry.source.clone());
+        }
+        match lookup().await {
+            Ok(fresh) => {
+                let source = fresh.source.clone();
+                self.revisions.insert(key.to_string(), fresh).await;
+                Ok(source)
+            }
+            Err(e) => {
+                // Forget the stale entry: the next request tries again.
+                self.revisions.invalidate(key).await;
+                Err(Arc::new(e))
+            }
+        }
+    }
+
+    fn manifest_key(&self, revision: &str, request: &ImageRequest) -> String {
+        let packages = serde_json::to_string(&request.packages).expect("json");
+        let bases = serde_json::to_string(&self.config.base_packages).expect("json");
+        hex_sha256(&[
+            &crate::FORMAT_VERSION.to_string(),
+            revision,
+            &packages,
+            &bases,
+            &request.system,
+            &self.config.max_layers.to_string(),
+            self.config.layering.name(),
+            self.config.pack.compression.name(),
+            &self.config.pack.level.to_string(),
+            &self.popularity_digest,
+        ])
+    }
+
+    async fn load_or_build(self: &Arc<Self>, key: &str, request: &ImageRequest, source: &ResolvedSource, label: &str) -> Result<BuiltImage, ShimError> {
+        let meta_key = format!("manifests/{key}.json");
+        if let Some(bytes) = self.storage.get_meta(&meta_key).await? {
+            if let Ok(mut img) = serde_json::from_slice::<BuiltImage>(&bytes) {
+                if self.load_bytes(&mut img.oci).await? && self.load_bytes(&mut img.docker).await? {
+                    tracing::info!(image = label, "manifest cache hit");
+                    return Ok(img);
+                }
+            }
+        }
+        let started = Instant::now();
+        tracing::info!(image = label, packages = ?request.packages, system = %request.system, revision = %source.revision, "running nix-build");
+        let prepared = self.config.prepare.run(source, &request.packages, &self.config.base_packages, &request.system).await;
+        let graph = match prepared {
+            Ok(Prepared::Graph(g)) => g,
+            Ok(Prepared::NotFound(names)) => {
+                tracing::info!(image = label, not_found = ?names, "packages not found");
+                return Err(ShimError::NotFound(names));
+            }
+            Err(e) => {
+                tracing::error!(image = label, error = %e, "nix-build failed");
+                self.record_error(label, e.to_string());
+                return Err(e.into());
+            }
+        };
+        let nix_time = started.elapsed();
+        let spec = ImageSpec {
+            max_layers: self.config.max_layers,
+            layering: self.config.layering,
+            popularity: self.config.popularity.clone(),
+            pack: self.config.pack,
+            platform: Platform::from_nix_system(&request.system)?,
+            created: crate::image::DEFAULT_CREATED.to_string(),
+            config: RuntimeConfig::default().with_default_path(),
+            store_root: "/".into(),
+        };
+        let this = self.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let built = tokio::task::spawn_blocking(move || -> Result<(BuiltImage, assembly::AssemblyStats), ShimError> {
+            let plan = assembly::plan(&spec, &graph)?;
+            for w in &plan.warnings {
+                tracing::warn!("{w}");
+            }
+            let store = layers::StorageLayers { storage: &this.storage, cache: &this.layers, runtime };
+            let (image, stats) = assembly::assemble(plan, &store)?;
+            Ok((store_manifests(&*this.storage, &image)?, stats))
+        })
+        .await?
+        .inspect_err(|e| {
+            tracing::error!(image = label, error = %e, "building the image failed");
+            self.record_error(label, e.to_string());
+        })?;
+        let (img, stats) = built;
+        self.storage.put_meta(&meta_key, &serde_json::to_vec(&img).expect("json")).await?;
+        tracing::info!(
+            image = label,
+            manifest = %img.oci.digest,
+            layers_reused = stats.reused,
+            layers_packed = stats.packed,
+            nix_ms = nix_time.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "image built"
+        );
+        Ok(img)
+    }
+
+    /// Reads a stored manifest's bytes into memory; false when it is gone
+    /// or not what the cache says.
+    async fn load_bytes(&self, m: &mut StoredManifest) -> Result<bool, ShimError> {
+        if self.storage.stat_blob(&m.digest).await?.is_none() {
+            return Ok(false);
+        }
+        let stream = self.storage.read_blob(&m.digest, 0, m.size).await?;
+        let bytes = crate::storage::collect(stream).await.map_err(|source| StorageError::Io { path: format!("manifest {}", m.digest), source })?;
+        if Digest::of(&bytes) != m.digest {
+            return Ok(false);
+        }
+        m.bytes = Some(bytes.into());
+        Ok(true)
+    }
+}
+
+fn store_manifests(storage: &dyn Storage, image: &Image) -> Result<BuiltImage, ShimError> {
+    let oci = image.docs(ManifestFlavour::Oci);
+    let docker = image.docs(ManifestFlavour::Docker);
+    put_bytes(storage, &oci.config, media_type::OCI_CONFIG)?;
+    let stored = |docs: &crate::image::ImageDocs| -> Result<StoredManifest, ShimError> {
+        put_bytes(storage, &docs.manifest, docs.manifest_media_type)?;
+        Ok(StoredManifest {
+            digest: docs.manifest_digest.clone(),
+            size: docs.manifest.len() as u64,
+            media_type: docs.manifest_media_type.to_string(),
+            bytes: Some(docs.manifest.clone().into()),
+        })
+    };
+    Ok(BuiltImage { oci: stored(&oci)?, docker: stored(&docker)? })
+}
+
+/// Errors loading popularity data.
+#[derive(Debug, thiserror::Error)]
+pub enum PopularityError {
+    /// Fetching it over HTTP failed.
+    #[error("cannot fetch popularity data from {url}: {source}")]
+    Fetch {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: Box<ureq::Error>,
+    },
+    /// Reading the file failed.
+    #[error("cannot read popularity data {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It is not popularity data.
+    #[error("{location}: {source}")]
+    Parse {
+        /// Where it came from.
+        location: String,
+        /// What is wrong.
+        source: crate::graph::GraphError,
+    },
+}
+
+/// Loads popularity data from an `http(s)://` URL, a `file://` URL or a
+/// file path (`NIX_POPULARITY_URL`).
+pub fn load_popularity(location: &str) -> Result<Popularity, PopularityError> {
+    let text = if location.starts_with("http://") || location.starts_with("https://") {
+        let fetch = |source| PopularityError::Fetch { url: location.to_string(), source: Box::new(source) };
+        let mut resp = ureq::get(location).call().map_err(fetch)?;
+        resp.body_mut().with_config().limit(256 * 1024 * 1024).read_to_string().map_err(fetch)?
+    } else {
+        let path = location.strip_prefix("file://").unwrap_or(location);
+        std::fs::read_to_string(path).map_err(|source| PopularityError::Read { path: path.to_string(), source })?
+    };
+    Popularity::from_json(&text).map_err(|source| PopularityError::Parse { location: location.to_string(), source })
+}
