@@ -6,18 +6,45 @@
   outputs = { self, nixpkgs }:
     let
       systems = [ "x86_64-linux" "aarch64-linux" ];
-      forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f system nixpkgs.legacyPackages.${system});
+      forAllSystems = f: builtins.listToAttrs (map (system: { name = system; value = f system; }) systems);
+      pkgsFor = system: nixpkgs.legacyPackages.${system};
     in
     {
-      # The helper binary (nixery), built with rustPlatform.
-      packages = forAllSystems (system: pkgs: {
-        default = pkgs.callPackage ./nix/helper.nix { };
+      # The helper (nixery), built with nixpkgs' rustPlatform and linked
+      # against the store's glibc, which the sandbox has.
+      packages = forAllSystems (system: {
+        default = (pkgsFor system).callPackage ./nix/helper.nix { };
       });
 
-      # lib.${system}.buildNixeryImage { name; contents; ... }: see lib.nix.
-      lib = forAllSystems (system: pkgs: import ./lib.nix {
+      # The library, for any system, independent of this flake's nixpkgs:
+      #   nixery.lib.forPkgs pkgs              the helper built from `pkgs`
+      #   nixery.lib.withHelper { helper; }    a helper derivation, or a
+      #                                        static binary with `system`
+      # Each gives { buildNixeryImage; }: see lib.nix.
+      lib = {
+        withHelper = { helper, system ? null }: import ./lib.nix { inherit helper system; };
+        forPkgs = pkgs: import ./lib.nix {
+          helper = pkgs.buildPackages.callPackage ./nix/helper.nix { };
+          system = pkgs.stdenv.buildPlatform.system;
+        };
+      };
+
+      # The library with this flake's helper, per system:
+      #   nixery.legacyPackages.${system}.buildNixeryImage { … }
+      legacyPackages = forAllSystems (system: import ./lib.nix {
         helper = self.packages.${system}.default;
         inherit system;
       });
+
+      # `nix flake check` builds the examples with nixpkgs' packages.
+      checks = forAllSystems (system:
+        let
+          pkgs = pkgsFor system;
+          helper = self.packages.${system}.default;
+        in
+        {
+          hello = import ./examples/hello.nix { inherit helper pkgs system; };
+          app = import ./examples/app.nix { inherit helper pkgs system; };
+        });
     };
 }

@@ -1,34 +1,87 @@
 # nixery's Nix library.
 #
-#   nixery = import ./lib.nix { helper = <the nixery binary or its derivation>; };
+#   nixery = import ./lib.nix { helper = <the nixery helper>; };
 #   image = nixery.buildNixeryImage { name = "hello"; contents = [ pkgs.hello ]; };
 #
-# `helper` is either a derivation with `bin/nixery` (as the flake's
-# `packages.default`) or a path to the `nixery` binary itself (a cargo
-# build). The image derivation's builder is the helper: no shell, coreutils
-# or jq from a package set takes part, so this file needs nothing from
-# nixpkgs and works with any package set.
+# `helper` is a derivation with `bin/nixery` (the flake's packages.default,
+# built by nixpkgs) or a path to a statically linked `nixery` binary (what
+# `cargo build --release` makes in this repository: see
+# scripts/helper-path). The image derivation's builder is the helper
+# itself: no shell, coreutils or jq from a package set takes part, so this
+# file needs nothing from nixpkgs, works with any package set, builds in
+# Nix's sandbox and evaluates in pure mode (flakes).
 {
-  # The nixery helper: a derivation providing bin/nixery, or a path to the binary.
+  # The nixery helper: a derivation providing bin/nixery, or a path to a
+  # statically linked binary.
   helper,
-  # The Nix system images are built for, by default the evaluating machine's.
-  system ? builtins.currentSystem,
+  # The Nix system the helper runs on (the build machine). Default: the
+  # helper derivation's `system`, else the evaluating machine's (which pure
+  # evaluation does not know: give it there when `helper` is a path).
+  system ? null,
 }:
 
 let
+  inherit (builtins) isAttrs isList isString isInt isBool isPath hasAttr attrNames concatMap filter head
+    map length elem toJSON fromJSON match split replaceStrings substring stringLength storeDir;
+
   helperExe =
-    if builtins.isAttrs helper then "${helper}/bin/nixery"
-    else if builtins.isPath helper || builtins.isString helper then "${helper}"
+    if isAttrs helper then "${helper}/bin/nixery"
+    else if isPath helper then "${helper}"
+    else if isString helper && substring 0 1 helper == "/" then "${/. + helper}"
     else throw "nixery: `helper` must be a derivation with bin/nixery or a path to the nixery binary";
 
+  buildSystem =
+    if system != null then system
+    else if isAttrs helper && helper ? system then helper.system
+    else if builtins ? currentSystem then builtins.currentSystem
+    else throw "nixery: pure evaluation does not know the build machine: import lib.nix with `system`, or pass the helper as a derivation";
+
   # Version of the JSON contract between this file and the helper.
-  specVersion = 1;
+  specVersion = 2;
+
+  unique = list: builtins.foldl' (acc: x: if elem x acc then acc else acc ++ [ x ]) [ ] list;
+
+  # Registry names, as the distribution spec's reference grammar has them:
+  # an optional registry host (with a port), then lower-case path components.
+  domainComponent = "([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])";
+  pathComponent = "[a-z0-9]+(([._]|__|[-]+)[a-z0-9]+)*";
+  nameRegex = "(${domainComponent}(\\.${domainComponent})*(:[0-9]+)?/)?${pathComponent}(/${pathComponent})*";
+  tagRegex = "[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}";
+
+  # The store paths a value's strings name, with the value's context: the
+  # packages a config mentions (`Entrypoint = [ "${pkgs.jq}/bin/jq" ]`),
+  # so that their closures are in the image. Only paths the context
+  # accounts for are taken (a source path itself, or a derivation's output
+  # by name), so a literal /nix/store string never breaks the build.
+  referencedPaths = value:
+    let
+      json = toJSON value;
+      context = builtins.getContext json;
+      plain = builtins.unsafeDiscardStringContext json;
+      found = unique (map head (filter isList (split "(${storeDir}/[0-9a-z]{32}-[-.+_?=0-9a-zA-Z]+)" plain)));
+      nameOf = p: substring (stringLength storeDir + 34) (-1) p;
+      drvName = p: let n = nameOf p; in substring 0 (stringLength n - 4) n;
+      expectedNames = concatMap (key:
+        let c = context.${key}; in
+        if c ? outputs then map (o: if o == "out" then drvName key else "${drvName key}-${o}") c.outputs
+        else if c.allOutputs or false then [ (drvName key) ]
+        else [ (nameOf key) ]) (attrNames context);
+      accounted = p: hasAttr p context || elem (nameOf p) expectedNames;
+    in map (p: builtins.appendContext p context) (filter accounted found);
+
+  # The Nix system a package is for: its host platform's when it is a
+  # nixpkgs package (cross-compiled ones are built elsewhere), else the
+  # system it is built on.
+  systemOf = p: p.stdenv.hostPlatform.system or p.system or null;
 
   fail = name: msg: throw "in nixery image ${name}: ${msg}";
 
-  buildNixeryImage = {
+  # Checks the arguments and computes everything both image functions need.
+  prepare = args@{
     # Name of the image, as recorded in index.json and the docker-archive
-    # (`name:tag`). Required.
+    # (`name:tag`): a registry name, optionally with its host
+    # (`ghcr.io/acme/app`, `localhost:5000/app`). Path components are
+    # lower-case, as registries require. Required.
     name,
 
     # Tag of the image. Default: the hash of the output path, as dockerTools
@@ -42,16 +95,72 @@ let
     # build log). Default: none.
     contents ? [ ],
 
+    # Packages whose files are copied (not linked) into the image root, as
+    # dockerTools' and nix2container's copyToRoot do; their closures are in
+    # the image too. Copies win over the links of `contents`. Default: none.
+    copyToRoot ? [ ],
+
     # The runtime config (OCI `config`): Cmd, Entrypoint, Env, WorkingDir,
     # User, ExposedPorts, Labels, Volumes, StopSignal. ExposedPorts and
-    # Volumes may be lists or attribute sets. A default PATH is added when
-    # Env sets none. Unknown keys are an error. Default: {}.
+    # Volumes may be lists or attribute sets. Every store path a value
+    # names ("${pkgs.jq}/bin/jq") is in the image with its closure. A
+    # default PATH is added when Env (and the base image's) sets none.
+    # Unknown keys are an error. Default: {}.
     config ? { },
 
-    # The most layers the image may have, the root layer included, so at
-    # least 2. Registries and runtimes cap layers near 125; 100 leaves room
-    # for images built on top of this one. Default: 100.
+    # The most layers the image may have, every layer counted: the base
+    # image's, the explicit ones and the root layer. Registries and
+    # runtimes cap layers near 125; 100 leaves room for images built on
+    # top of this one. Default: 100.
     maxLayers ? 100,
+
+    # Explicit layers: groups of packages, each group's closure (less what
+    # earlier groups hold) in a layer of its own, first, so that they stay
+    # the same across rebuilds however the rest changes (nix2container's
+    # buildLayer). A group is a list of packages or { deps = [ … ]; }.
+    # Automatic layering does the rest. Default: none.
+    layers ? [ ],
+
+    # A base image: its layers come first, unchanged (they count against
+    # maxLayers), and its config is the default for this one's (Env merged
+    # by name, Labels merged, other keys replaced). An image built by
+    # buildNixeryImage, an OCI layout directory, or a tarball holding an
+    # OCI layout or a docker-archive (dockerTools.pullImage, a fetchurl of
+    # `docker save` output). Default: null.
+    fromImage ? null,
+
+    # Which image of fromImage, when it holds several: its tag. Default: null.
+    fromImageTag ? null,
+
+    # Users of the image: [ { name; uid; gid ? uid; home ? "/home/<name>";
+    # shell ? "/bin/sh"; groups ? [ ]; description ? ""; } ]. They get
+    # /etc/passwd, /etc/group, /etc/shadow and /etc/nsswitch.conf entries
+    # (with root and nobody), and a home directory they own, so that
+    # config.User = "app" runs as them and they can write their home.
+    # Default: none.
+    users ? [ ],
+
+    # Groups of the image: [ { name; gid; members ? [ ]; } ]. A user's
+    # primary group is made when no group has its gid. Default: none.
+    groups ? [ ],
+
+    # Mode and ownership of files in the layers, without fakeroot
+    # (nix2container's perms): [ { path; regex ? ".*"; mode ? null;
+    # uid ? null; gid ? null; uname ? null; gname ? null; } ]. `path` is a
+    # package (or a path in the image, "/" for everything): the rule covers
+    # it and what is below it, and files copied from it; `regex` is matched
+    # against each file's absolute path in the image; `mode` is an octal
+    # string ("0750"). Later rules win. Default: none.
+    perms ? [ ],
+
+    # Register the image's store paths in a Nix database
+    # (/nix/var/nix/db), for images that run Nix inside. Default: false.
+    initializeNixDatabase ? false,
+
+    # Owner of the Nix database, and of /nix/store when not root, for a
+    # Nix run by another user. Default: 0 and 0.
+    nixUid ? 0,
+    nixGid ? 0,
 
     # Popularity data for layering: a path to a JSON file or an attribute
     # set from package name without hash (e.g. "glibc-2.37-8") to how many
@@ -66,9 +175,17 @@ let
     # "popularity-contest" (nixpkgs' buildLayeredImage). Default: "sharing".
     layering ? "sharing",
 
-    # Creation time recorded in the config. Default: 1970-01-01T00:00:01Z,
-    # so that the image is reproducible.
+    # Creation time recorded in the config: an RFC 3339 time, or "now" for
+    # the build's time (which makes the image unreproducible).
+    # Default: 1970-01-01T00:00:01Z, so that the image is reproducible.
     created ? "1970-01-01T00:00:01Z",
+
+    # The architecture recorded in the config (GOARCH names: "amd64",
+    # "arm64"), and its CPU variant. Default: the system of the contents
+    # (a nixpkgs package's host platform, so cross-compiled contents give
+    # their architecture), else the build machine's.
+    architecture ? null,
+    variant ? null,
 
     # Output format: "oci-dir" (an OCI image layout directory, for
     # `skopeo copy oci:result:TAG ...` or `podman load -i result`) or
@@ -76,9 +193,9 @@ let
     # `dockerArchive` passthru gives the tarball. Default: "oci-dir".
     format ? "oci-dir",
 
-    # Layer compression: "gzip", which every client reads, or "zstd"
-    # (smaller and much faster to pack; Docker 23+, containerd 1.5+,
-    # podman 4+). Default: "gzip".
+    # Layer compression: "gzip", which every client reads; "zstd" (smaller
+    # and much faster to pack; Docker 23+, containerd 1.5+, podman 4+); or
+    # "none" (fastest, for loading locally). Default: "gzip".
     compression ? "gzip",
 
     # Compression level: gzip 0 to 9, zstd 1 to 19. Default: null, which
@@ -91,94 +208,161 @@ let
     # first derivation and read at evaluation time, so this needs
     # import-from-derivation (allowed by default; refused where
     # allow-import-from-derivation = false, as on Hydra, and by
-    # `nix flake check --no-build`). The image is the same either way.
-    # Default: false.
+    # `nix flake check --no-build`). Evaluates in pure mode. The image is
+    # the same either way. Default: false.
     incremental ? false,
+
+    # Attributes of the result's meta, as for any derivation. Default: {}.
+    meta ? { },
+
+    # Attributes added to the result. Default: {}.
+    passthru ? { },
   }:
     let
+      groupPackages = g: if isList g then g else if isAttrs g && g ? deps then g.deps else fail name "each of `layers` must be a list of packages or { deps = [ … ]; }";
+      layerGroups = map groupPackages layers;
+      permPath = p: if isAttrs p.path then "${p.path}" else toString p.path;
+
       checked =
-        if !(builtins.isString name) || name == "" then fail "<unnamed>" "`name` must be a non-empty string"
-        else if tag != null && !(builtins.isString tag) then fail name "`tag` must be a string or null"
-        else if !(builtins.isInt maxLayers) || maxLayers < 2 then
-          fail name "`maxLayers` must be an integer of at least 2 (one layer for the root), got ${builtins.toJSON maxLayers}"
-        else if !(builtins.elem format [ "oci-dir" "docker-archive" ]) then
-          fail name "`format` must be \"oci-dir\" or \"docker-archive\", got ${builtins.toJSON format}"
-        else if !(builtins.isList contents) then fail name "`contents` must be a list of packages"
-        else if !(builtins.isAttrs config) then fail name "`config` must be an attribute set"
-        else if !(builtins.elem compression [ "gzip" "zstd" ]) then
-          fail name "`compression` must be \"gzip\" or \"zstd\", got ${builtins.toJSON compression}"
-        else if compressionLevel != null && !(builtins.isInt compressionLevel
-          && compressionLevel >= (if compression == "gzip" then 0 else 1)
-          && compressionLevel <= (if compression == "gzip" then 9 else 19)) then
-          fail name "`compressionLevel` must be null or an integer (gzip 0 to 9, zstd 1 to 19)"
-        else if !(builtins.isBool incremental) then fail name "`incremental` must be a boolean"
-        else if !(builtins.elem layering [ "sharing" "nixery" "popularity-contest" ]) then
-          fail name "`layering` must be \"sharing\", \"nixery\" or \"popularity-contest\", got ${builtins.toJSON layering}"
+        if !(isString name) || name == "" then fail "<unnamed>" "`name` must be a non-empty string"
+        else if stringLength name > 255 || match nameRegex name == null then
+          fail name "`name` must be a registry name such as \"app\", \"acme/app\" or \"ghcr.io/acme/app\": lower-case path components of letters, digits and . _ - separators, after an optional registry host"
+        else if tag != null && !(isString tag && match tagRegex tag != null) then
+          fail name "`tag` must be null or a registry tag: letters, digits, _ . and -, not starting with . or -, at most 128 characters"
+        else if !(isInt maxLayers) || maxLayers < 2 then
+          fail name "`maxLayers` must be an integer of at least 2 (one layer for the root), got ${toJSON maxLayers}"
+        else if !(elem format [ "oci-dir" "docker-archive" ]) then
+          fail name "`format` must be \"oci-dir\" or \"docker-archive\", got ${toJSON format}"
+        else if !(isList contents) then fail name "`contents` must be a list of packages"
+        else if !(isList copyToRoot) then fail name "`copyToRoot` must be a list of packages"
+        else if !(isAttrs config) then fail name "`config` must be an attribute set"
+        else if !(isList layers) then fail name "`layers` must be a list of package groups"
+        else if !(isList users) || !(builtins.all isAttrs users) then fail name "`users` must be a list of { name; uid; … }"
+        else if !(isList groups) || !(builtins.all isAttrs groups) then fail name "`groups` must be a list of { name; gid; … }"
+        else if !(isList perms) || !(builtins.all (p: isAttrs p && p ? path) perms) then fail name "`perms` must be a list of { path; regex; mode; … }"
+        else if !(builtins.all (p: !(p ? mode) || p.mode == null || isString p.mode) perms) then fail name "`perms`: `mode` must be an octal string such as \"0750\""
+        else if !(elem compression [ "gzip" "zstd" "none" ]) then
+          fail name "`compression` must be \"gzip\", \"zstd\" or \"none\", got ${toJSON compression}"
+        else if compressionLevel != null && !(isInt compressionLevel
+          && compressionLevel >= (if compression == "zstd" then 1 else 0)
+          && compressionLevel <= (if compression == "gzip" then 9 else if compression == "zstd" then 19 else 0)) then
+          fail name "`compressionLevel` must be null or an integer (gzip 0 to 9, zstd 1 to 19, none 0)"
+        else if !(isBool incremental) then fail name "`incremental` must be a boolean"
+        else if !(isBool initializeNixDatabase) then fail name "`initializeNixDatabase` must be a boolean"
+        else if !(isInt nixUid && isInt nixGid) then fail name "`nixUid` and `nixGid` must be integers"
+        else if !(elem layering [ "sharing" "nixery" "popularity-contest" ]) then
+          fail name "`layering` must be \"sharing\", \"nixery\" or \"popularity-contest\", got ${toJSON layering}"
+        else if !(isString created) then fail name "`created` must be an RFC 3339 time or \"now\""
         else true;
+
+      # A store-safe name for the derivations ("ghcr.io/acme/app" → "ghcr.io-acme-app").
+      drvName = replaceStrings [ "/" ":" ] [ "-" "-" ] name;
+
+      # The image's platform: the contents' system, unless given.
+      imageSystem = let systems = filter (s: s != null) (map systemOf (contents ++ copyToRoot)); in
+        if systems == [ ] then buildSystem else head systems;
+
+      # Everything whose closure is in the image.
+      permPackages = map (p: p.path) (filter (p: isAttrs p.path || builtins.hasContext (toString p.path)) perms);
+      closureRoots = contents ++ copyToRoot ++ builtins.concatLists layerGroups ++ referencedPaths config ++ permPackages;
 
       spec = {
         version = specVersion;
-        inherit name tag config maxLayers created format compression compressionLevel layering;
+        inherit name tag config maxLayers created format compression compressionLevel layering
+          users groups initializeNixDatabase nixUid nixGid fromImageTag imageSystem architecture variant;
+        contents = map toString contents;
+        copyToRoot = map toString copyToRoot;
+        layers = map (map toString) layerGroups;
+        perms = map (p: {
+          path = permPath p;
+          regex = p.regex or null;
+          mode = p.mode or null;
+          uid = p.uid or null;
+          gid = p.gid or null;
+          uname = p.uname or null;
+          gname = p.gname or null;
+        }) perms;
+        fromImage = if fromImage == null then null else "${fromImage}";
         popularity =
-          if popularity == null || builtins.isAttrs popularity then popularity
+          if popularity == null || isAttrs popularity then popularity
           else "${popularity}";
       };
 
-      # A derivation run by the helper, with the closure of `contents`
-      # (sizes and references) written by Nix into its attributes file.
+      # A derivation run by the helper, with the closure of the image
+      # (sizes, hashes and references) written by Nix into its attributes.
       helperDerivation = drvName: subcommand: nixery: derivation {
         name = drvName;
-        inherit system nixery;
+        system = buildSystem;
+        inherit nixery;
         builder = helperExe;
         args = [ subcommand ];
         __structuredAttrs = true;
-        exportReferencesGraph.graph = contents;
+        exportReferencesGraph.graph = closureRoots;
         # The result is a pure function of the inputs.
         allowSubstitutes = false;
       };
 
+      # The result: `drv` with the passthru on it and on each of its
+      # outputs (so `image.out.imageTag` works too).
+      withPassthru = drv: extra:
+        let self = drv // extra // { out = self; all = [ self ]; }; in self;
+    in
+    assert checked;
+    { inherit spec helperDerivation drvName withPassthru imageSystem; args = args; };
+
+  buildNixeryImage = args:
+    let
+      p = prepare args;
+      inherit (p) spec drvName;
+      name = args.name;
+      incremental = args.incremental or false;
+      compression = spec.compression;
+      compressionLevel = spec.compressionLevel;
+
       # Incremental builds: the plan, then one derivation per layer. Layer
-      # derivations depend only on their store paths and the compression,
-      # so unchanged layers are never packed again.
-      # The plan names store paths; their context is given back, path by
-      # path, with builtins.storePath below.
-      plan = builtins.fromJSON (builtins.unsafeDiscardStringContext
-        (builtins.readFile (helperDerivation "${name}-layer-plan" "plan-layers" spec)));
+      # derivations depend only on their store paths, rules and the
+      # compression, so unchanged layers are never packed again. The plan
+      # names store paths; their context is given back with
+      # builtins.appendContext, which pure evaluation allows.
+      plan = fromJSON (builtins.unsafeDiscardStringContext
+        (builtins.readFile (p.helperDerivation "${drvName}-layer-plan" "plan-layers" spec)));
+      withContext = path: builtins.appendContext path { ${path} = { path = true; }; };
       layerDerivations = map (layer: derivation {
         name = "nixery-layer";
-        inherit system;
+        system = buildSystem;
         builder = helperExe;
         args = [ "pack-layer" ];
         __structuredAttrs = true;
         nixeryLayer = {
           version = specVersion;
-          paths = map builtins.storePath layer.paths;
+          paths = map withContext layer.paths;
+          perms = layer.perms or [ ];
           inherit compression compressionLevel;
         };
         allowSubstitutes = false;
       }) plan.layers;
 
-      image = helperDerivation name "build-image"
+      image = p.helperDerivation drvName "build-image"
         (if incremental then spec // { prepacked = layerDerivations; } else spec);
 
-      imageTag = if tag != null then tag else builtins.head (builtins.split "-" (baseNameOf image.outPath));
+      imageTag = if spec.tag != null then spec.tag else head (split "-" (baseNameOf image.outPath));
 
       dockerArchive =
-        if format == "docker-archive" then image
+        if spec.format == "docker-archive" then image
         else derivation {
-          name = "${name}-docker-archive.tar";
-          inherit system;
+          name = "${drvName}-docker-archive.tar";
+          system = buildSystem;
           builder = helperExe;
           args = [ "docker-archive" "--oci" "${image}" "--repo-tag" "${name}:${imageTag}" "--out" (builtins.placeholder "out") ];
         };
     in
-    assert checked;
-    image // {
+    p.withPassthru image ({
       inherit imageTag dockerArchive;
       imageName = name;
       # The image reference for `skopeo copy` (oci-dir format only).
       ociRef = "oci:${image}:${imageTag}";
-    };
+      meta = (image.meta or { }) // (args.meta or { });
+    } // (args.passthru or { }));
 in
 {
   inherit buildNixeryImage;

@@ -1,7 +1,7 @@
 # The image of the incremental-rebuild benchmark (bench/incremental): three
 # large packages made of host files and one small package that changes with
 # `version`. The large ones are copied from the host by their builders (an
-# impure fixture, fine with the sandbox off): built once, and evaluated
+# impure fixture, built once with the sandbox off by bench/incremental), and evaluated
 # instantly, where builtins.path would hash 1.7 GB at every evaluation.
 { helper, version ? "0", incremental ? true, nonce ? "", hostOnly ? false }:
 let

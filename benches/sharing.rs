@@ -263,6 +263,7 @@ impl Store {
                 nar_size: self.paths[i].size,
                 closure_size: 0,
                 references: self.paths[i].refs.iter().map(|&r| self.store_path(r)).collect(),
+                nar_hash: None,
             })
             .collect();
         Some(ClosureGraph::new(infos, Some(roots.iter().map(|&r| self.store_path(r)).collect())).expect("consistent graph"))

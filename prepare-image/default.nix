@@ -86,11 +86,21 @@ let
   bases = found (builtins.filter (n: !(builtins.elem n requested)) (builtins.fromJSON basePackages));
   contents = map (x: x.value) (requestedFound ++ bases);
 in
+let
+  # The helper as the builder. In the store (a nixpkgs-built helper), it
+  # is taken with its store path's context, so the sandbox gets its
+  # closure (its libraries); elsewhere (a static cargo build) it is copied
+  # into the store.
+  storeMatch = builtins.match "(${builtins.storeDir}/[^/]+)(.*)" helper;
+  builder =
+    if storeMatch != null then "${builtins.storePath (builtins.head storeMatch)}${builtins.elemAt storeMatch 1}"
+    else "${/. + helper}";
+in
 derivation {
   name = "nixery-image-graph";
   # The helper runs on this machine whatever system the image is for.
   system = builtins.currentSystem;
-  builder = "${/. + helper}";
+  inherit builder;
   args = [ "write-graph" ];
   __structuredAttrs = true;
   exportReferencesGraph.graph = if notFound == [ ] then contents else [ ];

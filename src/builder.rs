@@ -19,15 +19,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::assembly::{self, AssemblyError, DirStore, ImageSpec};
+use crate::assembly::{self, AssemblyError, DirStore, ImageSpec, RootSpec};
 use crate::graph::{ClosureGraph, GraphError, PathInfo, Popularity};
 use crate::image::{self, ImageError, Platform, RuntimeConfig};
-use crate::layering::{self, Algorithm};
+use crate::layering::Algorithm;
 use crate::nix::prepare::{GraphDoc, GRAPH_VERSION};
-use crate::packing::{self, Compression, LayerContent, PackError, PackOptions, PackedLayer};
+use crate::packing::{self, Compression, LayerContent, Owner, OwnerRule, PackError, PackOptions, PackedLayer, PermRule};
 
 /// Version of the JSON contract between `lib.nix` and the helper.
-pub const SPEC_VERSION: u32 = 1;
+pub const SPEC_VERSION: u32 = 2;
 
 /// Errors building an image.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +143,99 @@ pub struct BuildSpec {
     /// Incremental builds: the outputs of `pack-layer` derivations.
     #[serde(default)]
     pub prepacked: Option<Vec<PathBuf>>,
+    /// The content packages, in the user's order (linked into the root).
+    /// When absent, the roots of the exported graph.
+    #[serde(default)]
+    pub contents: Option<Vec<String>>,
+    /// Packages copied into the root.
+    #[serde(default)]
+    pub copy_to_root: Vec<String>,
+    /// Explicit layers: groups of packages whose closures get layers of
+    /// their own.
+    #[serde(default)]
+    pub layers: Vec<Vec<String>>,
+    /// Users of the image.
+    #[serde(default)]
+    pub users: Vec<crate::assembly::users::User>,
+    /// Groups of the image.
+    #[serde(default)]
+    pub groups: Vec<crate::assembly::users::Group>,
+    /// Mode and ownership rules.
+    #[serde(default)]
+    pub perms: Vec<PermSpec>,
+    /// Register the image's store paths in a Nix database in the image.
+    #[serde(default)]
+    pub initialize_nix_database: bool,
+    /// Who owns the Nix database (and the store, when not root).
+    #[serde(default)]
+    pub nix_uid: u32,
+    /// The Nix database's group.
+    #[serde(default)]
+    pub nix_gid: u32,
+    /// A base image: an OCI layout or a tarball.
+    #[serde(default)]
+    pub from_image: Option<PathBuf>,
+    /// Which image of the base's layout, by tag.
+    #[serde(default)]
+    pub from_image_tag: Option<String>,
+    /// The Nix system the image's contents are for; the build machine's
+    /// when absent.
+    #[serde(default)]
+    pub image_system: Option<String>,
+    /// The architecture recorded in the config (`arm64`), overriding the
+    /// one of `imageSystem`.
+    #[serde(default)]
+    pub architecture: Option<String>,
+    /// The CPU variant recorded with `architecture` (`v8`).
+    #[serde(default)]
+    pub variant: Option<String>,
+}
+
+/// A permission rule as `lib.nix` passes it (nix2container's shape).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PermSpec {
+    /// A store path or a path in the image.
+    pub path: String,
+    /// The regular expression the image path must match; everything by
+    /// default.
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// Octal permission bits, as a string (`"0750"`).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// New uid.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// New gid.
+    #[serde(default)]
+    pub gid: Option<u32>,
+    /// New user name.
+    #[serde(default)]
+    pub uname: Option<String>,
+    /// New group name.
+    #[serde(default)]
+    pub gname: Option<String>,
+}
+
+impl PermSpec {
+    fn rule(&self) -> Result<PermRule, String> {
+        let mode = match &self.mode {
+            None => None,
+            Some(m) => Some(u32::from_str_radix(m, 8).ok().filter(|v| *v <= 0o7777).ok_or_else(|| format!("perms: mode {m:?} is not octal permission bits such as \"0750\""))?),
+        };
+        for n in [&self.uname, &self.gname].into_iter().flatten() {
+            if n.len() > 31 {
+                return Err(format!("perms: the name {n:?} is longer than a tar header holds (31 bytes)"));
+            }
+        }
+        Ok(PermRule {
+            path: self.path.clone(),
+            regex: self.regex.clone().unwrap_or_else(|| ".*".into()),
+            mode,
+            owner: OwnerRule { uid: self.uid, gid: self.gid, uname: self.uname.clone(), gname: self.gname.clone() },
+        })
+    }
 }
 
 impl BuildSpec {
@@ -161,18 +254,51 @@ impl BuildSpec {
         PackOptions::new(self.compression, self.compression_level).map_err(|e| self.invalid(e))
     }
 
-    /// The assembly inputs of this image for `system`, reading the local store.
-    pub fn image_spec(&self, system: &str) -> Result<ImageSpec, BuildError> {
-        let config = RuntimeConfig::from_json_value(self.config.clone()).map_err(|e| self.invalid(e))?.with_default_path();
+    /// The platform recorded in the image: the contents' system (the
+    /// build machine's when not given), with `architecture` and `variant`
+    /// overriding.
+    fn platform(&self, build_system: &str) -> Result<Platform, BuildError> {
+        let mut p = Platform::from_nix_system(self.image_system.as_deref().unwrap_or(build_system)).map_err(|e| self.invalid(e))?;
+        if let Some(a) = &self.architecture {
+            p.architecture = a.clone();
+            p.variant = self.variant.clone();
+        }
+        Ok(p)
+    }
+
+    /// The assembly inputs of this image, built on `build_system`, reading
+    /// the local store. `scratch` is where a base image tarball is unpacked.
+    pub fn image_spec(&self, build_system: &str, scratch: &Path) -> Result<ImageSpec, BuildError> {
+        let config = RuntimeConfig::from_json_value(self.config.clone()).map_err(|e| self.invalid(e))?;
+        let platform = self.platform(build_system)?;
+        let base = match &self.from_image {
+            Some(path) => Some(crate::image::base::open(path, self.from_image_tag.as_deref(), &platform, scratch).map_err(|e| self.invalid(e))?),
+            None => None,
+        };
+        let created = match self.created.as_deref() {
+            None => image::DEFAULT_CREATED.to_string(),
+            // Not reproducible, by request (as dockerTools' created = "now").
+            Some("now") => humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            Some(c) => c.to_string(),
+        };
         Ok(ImageSpec {
             max_layers: self.max_layers,
             layering: self.layering,
             popularity: std::sync::Arc::new(load_popularity(&self.popularity)?),
             pack: self.pack_options()?,
-            platform: Platform::from_nix_system(system).map_err(|e| self.invalid(e))?,
-            created: self.created.clone().unwrap_or_else(|| image::DEFAULT_CREATED.to_string()),
+            platform,
+            created,
             config,
             store_root: PathBuf::from("/"),
+            base,
+            layer_groups: self.layers.clone(),
+            root: RootSpec {
+                copy_to_root: self.copy_to_root.clone(),
+                users: self.users.clone(),
+                groups: self.groups.clone(),
+                nix_db: self.initialize_nix_database.then(|| Owner { uid: self.nix_uid, gid: self.nix_gid, uname: None, gname: None }),
+            },
+            perms: self.perms.iter().map(PermSpec::rule).collect::<Result<_, _>>().map_err(|e| self.invalid(e))?,
         })
     }
 }
@@ -182,8 +308,30 @@ impl BuildSpec {
 pub struct PrepackedLayer {
     /// The layer's store paths.
     pub paths: Vec<String>,
+    /// The rules it was packed with.
+    #[serde(default)]
+    pub perms: Vec<PermRule>,
     /// The packed blob.
     pub packed: PackedLayer,
+}
+
+/// What `plan-layers` writes: the store-path layers of an image, each to
+/// be packed by a `pack-layer` derivation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IncrementalPlan {
+    /// [`SPEC_VERSION`].
+    pub version: u32,
+    /// The layers, in image order.
+    pub layers: Vec<IncrementalLayer>,
+}
+
+/// One layer of an [`IncrementalPlan`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IncrementalLayer {
+    /// Its store paths.
+    pub paths: Vec<String>,
+    /// The rules that concern it.
+    pub perms: Vec<PermRule>,
 }
 
 #[derive(Deserialize)]
@@ -198,6 +346,8 @@ struct PackLayerAttrs {
 struct PackLayerSpec {
     version: u32,
     paths: Vec<String>,
+    #[serde(default)]
+    perms: Vec<PermRule>,
     #[serde(default)]
     compression: Compression,
     #[serde(default)]
@@ -267,27 +417,28 @@ fn read_build(attrs_path: &Path) -> Result<Build, BuildError> {
     let attrs: Attrs = read_json(attrs_path)?;
     attrs.nixery.check_version()?;
     let out = attrs.outputs.get("out").cloned().ok_or_else(|| attrs.nixery.invalid("the derivation has no `out` output"))?;
-    let graph = ClosureGraph::new(attrs.graph, Some(attrs.export.map(|e| e.graph).unwrap_or_default()))?;
+    let roots = match &attrs.nixery.contents {
+        Some(c) => c.clone(),
+        None => attrs.export.map(|e| e.graph).unwrap_or_default(),
+    };
+    let graph = ClosureGraph::new(attrs.graph, Some(roots))?;
     Ok(Build { spec: attrs.nixery, system: attrs.system, out, graph })
 }
 
 /// The first stage of an incremental build (`nixery plan-layers`): writes
-/// the store-path layers of the image's plan to the `out` output, as
-/// `nixery layers` prints a plan.
+/// the store-path layers of the image's plan ([`IncrementalPlan`]) to the
+/// `out` output.
 pub fn plan_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     let b = read_build(attrs_path)?;
-    let spec = b.spec.image_spec(&b.system)?;
+    let spec = b.spec.image_spec(&b.system, &std::env::temp_dir())?;
     let plan = assembly::plan(&spec, &b.graph).map_err(|source| BuildError::Assembly { name: b.spec.name.clone(), source })?;
     let layers = plan
         .jobs
-        .iter()
+        .into_iter()
         .filter(|j| !j.content.store_paths.is_empty())
-        .map(|j| layering::PlannedLayer {
-            size: j.content.store_paths.iter().map(|p| b.graph.paths[p].nar_size).sum(),
-            paths: j.content.store_paths.clone(),
-        })
+        .map(|j| IncrementalLayer { paths: j.content.store_paths, perms: j.content.perms })
         .collect();
-    let doc = layering::LayerPlan { version: layering::PLAN_VERSION, layers };
+    let doc = IncrementalPlan { version: SPEC_VERSION, layers };
     write_out(&b.out, &serde_json::to_vec(&doc).expect("a plan serialises"))
 }
 
@@ -302,9 +453,9 @@ pub fn pack_layer_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     let out = attrs.outputs.get("out").ok_or_else(|| invalid("the derivation has no `out` output".into()))?;
     let opts = PackOptions::new(attrs.layer.compression, attrs.layer.compression_level).map_err(|e| invalid(e.to_string()))?;
     fs::create_dir_all(out).map_err(|source| BuildError::Write { path: out.clone(), source })?;
-    let content = LayerContent::store_paths(attrs.layer.paths.clone());
+    let content = LayerContent { perms: attrs.layer.perms.clone(), ..LayerContent::store_paths(attrs.layer.paths.clone()) };
     let packed = packing::pack_to_file(&content, &out.join("blob"), opts)?;
-    let doc = PrepackedLayer { paths: attrs.layer.paths, packed };
+    let doc = PrepackedLayer { paths: attrs.layer.paths, perms: attrs.layer.perms, packed };
     write_out(&out.join("layer.json"), &serde_json::to_vec(&doc).expect("a layer serialises"))
 }
 
@@ -313,7 +464,7 @@ pub fn pack_layer_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
 pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     let b = read_build(attrs_path)?;
     let tag = b.spec.tag.clone().unwrap_or_else(|| out_hash(&b.out).to_string());
-    let spec = b.spec.image_spec(&b.system)?;
+    let spec = b.spec.image_spec(&b.system, &std::env::temp_dir())?;
     let name = &b.spec.name;
     let assembly_error = |source| BuildError::Assembly { name: name.clone(), source };
     let plan = assembly::plan(&spec, &b.graph).map_err(assembly_error)?;
@@ -334,7 +485,7 @@ pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     let mut store = DirStore::new(layout_dir.join("blobs/sha256"));
     for dir in b.spec.prepacked.iter().flatten() {
         let doc: PrepackedLayer = read_json(&dir.join("layer.json"))?;
-        let key = LayerContent::store_paths(doc.paths).key(spec.pack);
+        let key = LayerContent { perms: doc.perms, ..LayerContent::store_paths(doc.paths) }.key(spec.pack);
         store.add_prepacked(key, doc.packed, dir.join("blob"));
     }
     let (image, stats) = assembly::assemble(plan, &store).map_err(assembly_error)?;

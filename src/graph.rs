@@ -64,6 +64,10 @@ pub struct PathInfo {
     /// Store paths this path refers to (may include itself).
     #[serde(default)]
     pub references: Vec<String>,
+    /// The hash of the path's NAR serialisation (`sha256:<base32>`), as Nix
+    /// registers it; what a Nix database in the image records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nar_hash: Option<String>,
 }
 
 /// A checked closure graph: every reference resolves, every root is present.
@@ -149,6 +153,40 @@ impl ClosureGraph {
     /// Total NAR size of all paths.
     pub fn total_size(&self) -> u64 {
         self.paths.values().map(|p| p.nar_size).sum()
+    }
+
+    /// The closure of `roots` (every path they reach, themselves included).
+    /// Roots not in the graph are an error.
+    pub fn closure<'a>(&'a self, roots: impl IntoIterator<Item = &'a str>) -> Result<BTreeSet<&'a str>, GraphError> {
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        let mut stack: Vec<&str> = Vec::new();
+        for r in roots {
+            let (key, _) = self.paths.get_key_value(r).ok_or_else(|| GraphError::UnknownRoot(r.to_string()))?;
+            stack.push(key);
+        }
+        while let Some(p) = stack.pop() {
+            if seen.insert(p) {
+                stack.extend(self.paths[p].references.iter().map(String::as_str).filter(|r| !seen.contains(r)));
+            }
+        }
+        Ok(seen)
+    }
+
+    /// The graph without `removed`: references to removed paths are
+    /// dropped, and removed roots are no longer roots.
+    pub fn without(&self, removed: &BTreeSet<&str>) -> ClosureGraph {
+        let paths = self
+            .paths
+            .iter()
+            .filter(|(p, _)| !removed.contains(p.as_str()))
+            .map(|(p, info)| {
+                let mut info = info.clone();
+                info.references.retain(|r| !removed.contains(r.as_str()));
+                (p.clone(), info)
+            })
+            .collect();
+        let roots = self.roots.iter().filter(|r| !removed.contains(r.as_str())).cloned().collect();
+        ClosureGraph { paths, roots }
     }
 }
 
@@ -304,6 +342,27 @@ pub(crate) mod tests {
             let json = format!(r#"{{"graph":[{{"path":"{bad}"}}]}}"#);
             assert!(matches!(ClosureGraph::from_json(&json), Err(GraphError::NotAStorePath(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn closures_and_subgraphs() {
+        let (app, lib, libc, other) = (sp("app"), sp("lib"), sp("libc"), sp("other"));
+        let info = |p: &str, refs: &[&String]| PathInfo { path: p.to_string(), nar_size: 1, closure_size: 0, references: refs.iter().map(|r| r.to_string()).collect(), nar_hash: None };
+        let g = ClosureGraph::new(
+            vec![info(&app, &[&lib, &app]), info(&lib, &[&libc]), info(&libc, &[]), info(&other, &[&libc])],
+            Some(vec![app.clone(), other.clone()]),
+        )
+        .unwrap();
+        let c = g.closure([lib.as_str()]).unwrap();
+        assert_eq!(c.into_iter().collect::<Vec<_>>(), { let mut v = vec![lib.as_str(), libc.as_str()]; v.sort(); v });
+        assert!(g.closure([sp("ghost").as_str()]).is_err());
+        let removed: BTreeSet<&str> = [lib.as_str(), libc.as_str()].into();
+        let rest = g.without(&removed);
+        assert_eq!(rest.paths.len(), 2);
+        assert_eq!(rest.paths[&app].references, vec![app.clone()]);
+        assert_eq!(rest.roots, vec![app.clone(), other.clone()]);
+        // What remains is a valid graph.
+        ClosureGraph::new(rest.paths.into_values().collect(), Some(rest.roots)).unwrap();
     }
 
     #[test]

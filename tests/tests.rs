@@ -6,6 +6,7 @@ mod support;
 
 mod cli;
 mod nix_image;
+mod library;
 mod clients;
 mod differential;
 mod shim;

@@ -22,15 +22,18 @@
 //! store: a directory of blobs ([`DirStore`]), a storage backend with its
 //! layer cache (the shim's), or digests alone ([`DigestOnlyStore`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use crate::graph::{package_name, ClosureGraph, Popularity};
+use crate::graph::{package_name, ClosureGraph, GraphError, Popularity};
+use crate::image::base::{BaseImage, BaseLayer};
 use crate::image::{Image, ImageLayer, Platform, RuntimeConfig};
 use crate::layering::{self, Algorithm, LayeringError};
-use crate::packing::{self, run_parallel, LayerContent, LayerKey, PackError, PackOptions, PackedLayer};
+use crate::packing::{self, run_parallel, LayerContent, LayerKey, Owner, PackError, PackOptions, PackedLayer, PermRule};
 
+pub mod nixdb;
 pub mod root;
+pub mod users;
 
 /// An error from a [`LayerStore`]: whatever its backend reports.
 pub type StoreError = Box<dyn std::error::Error + Send + Sync>;
@@ -53,6 +56,19 @@ pub enum AssemblyError {
     /// Layering failed.
     #[error(transparent)]
     Layering(#[from] LayeringError),
+    /// A package named for explicit layers or the root is not in the
+    /// closure graph.
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    /// The declared users and groups cannot be.
+    #[error(transparent)]
+    Users(#[from] users::UsersError),
+    /// The Nix database cannot be written.
+    #[error(transparent)]
+    NixDb(#[from] nixdb::NixDbError),
+    /// A permission rule is not valid.
+    #[error("perms: {0}")]
+    Perms(String),
     /// Reading a content package for the root layer failed.
     #[error("joining the contents into the image root: {0}")]
     RootLayer(std::io::Error),
@@ -89,6 +105,33 @@ pub struct ImageSpec {
     pub config: RuntimeConfig,
     /// Where store paths are read from: `/`, or a chroot store's root.
     pub store_root: PathBuf,
+    /// A base image: its layers come first, unchanged, and its config is
+    /// the default for this one's.
+    pub base: Option<BaseImage>,
+    /// Groups of store paths whose closures get layers of their own, after
+    /// the base image's and before the rest (each group less what earlier
+    /// groups hold), so that they stay the same across rebuilds.
+    pub layer_groups: Vec<Vec<String>>,
+    /// What the image root holds besides links to the contents.
+    pub root: RootSpec,
+    /// Mode and ownership rules, over every layer.
+    pub perms: Vec<PermRule>,
+}
+
+/// What the image root holds besides links to the contents (the graph's
+/// roots).
+#[derive(Debug, Clone, Default)]
+pub struct RootSpec {
+    /// Packages whose files are copied into the root (their closures are
+    /// in the image too).
+    pub copy_to_root: Vec<String>,
+    /// Users of the image.
+    pub users: Vec<users::User>,
+    /// Groups of the image.
+    pub groups: Vec<users::Group>,
+    /// A Nix database registering the image's store paths, owned by this
+    /// user (`initializeNixDatabase`).
+    pub nix_db: Option<Owner>,
 }
 
 /// One layer to get: its content, its key and its history comment.
@@ -105,7 +148,12 @@ pub struct LayerJob {
 /// An image's layers, decided but not yet packed.
 #[derive(Debug, Clone)]
 pub struct ImagePlan {
-    /// The layers, in image order (bottom first).
+    /// A base image's layers, first and unchanged.
+    pub base_layers: Vec<BaseLayer>,
+    /// A base image's history entries.
+    pub base_history: Vec<serde_json::Value>,
+    /// The layers to find or pack, in image order (bottom first), after
+    /// the base image's.
     pub jobs: Vec<LayerJob>,
     /// How layers are compressed.
     pub pack: PackOptions,
@@ -133,29 +181,89 @@ pub fn layer_comment(paths: &[String]) -> String {
     s
 }
 
+/// Whether `rule` can concern a layer of these store paths: its path is
+/// `/`, one of them or below one, or above them (`/nix/store`).
+fn concerns(rule: &PermRule, store_paths: &[String]) -> bool {
+    let under = |a: &str, b: &str| a == b || a.strip_prefix(b).is_some_and(|r| r.starts_with('/'));
+    rule.path == "/" || store_paths.iter().any(|p| under(&rule.path, p) || under(p, &rule.path))
+}
+
 /// Decides the layers of the image of `graph` (its roots are the contents,
-/// in the user's order): the store paths grouped within the budget, then
-/// the root layer.
+/// in the user's order): a base image's layers, the explicit groups, the
+/// rest of the store paths grouped within the budget, and the root layer.
 pub fn plan(spec: &ImageSpec, graph: &ClosureGraph) -> Result<ImagePlan, AssemblyError> {
-    // The root layer is the one fixed layer today; base images and
-    // explicit layers will count here too.
-    let fixed = 1;
-    if spec.max_layers < fixed + 1 {
-        return Err(AssemblyError::Budget { max_layers: spec.max_layers, min: fixed + 1, fixed, what: "the image root".into() });
+    if let Some(bad) = spec.perms.iter().find(|r| !r.path.starts_with('/')) {
+        return Err(AssemblyError::Perms(format!("{:?} is not an absolute path", bad.path)));
     }
-    let store_budget = spec.max_layers - fixed;
-    let layer_plan = layering::plan_with(graph, &spec.popularity, store_budget, spec.layering)?;
-    let root = root::join(&graph.roots, &spec.store_root).map_err(AssemblyError::RootLayer)?;
     let job = |content: LayerContent, comment: String| LayerJob { key: content.key(spec.pack), content, comment };
-    let store_layer = |paths: Vec<String>| LayerContent { store_root: spec.store_root.clone(), ..LayerContent::store_paths(paths) };
-    let mut jobs: Vec<LayerJob> = layer_plan.layers.into_iter().map(|l| job(store_layer(l.paths.clone()), layer_comment(&l.paths))).collect();
-    jobs.push(job(LayerContent::tree(root.entries), ROOT_LAYER_COMMENT.to_string()));
+    let store_layer = |paths: Vec<String>| {
+        let perms = spec.perms.iter().filter(|r| concerns(r, &paths)).cloned().collect();
+        LayerContent { store_root: spec.store_root.clone(), perms, ..LayerContent::store_paths(paths) }
+    };
+
+    // Explicit groups: each one's closure, less what earlier groups hold.
+    let mut assigned: BTreeSet<&str> = BTreeSet::new();
+    let mut jobs = Vec::new();
+    for group in &spec.layer_groups {
+        let closure = graph.closure(group.iter().map(String::as_str))?;
+        let paths: Vec<String> = closure.into_iter().filter(|p| assigned.insert(p)).map(str::to_string).collect();
+        if !paths.is_empty() {
+            let comment = format!("explicit layer: {}", layer_comment(&paths).trim_start_matches("store paths: "));
+            jobs.push(job(store_layer(paths), comment));
+        }
+    }
+    let rest = graph.without(&assigned);
+
+    // The budget: every layer counts.
+    let base_layers = spec.base.as_ref().map_or(0, |b| b.layers.len());
+    let fixed = base_layers + jobs.len() + 1;
+    let min = fixed + usize::from(!rest.paths.is_empty());
+    if spec.max_layers < min {
+        let mut what = Vec::new();
+        if base_layers > 0 {
+            what.push(format!("{base_layers} of the base image"));
+        }
+        if !jobs.is_empty() {
+            what.push(format!("{} explicit", jobs.len()));
+        }
+        what.push("the image root".to_string());
+        return Err(AssemblyError::Budget { max_layers: spec.max_layers, min, fixed, what: what.join(", ") });
+    }
+    if !rest.paths.is_empty() {
+        let layer_plan = layering::plan_with(&rest, &spec.popularity, spec.max_layers - fixed, spec.layering)?;
+        jobs.extend(layer_plan.layers.into_iter().map(|l| job(store_layer(l.paths.clone()), layer_comment(&l.paths))));
+    }
+
+    // The root: generated entries, copies, links.
+    let mut root = root::RootBuilder::new(&spec.store_root);
+    if !spec.root.users.is_empty() || !spec.root.groups.is_empty() {
+        for e in users::entries(&spec.root.users, &spec.root.groups)? {
+            root.generated(e, "users");
+        }
+    }
+    if let Some(owner) = &spec.root.nix_db {
+        for e in nixdb::entries(graph, owner, &std::env::temp_dir())? {
+            root.generated(e, "the Nix database");
+        }
+    }
+    root.copy(&spec.root.copy_to_root).map_err(AssemblyError::RootLayer)?;
+    root.link(&graph.roots).map_err(AssemblyError::RootLayer)?;
+    let root = root.finish();
+    let root_layer = LayerContent { perms: spec.perms.clone(), ..LayerContent::tree(root.entries) };
+    jobs.push(job(root_layer, ROOT_LAYER_COMMENT.to_string()));
+
+    let (config, base_layers, base_history) = match &spec.base {
+        Some(b) => (spec.config.clone().over(&b.config), b.layers.clone(), b.history.clone()),
+        None => (spec.config.clone(), Vec::new(), Vec::new()),
+    };
     Ok(ImagePlan {
+        base_layers,
+        base_history,
         jobs,
         pack: spec.pack,
         platform: spec.platform.clone(),
         created: spec.created.clone(),
-        config: spec.config.clone(),
+        config: config.with_default_path(),
         warnings: root.warnings,
     })
 }
@@ -169,6 +277,11 @@ pub trait LayerStore: Sync {
 
     /// Packs the job's content with `opts` and keeps the blob.
     fn pack(&self, job: &LayerJob, opts: PackOptions) -> Result<PackedLayer, StoreError>;
+
+    /// Keeps a base image's layer as it is.
+    fn adopt(&self, layer: &BaseLayer) -> Result<(), StoreError> {
+        Err(format!("this layer store takes no base image layers ({})", layer.packed.digest).into())
+    }
 }
 
 /// What [`assemble`] did, for logs and benchmarks.
@@ -187,6 +300,11 @@ pub fn assemble(plan: ImagePlan, store: &dyn LayerStore) -> Result<(Image, Assem
         let layer = job.comment.clone();
         move |source| AssemblyError::Store { layer, source }
     };
+    let mut layers: Vec<ImageLayer> = Vec::with_capacity(plan.base_layers.len() + plan.jobs.len());
+    for b in &plan.base_layers {
+        store.adopt(b).map_err(|source| AssemblyError::Store { layer: format!("base image layer {}", b.packed.digest), source })?;
+        layers.push(ImageLayer { packed: b.packed.clone(), comment: String::new(), from_base: true });
+    }
     let mut packed: Vec<Option<PackedLayer>> = Vec::with_capacity(plan.jobs.len());
     for job in &plan.jobs {
         packed.push(store.find(job).map_err(store_error(job))?);
@@ -198,13 +316,14 @@ pub fn assemble(plan: ImagePlan, store: &dyn LayerStore) -> Result<(Image, Assem
     for (i, result) in results {
         packed[i] = Some(result.map_err(store_error(&plan.jobs[i]))?);
     }
-    let layers = plan
-        .jobs
-        .into_iter()
-        .zip(packed)
-        .map(|(job, p)| ImageLayer { packed: p.expect("every layer was found or packed"), comment: job.comment })
-        .collect();
-    Ok((Image { platform: plan.platform, created: plan.created, config: plan.config, layers }, stats))
+    layers.extend(
+        plan.jobs
+            .into_iter()
+            .zip(packed)
+            .map(|(job, p)| ImageLayer { packed: p.expect("every layer was found or packed"), comment: job.comment, from_base: false }),
+    );
+    let image = Image { platform: plan.platform, created: plan.created, config: plan.config, layers, base_history: plan.base_history };
+    Ok((image, stats))
 }
 
 /// Layers as files in a directory (`blobs/sha256/` of an OCI layout),
@@ -247,6 +366,23 @@ impl LayerStore for DirStore {
 
     fn pack(&self, job: &LayerJob, opts: PackOptions) -> Result<PackedLayer, StoreError> {
         Ok(packing::pack_to_dir(&job.content, &self.dir, opts)?)
+    }
+
+    /// Links the blob in when it is in the Nix store (the output then
+    /// refers to it), and copies it otherwise (a base image unpacked in
+    /// the build directory).
+    fn adopt(&self, layer: &BaseLayer) -> Result<(), StoreError> {
+        std::fs::create_dir_all(&self.dir).map_err(PackError::io(&self.dir))?;
+        let dest = self.dir.join(layer.packed.digest.hex());
+        if std::fs::symlink_metadata(&dest).is_ok() {
+            return Ok(());
+        }
+        if layer.blob.starts_with(crate::graph::STORE_DIR) {
+            std::os::unix::fs::symlink(&layer.blob, &dest).map_err(PackError::io(&dest))?;
+        } else {
+            std::fs::copy(&layer.blob, &dest).map_err(PackError::io(&dest))?;
+        }
+        Ok(())
     }
 }
 

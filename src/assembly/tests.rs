@@ -7,6 +7,7 @@ use crate::graph::PathInfo;
 use crate::image::{ManifestFlavour, DEFAULT_CREATED};
 use crate::packing::tests::{check_golden, golden, golden_store, GOLDEN_STORE_PATH};
 use crate::packing::Compression;
+use crate::image::base::{BaseImage, BaseLayer};
 
 fn spec(store_root: &Path, max_layers: usize) -> ImageSpec {
     ImageSpec {
@@ -16,8 +17,12 @@ fn spec(store_root: &Path, max_layers: usize) -> ImageSpec {
         pack: PackOptions::default(),
         platform: Platform::from_nix_system("x86_64-linux").unwrap(),
         created: DEFAULT_CREATED.to_string(),
-        config: RuntimeConfig::from_json_value(serde_json::json!({ "Cmd": ["hello"] })).unwrap().with_default_path(),
+        config: RuntimeConfig::from_json_value(serde_json::json!({ "Cmd": ["hello"] })).unwrap(),
         store_root: store_root.to_path_buf(),
+        base: None,
+        layer_groups: Vec::new(),
+        root: RootSpec::default(),
+        perms: Vec::new(),
     }
 }
 
@@ -32,7 +37,7 @@ fn chain(root: &Path, names: &[&str], roots: usize) -> ClosureGraph {
             let dir = root.join(path(n).trim_start_matches('/'));
             fs::create_dir_all(dir.join("bin")).unwrap();
             fs::write(dir.join("bin").join(n), format!("#!/bin/sh\necho {n}\n")).unwrap();
-            PathInfo { path: path(n), nar_size: 100 * (i as u64 + 1), closure_size: 0, references: names.get(i + 1).map(|m| vec![path(m)]).unwrap_or_default() }
+            PathInfo { path: path(n), nar_size: 100 * (i as u64 + 1), closure_size: 0, references: names.get(i + 1).map(|m| vec![path(m)]).unwrap_or_default(), nar_hash: None }
         })
         .collect();
     ClosureGraph::new(infos, Some(names[..roots].iter().map(|n| path(n)).collect())).unwrap()
@@ -42,7 +47,7 @@ fn chain(root: &Path, names: &[&str], roots: usize) -> ClosureGraph {
 fn golden_image_documents_have_their_pinned_digests() {
     let tmp = tempfile::tempdir().unwrap();
     let root = golden_store(tmp.path());
-    let graph = ClosureGraph::new(vec![PathInfo { path: GOLDEN_STORE_PATH.into(), nar_size: 1, closure_size: 1, references: vec![] }], Some(vec![GOLDEN_STORE_PATH.into()])).unwrap();
+    let graph = ClosureGraph::new(vec![PathInfo { path: GOLDEN_STORE_PATH.into(), nar_size: 1, closure_size: 1, references: vec![], nar_hash: None }], Some(vec![GOLDEN_STORE_PATH.into()])).unwrap();
     let plan = plan(&spec(&root, 100), &graph).unwrap();
     assert_eq!(plan.jobs.len(), 2);
     let (image, stats) = assemble(plan, &DigestOnlyStore).unwrap();
@@ -167,4 +172,93 @@ fn dir_store_packs_by_digest_and_links_prepacked_layers() {
         assert_eq!(crate::digest::Digest::of(&fs::read(&path).unwrap()), l.packed.digest);
     }
     assert!(fs::symlink_metadata(blobs.join(prepacked.digest.hex())).unwrap().file_type().is_symlink());
+}
+
+#[test]
+fn explicit_groups_get_layers_first_and_the_rest_is_layered_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let graph = chain(tmp.path(), &["app", "runtime", "libx", "libc"], 1);
+    let mut s = spec(tmp.path(), 4);
+    let runtime = graph.paths.keys().find(|p| p.ends_with("-runtime")).unwrap().clone();
+    s.layer_groups = vec![vec![runtime]];
+    let p = plan(&s, &graph).unwrap();
+    // runtime's closure (runtime, libx, libc) in one explicit layer, first;
+    // app in the budget left; the root last.
+    assert_eq!(p.jobs.len(), 3);
+    assert_eq!(p.jobs[0].content.store_paths.len(), 3);
+    assert!(p.jobs[0].comment.starts_with("explicit layer: "), "{}", p.jobs[0].comment);
+    assert_eq!(p.jobs[1].comment, "store paths: app");
+    // A group's key does not depend on what else the image holds.
+    let other = chain(tmp.path(), &["tool", "runtime", "libx", "libc"], 1);
+    let mut s2 = spec(tmp.path(), 4);
+    s2.layer_groups = s.layer_groups.clone();
+    assert_eq!(plan(&s2, &other).unwrap().jobs[0].key, p.jobs[0].key);
+    // Every layer counts: three explicit layers and the root leave none.
+    s.max_layers = 2;
+    let e = plan(&s, &graph).unwrap_err();
+    assert!(matches!(e, AssemblyError::Budget { min: 3, .. }), "{e}");
+    assert!(e.to_string().contains("1 explicit, the image root"), "{e}");
+    s.layer_groups = vec![vec!["/nix/store/ghostghostghostghostghostghostgh-ghost".into()]];
+    assert!(matches!(plan(&s, &graph), Err(AssemblyError::Graph(_))));
+}
+
+#[test]
+fn base_layers_come_first_and_count_against_the_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let graph = chain(tmp.path(), &["app", "lib"], 1);
+    let base_dir = tmp.path().join("base");
+    let blob = |n: &str| {
+        let content = LayerContent::tree(vec![crate::packing::TreeEntry::File { path: n.into(), mode: 0o644, owner: Owner::default(), data: crate::packing::FileData::bytes(n) }]);
+        let packed = packing::pack_to_dir(&content, &base_dir, PackOptions::default()).unwrap();
+        BaseLayer { blob: base_dir.join(packed.digest.hex()), packed }
+    };
+    let base = BaseImage {
+        layers: vec![blob("etc/one"), blob("etc/two")],
+        config: RuntimeConfig::from_image_json(serde_json::json!({"Env": ["PATH=/base/bin"], "Cmd": ["sh"]})).unwrap(),
+        history: vec![serde_json::json!({"created_by": "base 1"}), serde_json::json!({"created_by": "base 2"})],
+        platform: Platform::from_nix_system("x86_64-linux").unwrap(),
+    };
+    let mut s = spec(tmp.path(), 4);
+    s.base = Some(base);
+    let p = plan(&s, &graph).unwrap();
+    assert_eq!((p.base_layers.len(), p.jobs.len()), (2, 2), "two base layers, one store layer, the root");
+    assert_eq!(p.config.env, vec!["PATH=/base/bin"], "the base's PATH, no default added");
+    assert_eq!(p.config.cmd, Some(vec!["hello".to_string()]), "ours wins");
+    let store = DirStore::new(tmp.path().join("out"));
+    let (image, _) = assemble(p, &store).unwrap();
+    assert_eq!(image.layers.len(), 4);
+    assert!(image.layers[0].from_base && image.layers[1].from_base && !image.layers[2].from_base);
+    let config: serde_json::Value = serde_json::from_slice(&image.config_json()).unwrap();
+    let history = config["history"].as_array().unwrap();
+    assert_eq!(history.len(), 4);
+    assert_eq!(history[0]["created_by"], "base 1");
+    assert_eq!(history[3]["comment"], ROOT_LAYER_COMMENT);
+    for l in &image.layers {
+        assert!(tmp.path().join("out").join(l.packed.digest.hex()).exists(), "every blob is in the output");
+    }
+    s.max_layers = 3;
+    assert!(matches!(plan(&s, &graph), Err(AssemblyError::Budget { min: 4, .. })));
+    // Stores that cannot keep base layers say so.
+    s.max_layers = 10;
+    let e = assemble(plan(&s, &graph).unwrap(), &DigestOnlyStore).unwrap_err().to_string();
+    assert!(e.contains("base image layer"), "{e}");
+}
+
+#[test]
+fn rules_go_to_the_layers_they_concern_and_users_into_the_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let graph = chain(tmp.path(), &["app", "lib"], 1);
+    let app = graph.paths.keys().find(|p| p.ends_with("-app")).unwrap().clone();
+    let mut s = spec(tmp.path(), 10);
+    s.perms = vec![PermRule { path: app.clone(), regex: "/bin/".into(), mode: Some(0o700), ..Default::default() }];
+    s.root.users = vec![users::User { name: "app".into(), uid: 1000, gid: None, home: None, shell: None, description: None, groups: vec![] }];
+    let p = plan(&s, &graph).unwrap();
+    let job = |suffix: &str| p.jobs.iter().find(|j| j.content.store_paths.iter().any(|x| x.ends_with(suffix))).unwrap();
+    assert_eq!(job("-app").content.perms.len(), 1);
+    assert!(job("-lib").content.perms.is_empty(), "lib's layer key does not change with app's rules");
+    let root = &p.jobs.last().unwrap().content;
+    assert!(root.entries.iter().any(|e| e.path() == "etc/passwd"));
+    assert!(root.entries.iter().any(|e| matches!(e, crate::packing::TreeEntry::Dir { path, owner, .. } if path == "home/app" && owner.uid == 1000)));
+    s.perms[0].path = "relative".into();
+    assert!(matches!(plan(&s, &graph), Err(AssemblyError::Perms(_))));
 }

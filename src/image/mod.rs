@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::packing::PackedLayer;
 
+pub mod base;
 pub mod docker_archive;
 pub mod layout;
 
@@ -38,6 +39,21 @@ pub mod media_type {
     pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
     /// Docker gzip layer.
     pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+    /// OCI uncompressed layer.
+    pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+    /// Docker uncompressed layer.
+    pub const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
+    /// Docker manifest list (a multi-platform index).
+    pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+    /// The OCI media type of a layer compressed so.
+    pub fn oci_layer(c: crate::packing::Compression) -> &'static str {
+        match c {
+            crate::packing::Compression::Gzip => OCI_LAYER_GZIP,
+            crate::packing::Compression::Zstd => OCI_LAYER_ZSTD,
+            crate::packing::Compression::None => OCI_LAYER_TAR,
+        }
+    }
 }
 
 /// The default creation time: one second after the epoch, as Nix uses.
@@ -127,9 +143,13 @@ impl<'de> Deserialize<'de> for StringSet {
     }
 }
 
-/// The runtime configuration a user sets (the OCI config's `config`).
+/// The keys of the runtime config a user may set.
+pub const CONFIG_KEYS: &[&str] = &["User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir", "Labels", "StopSignal"];
+
+/// The runtime configuration (the OCI config's `config`): what a user sets,
+/// and what a base image brings (its other keys, such as `Healthcheck`,
+/// are kept in `extra`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// The user (name or uid, optionally `:group`) the process runs as.
     #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
@@ -158,6 +178,10 @@ pub struct RuntimeConfig {
     /// The signal that stops the container.
     #[serde(rename = "StopSignal", default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
+    /// Keys of a base image's config that users cannot set here
+    /// (`Healthcheck`, `Shell`, …), kept as they were.
+    #[serde(flatten, default)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 impl RuntimeConfig {
@@ -166,9 +190,67 @@ impl RuntimeConfig {
         if v.is_null() {
             return Ok(RuntimeConfig::default());
         }
+        if let Some(unknown) = v.as_object().and_then(|o| o.keys().find(|k| !CONFIG_KEYS.contains(&k.as_str()))) {
+            let expected: Vec<String> = CONFIG_KEYS.iter().map(|k| format!("`{k}`")).collect();
+            return Err(ImageError::Config(format!("unknown field `{unknown}`, expected one of {}", expected.join(", "))));
+        }
         let c: RuntimeConfig = serde_json::from_value(v).map_err(|e| ImageError::Config(e.to_string()))?;
         c.validate()?;
         Ok(c)
+    }
+
+    /// Parses the runtime config of an image from elsewhere (a base
+    /// image): every key is taken, unknown ones into `extra`.
+    pub fn from_image_json(v: serde_json::Value) -> Result<RuntimeConfig, ImageError> {
+        if v.is_null() {
+            return Ok(RuntimeConfig::default());
+        }
+        serde_json::from_value(v).map_err(|e| ImageError::Config(format!("the base image's config: {e}")))
+    }
+
+    /// This config with `base`'s as its defaults, as a Dockerfile's `FROM`
+    /// inherits: `Env` entries are merged by name (this one's win, new ones
+    /// are appended), `Labels` merged, `ExposedPorts` and `Volumes` joined;
+    /// any other key this config sets replaces the base's, except that
+    /// setting `Entrypoint` alone clears the base's `Cmd`, as Docker does.
+    pub fn over(self, base: &RuntimeConfig) -> RuntimeConfig {
+        let mut env = base.env.clone();
+        for e in self.env {
+            let name = e.split('=').next().unwrap_or("").to_string();
+            match env.iter_mut().find(|b| b.split('=').next() == Some(name.as_str())) {
+                Some(slot) => *slot = e,
+                None => env.push(e),
+            }
+        }
+        let join = |a: &Option<StringSet>, b: Option<StringSet>| match (a, b) {
+            (None, b) => b,
+            (Some(a), None) => Some(a.clone()),
+            (Some(a), Some(b)) => Some(StringSet(a.0.union(&b.0).cloned().collect())),
+        };
+        let labels = match (&base.labels, self.labels) {
+            (None, l) => l,
+            (Some(b), None) => Some(b.clone()),
+            (Some(b), Some(l)) => Some(b.clone().into_iter().chain(l).collect()),
+        };
+        let cmd = match (&self.entrypoint, self.cmd) {
+            (_, Some(c)) => Some(c),
+            (Some(_), None) => None,
+            (None, None) => base.cmd.clone(),
+        };
+        let mut extra = base.extra.clone();
+        extra.extend(self.extra);
+        RuntimeConfig {
+            user: self.user.or_else(|| base.user.clone()),
+            exposed_ports: join(&base.exposed_ports, self.exposed_ports),
+            env,
+            entrypoint: self.entrypoint.or_else(|| base.entrypoint.clone()),
+            cmd,
+            volumes: join(&base.volumes, self.volumes),
+            working_dir: self.working_dir.or_else(|| base.working_dir.clone()),
+            labels,
+            stop_signal: self.stop_signal.or_else(|| base.stop_signal.clone()),
+            extra,
+        }
     }
 
     fn validate(&self) -> Result<(), ImageError> {
@@ -231,10 +313,11 @@ struct RootFs<'a> {
 }
 
 #[derive(Serialize)]
-struct History<'a> {
-    created: &'a str,
-    created_by: &'a str,
-    comment: String,
+#[serde(untagged)]
+enum History<'a> {
+    Ours { created: &'a str, created_by: &'a str, comment: String },
+    /// A base image's entry, as it was.
+    Base(&'a serde_json::Value),
 }
 
 #[derive(Serialize)]
@@ -254,6 +337,9 @@ pub struct ImageLayer {
     pub packed: PackedLayer,
     /// What the layer holds, for the config's history (`store paths: …`).
     pub comment: String,
+    /// A base image's layer, whose history entry is among
+    /// [`Image::base_history`].
+    pub from_base: bool,
 }
 
 /// Which manifest flavour to produce.
@@ -276,6 +362,9 @@ pub struct Image {
     pub config: RuntimeConfig,
     /// The layers, bottom first.
     pub layers: Vec<ImageLayer>,
+    /// A base image's history entries, kept as they were, before this
+    /// image's own (one per layer not from the base).
+    pub base_history: Vec<serde_json::Value>,
 }
 
 /// The serialised documents of an image, with their digests.
@@ -304,9 +393,10 @@ impl Image {
             config: &self.config,
             rootfs: RootFs { kind: "layers", diff_ids: self.layers.iter().map(|l| &l.packed.diff_id).collect() },
             history: self
-                .layers
+                .base_history
                 .iter()
-                .map(|l| History { created: &self.created, created_by: "nixery", comment: l.comment.clone() })
+                .map(History::Base)
+                .chain(self.layers.iter().filter(|l| !l.from_base).map(|l| History::Ours { created: &self.created, created_by: "nixery", comment: l.comment.clone() }))
                 .collect(),
         };
         serde_json::to_vec(&doc).expect("config serialises")
@@ -315,13 +405,14 @@ impl Image {
     /// The config and manifest documents in the given flavour.
     pub fn docs(&self, flavour: ManifestFlavour) -> ImageDocs {
         use media_type::*;
-        let (manifest_type, config_type, gzip_layer) = match flavour {
-            ManifestFlavour::Oci => (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP),
-            ManifestFlavour::Docker => (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER_GZIP),
+        let (manifest_type, config_type, gzip_layer, tar_layer) = match flavour {
+            ManifestFlavour::Oci => (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR),
+            ManifestFlavour::Docker => (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_LAYER_TAR),
         };
         let layer_type = |c: crate::packing::Compression| match c {
             crate::packing::Compression::Gzip => gzip_layer,
             crate::packing::Compression::Zstd => OCI_LAYER_ZSTD,
+            crate::packing::Compression::None => tar_layer,
         };
         let config = self.config_json();
         let config_digest = Digest::of(&config);
@@ -355,6 +446,7 @@ mod tests {
                 compression: Default::default(),
             },
             comment: format!("layer {n}"),
+            from_base: false,
         }
     }
 
@@ -366,6 +458,7 @@ mod tests {
                 .unwrap()
                 .with_default_path(),
             layers: vec![layer(1), layer(2)],
+            base_history: Vec::new(),
         }
     }
 
@@ -400,6 +493,30 @@ mod tests {
         let c = RuntimeConfig::from_json_value(serde_json::json!({"Env": ["PATH=/bin"], "Volumes": {"/data": {}}})).unwrap();
         assert_eq!(c.clone().with_default_path().env, vec!["PATH=/bin"]);
         assert!(c.volumes.unwrap().0.contains("/data"));
+    }
+
+    #[test]
+    fn a_config_over_a_base_inherits_as_from_does() {
+        let base = RuntimeConfig::from_image_json(serde_json::json!({
+            "Env": ["PATH=/base/bin", "LANG=C"], "Cmd": ["sh"], "User": "base", "Labels": {"a": "1", "b": "2"},
+            "ExposedPorts": {"80/tcp": {}}, "Healthcheck": {"Test": ["CMD", "true"]}
+        }))
+        .unwrap();
+        assert!(base.extra.contains_key("Healthcheck"), "keys users cannot set are kept");
+        let ours = RuntimeConfig::from_json_value(serde_json::json!({"Env": ["LANG=C.UTF-8", "FOO=1"], "Labels": {"b": "3"}, "ExposedPorts": ["443/tcp"]})).unwrap();
+        let c = ours.over(&base);
+        assert_eq!(c.env, vec!["PATH=/base/bin", "LANG=C.UTF-8", "FOO=1"]);
+        assert_eq!(c.cmd, Some(vec!["sh".to_string()]));
+        assert_eq!(c.user.as_deref(), Some("base"));
+        assert_eq!(c.labels.unwrap(), [("a".to_string(), "1".to_string()), ("b".to_string(), "3".to_string())].into_iter().collect());
+        assert_eq!(c.exposed_ports.unwrap().0.len(), 2);
+        assert!(c.extra.contains_key("Healthcheck"));
+        // An entrypoint alone clears the base's Cmd, as in a Dockerfile.
+        let ep = RuntimeConfig::from_json_value(serde_json::json!({"Entrypoint": ["/bin/app"]})).unwrap().over(&base);
+        assert_eq!((ep.entrypoint, ep.cmd), (Some(vec!["/bin/app".to_string()]), None));
+        // Users cannot set keys outside the documented set.
+        let e = RuntimeConfig::from_json_value(serde_json::json!({"Healthcheck": {}})).unwrap_err().to_string();
+        assert!(e.contains("unknown field `Healthcheck`"), "{e}");
     }
 
     #[test]

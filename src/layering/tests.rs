@@ -11,6 +11,7 @@ fn graph(nodes: &[(&str, u64, &[&str])], roots: &[&str]) -> ClosureGraph {
             nar_size: *size,
             closure_size: 0,
             references: refs.iter().map(|r| sp(r)).collect(),
+            nar_hash: None,
         })
         .collect();
     ClosureGraph::new(infos, Some(roots.iter().map(|r| sp(r)).collect())).unwrap()

@@ -341,6 +341,9 @@ pub enum Compression {
     Gzip,
     /// zstd (`tar+zstd`), for Docker 23+, containerd 1.5+, podman 4+.
     Zstd,
+    /// No compression (`tar`): the fastest to pack and to load locally,
+    /// and what `docker save` archives hold.
+    None,
 }
 
 impl Compression {
@@ -349,6 +352,7 @@ impl Compression {
         match self {
             Compression::Gzip => DEFAULT_GZIP_LEVEL,
             Compression::Zstd => DEFAULT_ZSTD_LEVEL,
+            Compression::None => 0,
         }
     }
 
@@ -357,6 +361,17 @@ impl Compression {
         match self {
             Compression::Gzip => 0..=9,
             Compression::Zstd => 1..=19,
+            Compression::None => 0..=0,
+        }
+    }
+
+    /// The compression of a blob, from its first bytes (gzip and zstd
+    /// have magic numbers; anything else is taken for a plain tar).
+    pub fn sniff(head: &[u8]) -> Compression {
+        match head {
+            [0x1f, 0x8b, ..] => Compression::Gzip,
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => Compression::Zstd,
+            _ => Compression::None,
         }
     }
 
@@ -365,6 +380,7 @@ impl Compression {
         match self {
             Compression::Gzip => "gzip",
             Compression::Zstd => "zstd",
+            Compression::None => "none",
         }
     }
 }
@@ -381,7 +397,8 @@ impl std::str::FromStr for Compression {
         match s {
             "gzip" => Ok(Compression::Gzip),
             "zstd" => Ok(Compression::Zstd),
-            _ => Err(format!("unknown compression {s:?} (expected gzip or zstd)")),
+            "none" => Ok(Compression::None),
+            _ => Err(format!("unknown compression {s:?} (expected gzip, zstd or none)")),
         }
     }
 }
@@ -418,6 +435,7 @@ impl Default for PackOptions {
 enum Compressor<W: Write> {
     Gzip(gzip::ParallelGzWriter<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
+    None(W),
 }
 
 impl<W: Write> Compressor<W> {
@@ -433,6 +451,7 @@ impl<W: Write> Compressor<W> {
                 e.multithread(rayon::current_num_threads().max(1) as u32)?;
                 Compressor::Zstd(e)
             }
+            Compression::None => Compressor::None(out),
         })
     }
 
@@ -440,6 +459,7 @@ impl<W: Write> Compressor<W> {
         match self {
             Compressor::Gzip(g) => g.finish(),
             Compressor::Zstd(z) => z.finish(),
+            Compressor::None(w) => Ok(w),
         }
     }
 }
@@ -449,6 +469,7 @@ impl<W: Write> Write for Compressor<W> {
         match self {
             Compressor::Gzip(g) => g.write(buf),
             Compressor::Zstd(z) => z.write(buf),
+            Compressor::None(w) => w.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -486,6 +507,7 @@ pub fn pack_to_writer<W: Write>(content: &LayerContent, out: W, opts: PackOption
         let write_failed = match &compressor {
             Compressor::Gzip(g) => g.get_ref().get_ref().failed,
             Compressor::Zstd(z) => z.get_ref().get_ref().failed,
+            Compressor::None(w) => w.get_ref().failed,
         };
         return Err(match e {
             PackError::Io { source, .. } if write_failed => PackError::Io { path: blob.to_path_buf(), source },
@@ -532,7 +554,7 @@ pub fn pack_to_sink(content: &LayerContent, opts: PackOptions) -> Result<PackedL
 /// every core for one layer and each encoder holds buffers per worker.
 pub fn producers(opts: PackOptions) -> usize {
     match opts.compression {
-        Compression::Gzip => rayon::current_num_threads(),
+        Compression::Gzip | Compression::None => rayon::current_num_threads(),
         Compression::Zstd => 1,
     }
 }

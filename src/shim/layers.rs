@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::assembly::{LayerJob, LayerStore, StoreError};
 use crate::image::media_type;
-use crate::packing::{self, Compression, LayerKey, PackOptions, PackedLayer};
+use crate::packing::{self, LayerKey, PackOptions, PackedLayer};
 use crate::storage::{Storage, StorageError};
 
 /// How many packed layers are remembered in memory.
@@ -63,10 +63,7 @@ impl StorageLayers<'_> {
         let name = format!("{} blob for layer {}", self.storage.name(), job.key);
         // On an error the writer is dropped with it: nothing is left behind.
         let (writer, packed) = packing::pack_to_writer(&job.content, writer, opts, std::path::Path::new(&name))?;
-        let media = match packed.compression {
-            Compression::Gzip => media_type::OCI_LAYER_GZIP,
-            Compression::Zstd => media_type::OCI_LAYER_ZSTD,
-        };
+        let media = media_type::oci_layer(packed.compression);
         writer.commit(&packed.digest, media)?;
         let doc = serde_json::to_vec(&packed).expect("a layer serialises");
         self.runtime.block_on(self.storage.put_meta(&meta_key(&job.key), &doc))?;

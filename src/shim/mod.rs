@@ -372,8 +372,12 @@ impl Shim {
             pack: self.config.pack,
             platform: Platform::from_nix_system(&request.system)?,
             created: crate::image::DEFAULT_CREATED.to_string(),
-            config: RuntimeConfig::default().with_default_path(),
+            config: RuntimeConfig::default(),
             store_root: "/".into(),
+            base: None,
+            layer_groups: Vec::new(),
+            root: Default::default(),
+            perms: Vec::new(),
         };
         let this = self.clone();
         let runtime = tokio::runtime::Handle::current();

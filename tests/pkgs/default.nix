@@ -24,7 +24,10 @@
 #
 # `nonce`, when given, goes into every derivation, so that none of the
 # packages is built yet (benchmarks use it to time real builds).
-{ system ? builtins.currentSystem, nonce ? null }:
+#
+# `hostRoot` is where the host's files are read: `/`, or a copy of them in
+# the store (a flake input), which is what pure evaluation allows.
+{ system ? builtins.currentSystem, nonce ? null, hostRoot ? /. }:
 
 let
   host = {
@@ -42,9 +45,11 @@ let
     filter = p: type: builtins.dirOf p == toString dir && builtins.any (pre: hasPrefix pre (baseNameOf p)) prefixes;
   };
 
-  libDir = /usr/lib + "/${host.triple}";
+  fromHost = p: hostRoot + p;
+  libDir = fromHost "/usr/lib/${host.triple}";
+  binDir = fromHost "/usr/bin";
 
-  bootstrap = hostFiles "bootstrap-busybox" /usr/bin [ "busybox" ];
+  bootstrap = hostFiles "bootstrap-busybox" binDir [ "busybox" ];
 
   # A derivation whose builder is busybox's sh running `script`, with
   # busybox's applets on PATH.
@@ -74,7 +79,7 @@ let
   hostGlibc = hostFiles "host-glibc" libDir [
     host.loader "libc.so.6" "libm.so.6" "libpthread.so.0" "libdl.so.2" "librt.so.1" "libresolv.so.2"
   ];
-  hostPatchelf = hostFiles "host-patchelf" /usr/bin [ "patchelf" ];
+  hostPatchelf = hostFiles "host-patchelf" binDir [ "patchelf" ];
   hostPatchelfLibs = hostFiles "host-patchelf-libs" libDir [ "libstdc++.so.6" "libgcc_s.so.1" ];
 
   glibc = runBusybox "glibc-2.36" { } ''
@@ -103,7 +108,7 @@ let
 
   hello = patched {
     name = "hello-2.10";
-    files = [ "${hostFiles "host-hello" /usr/bin [ "hello" ]}/hello" ];
+    files = [ "${hostFiles "host-hello" binDir [ "hello" ]}/hello" ];
     dir = "bin";
     rpath = [ glibc ];
     program = true;
@@ -125,7 +130,7 @@ let
 
   jq = patched {
     name = "jq-1.6";
-    files = [ "${hostFiles "host-jq" /usr/bin [ "jq" ]}/jq" ];
+    files = [ "${hostFiles "host-jq" binDir [ "jq" ]}/jq" ];
     dir = "bin";
     rpath = [ libjq oniguruma glibc ];
     program = true;
@@ -175,14 +180,14 @@ let
 
   cacert = runBusybox "nss-cacert-3.87" { } ''
     mkdir -p $out/etc/ssl/certs
-    cp ${builtins.path { name = "host-ca-bundle"; path = /etc/ssl/certs/ca-certificates.crt; }} $out/etc/ssl/certs/ca-bundle.crt
+    cp ${builtins.path { name = "host-ca-bundle"; path = fromHost "/etc/ssl/certs/ca-certificates.crt"; }} $out/etc/ssl/certs/ca-bundle.crt
     ln -s ca-bundle.crt $out/etc/ssl/certs/ca-certificates.crt
   '';
 
   iana-etc = runBusybox "iana-etc-20230316" { } ''
     mkdir -p $out/etc
-    cp ${builtins.path { name = "host-services"; path = /etc/services; }} $out/etc/services
-    cp ${builtins.path { name = "host-protocols"; path = /etc/protocols; }} $out/etc/protocols
+    cp ${builtins.path { name = "host-services"; path = fromHost "/etc/services"; }} $out/etc/services
+    cp ${builtins.path { name = "host-protocols"; path = fromHost "/etc/protocols"; }} $out/etc/protocols
   '';
 
   # 110 MB of data: over the 100 MB threshold at which a path gets a layer

@@ -20,7 +20,7 @@ pub fn helper() -> PathBuf {
 
 /// Nix settings for an offline, single-user machine: no substituters (every
 /// build would otherwise wait on an unreachable cache), builds as root.
-pub const NIX_CONFIG: &str = "substituters =\nbuild-users-group =\nsandbox = false\n";
+pub const NIX_CONFIG: &str = "substituters =\nbuild-users-group =\nsandbox = true\n";
 
 /// Runs a command, panicking with its output when it fails.
 pub fn run(cmd: &mut Command) -> Output {
@@ -366,4 +366,89 @@ impl Drop for Containerd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `args` in the image `tag` of the OCI layout `layout` with podman
+/// (storage of its own under `root`), returning its standard output.
+pub fn podman_run(root: &Path, layout: &Path, tag: &str, args: &[&str]) -> String {
+    let id = run_stdout(podman(root).args(["pull", "-q"]).arg(format!("oci:{}:{tag}", layout.display())));
+    run_stdout(podman(root).args(PODMAN_RUN).arg(id.trim()).args(args))
+}
+
+/// Unpacks the image `tag` of `layout` with umoci into `dir`/bundle and
+/// returns the root filesystem.
+pub fn unpack(layout: &Path, tag: &str, dir: &Path) -> PathBuf {
+    // umoci wants a writable layout.
+    let copy = dir.join(format!("layout-{}", unique()));
+    run(Command::new("cp").arg("-rL").arg(layout).arg(&copy));
+    run(Command::new("chmod").arg("-R").arg("u+w").arg(&copy));
+    let bundle = dir.join(format!("bundle-{}", unique()));
+    run(Command::new("umoci").args(["unpack", "--image"]).arg(format!("{}:{tag}", copy.display())).arg(&bundle));
+    bundle.join("rootfs")
+}
+
+/// The config of the single image of an OCI layout.
+pub fn layout_config(layout: &Path) -> serde_json::Value {
+    let (manifest, _) = layout_manifest(layout);
+    layout_blob(layout, manifest["config"]["digest"].as_str().unwrap())
+}
+
+/// The tar headers (path, mode, uid, gid, user name, type) of a gzip layer
+/// blob of an OCI layout.
+pub fn layer_headers(layout: &Path, digest: &str) -> Vec<(String, u32, u64, u64, String, tar::EntryType)> {
+    let f = std::fs::File::open(layout.join("blobs/sha256").join(&digest[7..])).unwrap();
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    ar.entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let h = e.header();
+            (
+                e.path().unwrap().to_string_lossy().into_owned(),
+                h.mode().unwrap(),
+                h.uid().unwrap(),
+                h.gid().unwrap(),
+                h.username().unwrap().unwrap_or("").to_string(),
+                h.entry_type(),
+            )
+        })
+        .collect()
+}
+
+/// Runs `nix-build` on a one-off expression (as [`nix_build_expr`]) and
+/// returns its failure output; panics if it succeeds.
+pub fn nix_build_expr_fails(dir: &Path, body: &str) -> String {
+    let file = dir.join(format!("bad-{}.nix", unique()));
+    std::fs::write(
+        &file,
+        format!(
+            "{{ helper }}:\nlet\n  nixery = import {}/lib.nix {{ inherit helper; }};\n  pkgs = import {}/tests/pkgs {{ }};\nin\n{body}\n",
+            repo().display(),
+            repo().display()
+        ),
+    )
+    .unwrap();
+    let out = nix_build_cmd(&file).output().unwrap();
+    assert!(!out.status.success(), "{body} should fail");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+/// Evaluates a one-off expression (seeing `helper`, `nixery` and `pkgs`)
+/// to JSON with nix-instantiate.
+pub fn nix_eval_expr(dir: &Path, body: &str) -> serde_json::Value {
+    let file = dir.join(format!("eval-{}.nix", unique()));
+    std::fs::write(
+        &file,
+        format!(
+            "{{ helper }}:\nlet\n  nixery = import {}/lib.nix {{ inherit helper; }};\n  pkgs = import {}/tests/pkgs {{ }};\nin\n{body}\n",
+            repo().display(),
+            repo().display()
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new("nix-instantiate");
+    c.env("NIX_CONFIG", NIX_CONFIG).args(["--eval", "--strict", "--json"]).arg(&file).arg("--arg").arg("helper").arg(helper());
+    serde_json::from_str(&run_stdout(&mut c)).unwrap()
 }
