@@ -117,8 +117,10 @@ let
     # Explicit layers: groups of packages, each group's closure (less what
     # earlier groups hold) in a layer of its own, first, so that they stay
     # the same across rebuilds however the rest changes (nix2container's
-    # buildLayer). A group is a list of packages or { deps = [ … ]; }.
-    # Automatic layering does the rest. Default: none.
+    # buildLayer). Each is packed by a derivation of its own, so a rebuild
+    # never packs it again while its packages stay the same, in every mode
+    # and without import-from-derivation. A group is a list of packages or
+    # { deps = [ … ]; }. Automatic layering does the rest. Default: none.
     layers ? [ ],
 
     # A base image: its layers come first, unchanged (they count against
@@ -198,8 +200,9 @@ let
     # "none" (fastest, for loading locally). Default: "gzip".
     compression ? "gzip",
 
-    # Compression level: gzip 0 to 9, zstd 1 to 19. Default: null, which
-    # means 5 for gzip and 3 for zstd.
+    # Compression level: gzip 0 to 12 (libdeflate's levels), zstd 1 to 19.
+    # Default: null, which means 5 for gzip (the fastest level whose output
+    # is no larger than pigz -6's, BENCHMARKS.md) and 3 for zstd.
     compressionLevel ? null,
 
     # Pack each layer in a derivation of its own, so that a rebuild packs
@@ -245,8 +248,8 @@ let
           fail name "`compression` must be \"gzip\", \"zstd\" or \"none\", got ${toJSON compression}"
         else if compressionLevel != null && !(isInt compressionLevel
           && compressionLevel >= (if compression == "zstd" then 1 else 0)
-          && compressionLevel <= (if compression == "gzip" then 9 else if compression == "zstd" then 19 else 0)) then
-          fail name "`compressionLevel` must be null or an integer (gzip 0 to 9, zstd 1 to 19, none 0)"
+          && compressionLevel <= (if compression == "gzip" then 12 else if compression == "zstd" then 19 else 0)) then
+          fail name "`compressionLevel` must be null or an integer (gzip 0 to 12, zstd 1 to 19, none 0)"
         else if !(isBool incremental) then fail name "`incremental` must be a boolean"
         else if !(isBool initializeNixDatabase) then fail name "`initializeNixDatabase` must be a boolean"
         else if !(isInt nixUid && isInt nixGid) then fail name "`nixUid` and `nixGid` must be integers"
@@ -302,13 +305,35 @@ let
         allowSubstitutes = false;
       };
 
+      # Explicit layers: a derivation each, whose inputs are its group and
+      # the groups before it (it subtracts their closures when it runs), so
+      # it is built once and kept however the rest of the image changes,
+      # with or without `incremental`, and without import-from-derivation.
+      explicitLayers = builtins.genList (i:
+        let before = builtins.concatLists (builtins.genList (j: builtins.elemAt layerGroups j) i); in
+        derivation {
+          name = "nixery-explicit-layer";
+          system = buildSystem;
+          builder = helperExe;
+          args = [ "pack-group" ];
+          __structuredAttrs = true;
+          exportReferencesGraph.graph = builtins.elemAt layerGroups i ++ before;
+          nixeryGroup = {
+            version = specVersion;
+            group = map toString (builtins.elemAt layerGroups i);
+            before = map toString before;
+            inherit (spec) perms compression compressionLevel;
+          };
+          allowSubstitutes = false;
+        }) (length layerGroups);
+
       # The result: `drv` with the passthru on it and on each of its
       # outputs (so `image.out.imageTag` works too).
       withPassthru = drv: extra:
         let self = drv // extra // { out = self; all = [ self ]; }; in self;
     in
     assert checked;
-    { inherit spec helperDerivation drvName withPassthru imageSystem; args = args; };
+    { inherit spec helperDerivation drvName withPassthru imageSystem explicitLayers; args = args; };
 
   buildNixeryImage = args:
     let
@@ -343,7 +368,7 @@ let
       }) plan.layers;
 
       image = p.helperDerivation drvName "build-image"
-        (if incremental then spec // { prepacked = layerDerivations; } else spec);
+        (spec // { prepacked = p.explicitLayers ++ (if incremental then layerDerivations else [ ]); });
 
       imageTag = if spec.tag != null then spec.tag else head (split "-" (baseNameOf image.outPath));
 

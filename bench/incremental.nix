@@ -3,7 +3,7 @@
 # `version`. The large ones are copied from the host by their builders (an
 # impure fixture, built once with the sandbox off by bench/incremental), and evaluated
 # instantly, where builtins.path would hash 1.7 GB at every evaluation.
-{ helper, version ? "0", incremental ? true, nonce ? "", hostOnly ? false }:
+{ helper, version ? "0", incremental ? true, explicit ? false, nonce ? "", hostOnly ? false }:
 let
   nixery = import ../lib.nix { inherit helper; };
   pkgs = import ../tests/pkgs { };
@@ -30,5 +30,9 @@ else nixery.buildNixeryImage {
   name = "incremental-bench";
   tag = version;
   contents = hosts ++ [ pkgs.hello changing ];
+  # With `explicit`, the large packages are explicit layers: packed by
+  # derivations of their own, so a rebuild skips them without
+  # import-from-derivation.
+  layers = if explicit then map (h: [ h ]) hosts else [ ];
   inherit incremental;
 }

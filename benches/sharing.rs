@@ -270,16 +270,44 @@ impl Store {
     }
 }
 
-/// A client's cache: what it has downloaded, by layer identity (the layer
-/// digest is a function of its set of store paths).
+/// A client's cache: what it has downloaded. A content-store client
+/// (podman, containerd's content store, a registry) keeps layers by their
+/// identity (the layer digest is a function of its set of store paths)
+/// and reuses any it has. A chain-store client (Docker's classic image
+/// store, any client's unpacked snapshots) keeps layers by their chain,
+/// the layer with every layer below it in the image: a layer is reused
+/// only when its whole prefix was fetched before.
 #[derive(Default)]
 struct Client {
+    chains: bool,
     layers: HashSet<Vec<String>>,
+    seen_chains: HashSet<[u8; 32]>,
 }
 
 impl Client {
+    fn chain_store() -> Client {
+        Client { chains: true, ..Client::default() }
+    }
+
     fn pull(&mut self, layers: Vec<(Vec<String>, u64)>) -> u64 {
-        layers.into_iter().filter_map(|(paths, size)| self.layers.insert(paths).then_some(size)).sum()
+        if !self.chains {
+            return layers.into_iter().filter_map(|(paths, size)| self.layers.insert(paths).then_some(size)).sum();
+        }
+        let mut chain = [0u8; 32];
+        let mut fetched = 0;
+        for (paths, size) in layers {
+            let mut h = Sha256::new();
+            h.update(chain);
+            for p in &paths {
+                h.update(p.as_bytes());
+                h.update(b"\n");
+            }
+            chain = h.finalize().into();
+            if self.seen_chains.insert(chain) {
+                fetched += size;
+            }
+        }
+        fetched
     }
 }
 
@@ -326,13 +354,17 @@ fn report(label: &str, images_before: &[ClosureGraph], images_after: &[ClosureGr
     let ideal_first = ideal(images_before, &mut c);
     let ideal_update = ideal(images_after, &mut c);
     println!("ideal: first pass {:.1} MB, after the update {:.1} MB\n", ideal_first as f64 / 1e6, ideal_update as f64 / 1e6);
-    println!("{:<20} {:>6} {:>12} {:>14} {:>10} {:>12}", "algorithm", "budget", "first pass", "after update", "layers", "plan time");
+    println!(
+        "{:<20} {:>6} {:>12} {:>14} {:>14} {:>14} {:>8} {:>10}",
+        "algorithm", "budget", "content: 1st", "content: after", "chain: 1st", "chain: after", "layers", "plan time"
+    );
     for &budget in BUDGETS {
         for alg in Algorithm::ALL {
             let mut client = Client::default();
+            let mut chain_client = Client::chain_store();
             let mut layer_count = 0;
             let mut plan_time = std::time::Duration::ZERO;
-            let mut run = |images: &[ClosureGraph], pop: &Popularity, client: &mut Client| -> u64 {
+            let mut run = |images: &[ClosureGraph], pop: &Popularity, client: &mut Client, chain_client: &mut Client| -> (u64, u64) {
                 images
                     .iter()
                     .map(|g| {
@@ -341,18 +373,21 @@ fn report(label: &str, images_before: &[ClosureGraph], images_after: &[ClosureGr
                         plan_time = plan_time.max(t.elapsed());
                         assert!(plan.layers.len() <= budget);
                         layer_count = layer_count.max(plan.layers.len());
-                        client.pull(plan.layers.into_iter().map(|l| (l.paths, l.size)).collect())
+                        let layers: Vec<(Vec<String>, u64)> = plan.layers.into_iter().map(|l| (l.paths, l.size)).collect();
+                        (client.pull(layers.clone()), chain_client.pull(layers))
                     })
-                    .sum()
+                    .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
             };
-            let first = run(images_before, pop_before, &mut client);
-            let update = run(images_after, pop_after, &mut client);
+            let (first, chain_first) = run(images_before, pop_before, &mut client, &mut chain_client);
+            let (update, chain_update) = run(images_after, pop_after, &mut client, &mut chain_client);
             println!(
-                "{:<20} {:>6} {:>11.3}x {:>13.3}x {:>10} {:>10.1}ms",
+                "{:<20} {:>6} {:>11.3}x {:>13.3}x {:>13.3}x {:>13.3}x {:>8} {:>8.1}ms",
                 alg.name(),
                 budget,
                 first as f64 / ideal_first as f64,
                 update as f64 / ideal_update as f64,
+                chain_first as f64 / ideal_first as f64,
+                chain_update as f64 / ideal_update as f64,
                 layer_count,
                 plan_time.as_secs_f64() * 1000.0
             );

@@ -84,7 +84,9 @@ let
   foundNames = map (x: x.name) requestedFound;
   notFound = builtins.filter (n: !(builtins.elem n foundNames)) requested;
   bases = found (builtins.filter (n: !(builtins.elem n requested)) (builtins.fromJSON basePackages));
-  contents = map (x: x.value) (requestedFound ++ bases);
+  # The base packages first: every image has them, and layers are ordered
+  # by the contents they come from.
+  contents = map (x: x.value) (bases ++ requestedFound);
 in
 let
   # The helper as the builder. In the store (a nixpkgs-built helper), it

@@ -435,7 +435,8 @@ pub fn plan_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     let layers = plan
         .jobs
         .into_iter()
-        .filter(|j| !j.content.store_paths.is_empty())
+        // Explicit layers have derivations of their own (pack-group).
+        .filter(|j| j.kind == assembly::JobKind::Store)
         .map(|j| IncrementalLayer { paths: j.content.store_paths, perms: j.content.perms })
         .collect();
     let doc = IncrementalPlan { version: SPEC_VERSION, layers };
@@ -457,6 +458,58 @@ pub fn pack_layer_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     let packed = packing::pack_to_file(&content, &out.join("blob"), opts)?;
     let doc = PrepackedLayer { paths: attrs.layer.paths, perms: attrs.layer.perms, packed };
     write_out(&out.join("layer.json"), &serde_json::to_vec(&doc).expect("a layer serialises"))
+}
+
+#[derive(Deserialize)]
+struct PackGroupAttrs {
+    outputs: BTreeMap<String, PathBuf>,
+    #[serde(rename = "nixeryGroup")]
+    group: PackGroupSpec,
+    #[serde(default)]
+    graph: Vec<PathInfo>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PackGroupSpec {
+    version: u32,
+    /// The group's packages.
+    group: Vec<String>,
+    /// The packages of the groups before it.
+    before: Vec<String>,
+    #[serde(default)]
+    perms: Vec<PermSpec>,
+    #[serde(default)]
+    compression: Compression,
+    #[serde(default)]
+    compression_level: Option<u32>,
+}
+
+/// The builder of an explicit layer (`nixery pack-group`): packs the
+/// closure of the group less the closure of the groups before it, with
+/// the rules that concern it, into `out/blob` with `out/layer.json`
+/// ([`PrepackedLayer`]) beside it. Its inputs are the group and the
+/// groups before it, nothing else, so it is built again only when they
+/// change: no import-from-derivation is needed.
+pub fn pack_group_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
+    let attrs: PackGroupAttrs = read_json(attrs_path)?;
+    let spec = attrs.group;
+    if spec.version != SPEC_VERSION {
+        return Err(BuildError::Version(spec.version));
+    }
+    let invalid = |message: String| BuildError::Invalid { name: "explicit layer".into(), message };
+    let out = attrs.outputs.get("out").ok_or_else(|| invalid("the derivation has no `out` output".into()))?;
+    let opts = PackOptions::new(spec.compression, spec.compression_level).map_err(|e| invalid(e.to_string()))?;
+    let roots: Vec<String> = spec.group.iter().chain(&spec.before).cloned().collect();
+    let graph = ClosureGraph::new(attrs.graph, Some(roots))?;
+    let mut assigned = graph.closure(spec.before.iter().map(String::as_str))?;
+    let paths = assembly::explicit_layer_paths(&graph, &spec.group, &mut assigned)?;
+    let rules: Vec<PermRule> = spec.perms.iter().map(PermSpec::rule).collect::<Result<_, _>>().map_err(invalid)?;
+    let perms: Vec<PermRule> = rules.into_iter().filter(|r| assembly::concerns(r, &paths)).collect();
+    fs::create_dir_all(out).map_err(|source| BuildError::Write { path: out.clone(), source })?;
+    let content = LayerContent { perms: perms.clone(), ..LayerContent::store_paths(paths.clone()) };
+    let packed = packing::pack_to_file(&content, &out.join("blob"), opts)?;
+    write_out(&out.join("layer.json"), &serde_json::to_vec(&PrepackedLayer { paths, perms, packed }).expect("a layer serialises"))
 }
 
 /// Runs a build from an attributes file (`nixery build-image`), logging
@@ -571,7 +624,7 @@ mod tests {
         let e = spec(serde_json::json!({"compression": "lz4"})).unwrap_err().to_string();
         assert!(e.contains("lz4"), "{e}");
         assert!(spec(serde_json::json!({"layering": "bogus"})).unwrap_err().to_string().contains("bogus"));
-        let bad = spec(serde_json::json!({"compressionLevel": 10})).unwrap();
-        assert_eq!(bad.pack_options().unwrap_err().to_string(), "in image x: compression level 10 is out of range for gzip (0 to 9)");
+        let bad = spec(serde_json::json!({"compressionLevel": 13})).unwrap();
+        assert_eq!(bad.pack_options().unwrap_err().to_string(), "in image x: compression level 13 is out of range for gzip (0 to 12)");
     }
 }

@@ -157,7 +157,7 @@ impl ClosureGraph {
 
     /// The closure of `roots` (every path they reach, themselves included).
     /// Roots not in the graph are an error.
-    pub fn closure<'a>(&'a self, roots: impl IntoIterator<Item = &'a str>) -> Result<BTreeSet<&'a str>, GraphError> {
+    pub fn closure<'a, 'r>(&'a self, roots: impl IntoIterator<Item = &'r str>) -> Result<BTreeSet<&'a str>, GraphError> {
         let mut seen: BTreeSet<&str> = BTreeSet::new();
         let mut stack: Vec<&str> = Vec::new();
         for r in roots {

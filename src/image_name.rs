@@ -35,7 +35,10 @@ pub const DEFAULT_SYSTEM: &str = "x86_64-linux";
 /// What an image name asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ImageRequest {
-    /// Attribute names to look up, sorted and unique.
+    /// Attribute names to look up, unique, in a canonical order: the
+    /// meta-packages' expansions first (in their configured order, as
+    /// every image that names them shares them, and layers are ordered by
+    /// the contents they come from), then the other names sorted.
     pub packages: Vec<String>,
     /// Nix system, e.g. `x86_64-linux`.
     pub system: String,
@@ -112,26 +115,45 @@ pub fn parse_image_name(name: &str, meta: &MetaPackages) -> Result<ImageRequest,
     if !valid_repository_name(name) {
         return Err(NameError::Name(name.to_string()));
     }
-    let mut packages = BTreeSet::new();
+    let mut named = BTreeSet::new();
+    let mut shell = false;
     let mut system = meta.default_system.clone();
     for component in name.split('/') {
         match component {
-            "shell" => packages.extend(meta.shell.iter().cloned()),
+            "shell" => shell = true,
             "arm64" => system = "aarch64-linux".to_string(),
             other => {
-                packages.insert(other.to_string());
+                named.insert(other.to_string());
             }
         }
     }
+    let mut packages: Vec<String> = Vec::new();
+    if shell {
+        for p in &meta.shell {
+            if !packages.contains(p) {
+                packages.push(p.clone());
+            }
+        }
+    }
+    packages.extend(named.into_iter().filter(|p| !meta.shell.contains(p) || !shell));
     if packages.is_empty() {
         return Err(NameError::Name(name.to_string()));
     }
-    Ok(ImageRequest { packages: packages.into_iter().collect(), system })
+    Ok(ImageRequest { packages, system })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl ImageRequest {
+        fn with_package(mut self, p: &str) -> ImageRequest {
+            if !self.packages.iter().any(|x| x == p) {
+                self.packages.push(p.into());
+            }
+            self
+        }
+    }
 
     fn parse(name: &str) -> Result<ImageRequest, NameError> {
         parse_image_name(name, &MetaPackages::default())
@@ -158,7 +180,8 @@ mod tests {
     #[test]
     fn meta_packages_expand() {
         let r = parse("shell/hello").unwrap();
-        assert_eq!(r.packages, vec!["bashInteractive", "coreutils", "hello", "moreutils", "nano"]);
+        assert_eq!(r.packages, vec!["bashInteractive", "coreutils", "moreutils", "nano", "hello"], "the shell first");
+        assert_eq!(parse("hello/shell/nano").unwrap(), r.clone().with_package("nano"), "canonical: order and repetition do not matter");
         assert_eq!(r.system, "x86_64-linux");
         let r = parse("arm64/shell").unwrap();
         assert_eq!(r.system, "aarch64-linux");

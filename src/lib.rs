@@ -48,4 +48,4 @@ pub mod storage;
 /// Every cache key includes it, and the golden digests in the packing
 /// tests are pinned per version: a change to any of those bytes bumps it,
 /// so no cache ever serves bytes of an older format.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;

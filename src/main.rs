@@ -51,7 +51,7 @@ enum Command {
         /// Layer compression: gzip or zstd.
         #[arg(long, default_value = "gzip")]
         compression: nixery::packing::Compression,
-        /// Compression level (gzip 0 to 9, default 5; zstd 1 to 19, default 3).
+        /// Compression level (gzip 0 to 12, default 5; zstd 1 to 19, default 3).
         #[arg(long)]
         level: Option<u32>,
         /// Where store paths are read from: `/`, or a chroot store's root.
@@ -76,6 +76,13 @@ enum Command {
     /// Pack one layer from a derivation's attributes (the second stage of
     /// `buildNixeryImage { incremental = true; }`).
     PackLayer {
+        /// The attributes file; by default `$NIX_ATTRS_JSON_FILE`.
+        #[arg(long)]
+        attrs: Option<PathBuf>,
+    },
+    /// Pack an explicit layer (`buildNixeryImage { layers = [ … ]; }`)
+    /// from a derivation's attributes.
+    PackGroup {
         /// The attributes file; by default `$NIX_ATTRS_JSON_FILE`.
         #[arg(long)]
         attrs: Option<PathBuf>,
@@ -196,7 +203,7 @@ struct ServeArgs {
     /// Layer compression: gzip or zstd (Docker 23+, containerd 1.5+, podman 4+).
     #[arg(long, env = "NIXERY_COMPRESSION", default_value = "gzip")]
     compression: nixery::packing::Compression,
-    /// Compression level (gzip 0 to 9, default 5; zstd 1 to 19, default 3).
+    /// Compression level (gzip 0 to 12, default 5; zstd 1 to 19, default 3).
     #[arg(long, env = "NIXERY_COMPRESSION_LEVEL")]
     compression_level: Option<u32>,
     /// Log format: `text` or `json`.
@@ -364,6 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(*args)?,
         Command::PlanLayers { attrs } => builder::plan_from_attrs(&attrs.unwrap_or_else(builder::default_attrs_path))?,
         Command::PackLayer { attrs } => builder::pack_layer_from_attrs(&attrs.unwrap_or_else(builder::default_attrs_path))?,
+        Command::PackGroup { attrs } => builder::pack_group_from_attrs(&attrs.unwrap_or_else(builder::default_attrs_path))?,
         Command::WriteGraph { attrs } => builder::write_graph_from_attrs(&attrs.unwrap_or_else(builder::default_attrs_path))?,
         Command::Popcount { package_set, system, path_info, graph } => {
             let pop = match (package_set, path_info, graph) {

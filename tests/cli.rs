@@ -36,11 +36,14 @@ fn layers_gives_every_path_a_layer_within_budget_by_default() {
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         plan,
+        // Image order: the first content's closure first (hello's), then
+        // the next's, each most popular first, so that images on the same
+        // base share a prefix of layers.
         serde_json::json!({"version": 1, "layers": [
             {"paths": [GLIBC], "size": 1000},
             {"paths": [HELLO], "size": 100},
-            {"paths": [JQ], "size": 300},
             {"paths": [ONIG], "size": 200},
+            {"paths": [JQ], "size": 300},
         ]})
     );
     // Over budget: glibc, which both programs need, keeps a layer apart.

@@ -127,6 +127,23 @@ fn explicit_layers_come_first_and_stay_the_same_when_the_rest_changes() {
     };
     let a = build("pkgs.jq pkgs.hello");
     let b = build("pkgs.jq pkgs.coreutils");
+    // A third image with the same group: its explicit layer is the
+    // derivation already built, nothing is packed again for it (and no
+    // import-from-derivation took part).
+    let file = dir.path().join("third.nix");
+    std::fs::write(
+        &file,
+        format!(
+            "{{ helper }}: let nixery = import {}/lib.nix {{ inherit helper; }}; pkgs = import {}/tests/pkgs {{ }}; in nixery.buildNixeryImage {{ name = \"explicit\"; tag = \"v1\"; contents = [ pkgs.jq pkgs.bashInteractive ]; layers = [ [ pkgs.jq ] ]; }}",
+            repo().display(),
+            repo().display()
+        ),
+    )
+    .unwrap();
+    let out = run(&mut nix_build_cmd(&file));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains("nixery-explicit-layer.drv"), "the explicit layer is not packed again:\n{log}");
+    assert!(log.contains("building"), "the image itself is built:\n{log}");
     let first = |image: &std::path::Path| {
         let (m, _) = layout_manifest(image);
         m["layers"][0]["digest"].as_str().unwrap().to_string()

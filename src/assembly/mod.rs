@@ -134,9 +134,22 @@ pub struct RootSpec {
     pub nix_db: Option<Owner>,
 }
 
+/// What a layer of the plan is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// An explicit group's closure (`layers`).
+    Explicit,
+    /// Store paths grouped by the layering algorithm.
+    Store,
+    /// The image root.
+    Root,
+}
+
 /// One layer to get: its content, its key and its history comment.
 #[derive(Debug, Clone)]
 pub struct LayerJob {
+    /// What kind of layer it is.
+    pub kind: JobKind,
     /// What the layer holds.
     pub content: LayerContent,
     /// Its key under the plan's pack options.
@@ -181,9 +194,16 @@ pub fn layer_comment(paths: &[String]) -> String {
     s
 }
 
+/// The store paths of an explicit layer: the closure of `group` less what
+/// `assigned` (the earlier groups) holds, which it then holds too.
+pub fn explicit_layer_paths<'a>(graph: &'a ClosureGraph, group: &[String], assigned: &mut BTreeSet<&'a str>) -> Result<Vec<String>, GraphError> {
+    let closure = graph.closure(group.iter().map(String::as_str))?;
+    Ok(closure.into_iter().filter(|p| assigned.insert(p)).map(str::to_string).collect())
+}
+
 /// Whether `rule` can concern a layer of these store paths: its path is
 /// `/`, one of them or below one, or above them (`/nix/store`).
-fn concerns(rule: &PermRule, store_paths: &[String]) -> bool {
+pub fn concerns(rule: &PermRule, store_paths: &[String]) -> bool {
     let under = |a: &str, b: &str| a == b || a.strip_prefix(b).is_some_and(|r| r.starts_with('/'));
     rule.path == "/" || store_paths.iter().any(|p| under(&rule.path, p) || under(p, &rule.path))
 }
@@ -195,7 +215,7 @@ pub fn plan(spec: &ImageSpec, graph: &ClosureGraph) -> Result<ImagePlan, Assembl
     if let Some(bad) = spec.perms.iter().find(|r| !r.path.starts_with('/')) {
         return Err(AssemblyError::Perms(format!("{:?} is not an absolute path", bad.path)));
     }
-    let job = |content: LayerContent, comment: String| LayerJob { key: content.key(spec.pack), content, comment };
+    let job = |kind: JobKind, content: LayerContent, comment: String| LayerJob { kind, key: content.key(spec.pack), content, comment };
     let store_layer = |paths: Vec<String>| {
         let perms = spec.perms.iter().filter(|r| concerns(r, &paths)).cloned().collect();
         LayerContent { store_root: spec.store_root.clone(), perms, ..LayerContent::store_paths(paths) }
@@ -205,11 +225,10 @@ pub fn plan(spec: &ImageSpec, graph: &ClosureGraph) -> Result<ImagePlan, Assembl
     let mut assigned: BTreeSet<&str> = BTreeSet::new();
     let mut jobs = Vec::new();
     for group in &spec.layer_groups {
-        let closure = graph.closure(group.iter().map(String::as_str))?;
-        let paths: Vec<String> = closure.into_iter().filter(|p| assigned.insert(p)).map(str::to_string).collect();
+        let paths = explicit_layer_paths(graph, group, &mut assigned)?;
         if !paths.is_empty() {
             let comment = format!("explicit layer: {}", layer_comment(&paths).trim_start_matches("store paths: "));
-            jobs.push(job(store_layer(paths), comment));
+            jobs.push(job(JobKind::Explicit, store_layer(paths), comment));
         }
     }
     let rest = graph.without(&assigned);
@@ -231,7 +250,7 @@ pub fn plan(spec: &ImageSpec, graph: &ClosureGraph) -> Result<ImagePlan, Assembl
     }
     if !rest.paths.is_empty() {
         let layer_plan = layering::plan_with(&rest, &spec.popularity, spec.max_layers - fixed, spec.layering)?;
-        jobs.extend(layer_plan.layers.into_iter().map(|l| job(store_layer(l.paths.clone()), layer_comment(&l.paths))));
+        jobs.extend(layer_plan.layers.into_iter().map(|l| job(JobKind::Store, store_layer(l.paths.clone()), layer_comment(&l.paths))));
     }
 
     // The root: generated entries, copies, links.
@@ -250,7 +269,7 @@ pub fn plan(spec: &ImageSpec, graph: &ClosureGraph) -> Result<ImagePlan, Assembl
     root.link(&graph.roots).map_err(AssemblyError::RootLayer)?;
     let root = root.finish();
     let root_layer = LayerContent { perms: spec.perms.clone(), ..LayerContent::tree(root.entries) };
-    jobs.push(job(root_layer, ROOT_LAYER_COMMENT.to_string()));
+    jobs.push(job(JobKind::Root, root_layer, ROOT_LAYER_COMMENT.to_string()));
 
     let (config, base_layers, base_history) = match &spec.base {
         Some(b) => (spec.config.clone().over(&b.config), b.layers.clone(), b.history.clone()),

@@ -16,13 +16,60 @@
 //!    rest shares the last one. Paths only one package needs thus stay
 //!    together and apart from paths several need, so a group is more often
 //!    the same across images and across updates.
+//! 4. The order of the layers is chosen for clients that reuse a layer only
+//!    when every layer below it is the same too (Docker's classic store,
+//!    any client's unpacked snapshots): a layer's identity there is its
+//!    chain. Single-path layers come first, ordered by the first content
+//!    package (in the order given) whose closure holds the path, then by
+//!    popularity (most popular first), then by package name; the grouped
+//!    layers, each image's own rest, come last (by the first content they
+//!    serve). The key of a path is the
+//!    same in every image with the same first contents, so images built on
+//!    the same base packages (`shell/…`, a team's base set) share a long
+//!    prefix, and the most shared paths are at its start.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
 
 use super::{ancestor_counts, layer_of, Indexed, PlannedLayer};
-use crate::graph::{ClosureGraph, Popularity};
+use crate::graph::{package_name, ClosureGraph, Popularity};
 
 pub(crate) fn plan(graph: &ClosureGraph, popularity: &Popularity, budget: usize) -> Vec<PlannedLayer> {
+    let mut layers = choose(graph, popularity, budget);
+    chain_order(graph, popularity, &mut layers);
+    layers
+}
+
+/// Orders the layers for chain reuse (see the module documentation):
+/// single paths by the first content package whose closure holds them,
+/// most popular first, then by name; then the groups. The key of a path is
+/// the same in every image that holds it and has the same first content
+/// packages, so such images share a prefix.
+fn chain_order(graph: &ClosureGraph, popularity: &Popularity, layers: &mut [PlannedLayer]) {
+    let mut first_root: HashMap<&str, usize> = HashMap::new();
+    for (i, r) in graph.roots.iter().enumerate() {
+        for p in graph.closure([r.as_str()]).expect("roots are in the graph") {
+            first_root.entry(p).or_insert(i);
+        }
+    }
+    let local = popularity.0.is_empty().then(|| ancestor_counts(graph));
+    let popularity_of = |p: &str| match &local {
+        Some(counts) => counts[p],
+        None => popularity.of(p),
+    };
+    let root_of = |p: &str| first_root.get(p).copied().unwrap_or(usize::MAX);
+    // Single paths first: their keys are the same in every image. Groups
+    // differ from image to image, so they come last (measured: placing
+    // them among the singles of their content breaks prefixes sooner),
+    // by the first content they serve, stable otherwise.
+    layers.sort_by_cached_key(|l| match l.paths.as_slice() {
+        [p] => (false, root_of(p), Reverse(popularity_of(p)), package_name(p).to_string(), p.clone()),
+        _ => (true, l.paths.iter().map(|p| root_of(p)).min().unwrap_or(usize::MAX), Reverse(0), String::new(), String::new()),
+    });
+}
+
+/// Which paths share a layer (steps 1 to 3 of the module documentation).
+fn choose(graph: &ClosureGraph, popularity: &Popularity, budget: usize) -> Vec<PlannedLayer> {
     let ix = Indexed::new(graph);
     let n = ix.succ.len();
     let single = |v: usize| layer_of(graph, vec![ix.paths[v - 1].to_string()]);

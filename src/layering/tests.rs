@@ -202,3 +202,31 @@ fn sharing_gives_shared_paths_the_same_layer_in_every_image() {
         assert!(b.layers.iter().any(|l| l.paths == glibc), "budget {budget}");
     }
 }
+
+#[test]
+fn images_on_the_same_base_share_a_prefix_of_layers() {
+    // Both images start with bash (and its closure); then a tool each.
+    let base: &[(&str, u64, &[&str])] = &[("bash", 50, &["libc", "tinfo"]), ("tinfo", 20, &["libc"]), ("libc", 300, &[])];
+    let with = |tool: &[(&'static str, u64, &'static [&'static str])], root: &str| {
+        let nodes: Vec<(&str, u64, &[&str])> = base.iter().chain(tool).copied().collect();
+        graph(&nodes, &["bash", root])
+    };
+    let a = with(&[("curl", 10, &["ssl", "libc"]), ("ssl", 400, &["libc"])], "curl");
+    let b = with(&[("xev", 10, &["x11", "libc"]), ("x11", 500, &["libc"])], "xev");
+    // Where every path has a layer of its own, the base's three come first.
+    for budget in [5, 10] {
+        let pa = plan_with(&a, &Popularity::default(), budget, Algorithm::Sharing).unwrap();
+        let pb = plan_with(&b, &Popularity::default(), budget, Algorithm::Sharing).unwrap();
+        assert_eq!(pa.layers[..3], pb.layers[..3], "budget {budget}: the base's layers first, in the same order");
+    }
+    // Over budget the single layers still lead with the base's (libc);
+    // groups, which differ from image to image, come last.
+    let pa = plan_with(&a, &Popularity::default(), 4, Algorithm::Sharing).unwrap();
+    let pb = plan_with(&b, &Popularity::default(), 4, Algorithm::Sharing).unwrap();
+    assert_eq!(pa.layers[0], pb.layers[0]);
+    assert!(pa.layers.iter().skip_while(|l| l.paths.len() == 1).all(|l| l.paths.len() > 1 || l.paths[0] == sp("curl")), "{:?}", pa.layers);
+    // Within budget: the base's closure, most popular first, then the tool's.
+    let p = plan_with(&a, &Popularity::default(), 10, Algorithm::Sharing).unwrap();
+    let order: Vec<String> = p.layers.iter().map(|l| crate::graph::package_name(&l.paths[0]).to_string()).collect();
+    assert_eq!(order, ["libc", "tinfo", "bash", "ssl", "curl"]);
+}

@@ -356,10 +356,10 @@ impl Compression {
         }
     }
 
-    /// The levels this compression takes: gzip 0 to 9, zstd 1 to 19.
+    /// The levels this compression takes: gzip 0 to 12 (libdeflate's), zstd 1 to 19.
     pub fn levels(self) -> std::ops::RangeInclusive<u32> {
         match self {
-            Compression::Gzip => 0..=9,
+            Compression::Gzip => 0..=gzip::MAX_LEVEL,
             Compression::Zstd => 1..=19,
             Compression::None => 0..=0,
         }

@@ -70,7 +70,22 @@ pub(crate) struct Golden {
 /// layer, config or manifest must bump [`crate::FORMAT_VERSION`] (which
 /// every cache key includes, so no cache serves bytes of the old format)
 /// and pin the new digests here.
-pub(crate) const GOLDEN: &[(u32, Golden)] = &[(
+pub(crate) const GOLDEN: &[(u32, Golden)] = &[
+    (
+        2,
+        Golden {
+            gzip_layer: "sha256:9332a7b729f3f859b68a9f3e60dd35e05e922b6272a1846bee2f179fb0a6d432",
+            gzip_diff_id: "sha256:6160952dc1c639d59476881980154fa541f1a39fa72afa200dd251279de5884a",
+            zstd_layer: "sha256:c86d440d3c0e5a0092960e78454410a25ec1c1cebe977e2807cd4c4828c2dc45",
+            root_layer: "sha256:c8af36a9d42c0fb920eecb0cca933ccafe31ec48754d1b4b6759e761c3abd222",
+            config: "sha256:59f39a039ef56966552d22c4776e1391965f641105f8481b0d4671f07f12321b",
+            oci_manifest: "sha256:477fbb0eff357c78394551e480ebedb7792120398b4c6a48ca369c2e2a12168a",
+            docker_manifest: "sha256:a5aad96b432cb632c9ac4935eb88d0d2e00deba2444e38fca77bc2b94a01fc7d",
+        },
+    ),
+    // Version 1: one gzip member of zlib-compressed chunks primed with the
+    // previous chunk's window (before libdeflate).
+    (
     1,
     Golden {
         gzip_layer: "sha256:55c91af29ecb1c3dbcadea4d3227aed131095b42bf81c420a50d0a8eb2eca5ac",
@@ -81,7 +96,8 @@ pub(crate) const GOLDEN: &[(u32, Golden)] = &[(
         oci_manifest: "sha256:f336c2fbeddfa3e8206e37c95036a305d121897ba2076b2c01ee89f05e517084",
         docker_manifest: "sha256:a26623233f55932840bc70a2613cb16bfda5d9d9d5ac3dd0b90a373692551cf5",
     },
-)];
+    ),
+];
 
 /// The golden digests of the current format version.
 pub(crate) fn golden() -> &'static Golden {
@@ -176,11 +192,11 @@ fn pack_to_dir_names_blobs_by_digest_and_leaves_no_temporary_files() {
 
 #[test]
 fn levels_out_of_range_are_errors_not_clamped() {
-    assert!(PackOptions::new(Compression::Gzip, Some(10)).is_err());
+    assert!(PackOptions::new(Compression::Gzip, Some(13)).is_err());
     assert!(PackOptions::new(Compression::Zstd, Some(0)).is_err());
     assert!(PackOptions::new(Compression::Zstd, Some(20)).is_err());
-    let e = PackOptions::new(Compression::Gzip, Some(12)).unwrap_err().to_string();
-    assert_eq!(e, "compression level 12 is out of range for gzip (0 to 9)");
+    let e = PackOptions::new(Compression::Gzip, Some(13)).unwrap_err().to_string();
+    assert_eq!(e, "compression level 13 is out of range for gzip (0 to 12)");
     assert_eq!(PackOptions::new(Compression::Gzip, None).unwrap(), PackOptions::default());
     assert_eq!(PackOptions::new(Compression::Zstd, None).unwrap().level, DEFAULT_ZSTD_LEVEL);
 }

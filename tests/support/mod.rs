@@ -181,7 +181,7 @@ pub fn layout_manifest(layout: &Path) -> (serde_json::Value, Vec<u8>) {
 /// The entry names of a gzip tar blob.
 pub fn layer_entries(layout: &Path, digest: &str) -> Vec<String> {
     let f = std::fs::File::open(layout.join("blobs/sha256").join(&digest[7..])).unwrap();
-    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let mut ar = tar::Archive::new(flate2::read::MultiGzDecoder::new(f));
     ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect()
 }
 
@@ -397,7 +397,7 @@ pub fn layout_config(layout: &Path) -> serde_json::Value {
 /// blob of an OCI layout.
 pub fn layer_headers(layout: &Path, digest: &str) -> Vec<(String, u32, u64, u64, String, tar::EntryType)> {
     let f = std::fs::File::open(layout.join("blobs/sha256").join(&digest[7..])).unwrap();
-    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let mut ar = tar::Archive::new(flate2::read::MultiGzDecoder::new(f));
     ar.entries()
         .unwrap()
         .map(|e| {
