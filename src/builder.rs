@@ -296,7 +296,7 @@ impl BuildSpec {
                 copy_to_root: self.copy_to_root.clone(),
                 users: self.users.clone(),
                 groups: self.groups.clone(),
-                nix_db: self.initialize_nix_database.then(|| Owner { uid: self.nix_uid, gid: self.nix_gid, uname: None, gname: None }),
+                nix_db: self.initialize_nix_database.then_some(Owner { uid: self.nix_uid, gid: self.nix_gid, uname: None, gname: None }),
             },
             perms: self.perms.iter().map(PermSpec::rule).collect::<Result<_, _>>().map_err(|e| self.invalid(e))?,
         })
