@@ -381,6 +381,7 @@ impl Shim {
         };
         let this = self.clone();
         let runtime = tokio::runtime::Handle::current();
+        let assembling = Instant::now();
         let built = tokio::task::spawn_blocking(move || -> Result<(BuiltImage, assembly::AssemblyStats), ShimError> {
             let plan = assembly::plan(&spec, &graph)?;
             for w in &plan.warnings {
@@ -403,6 +404,7 @@ impl Shim {
             layers_reused = stats.reused,
             layers_packed = stats.packed,
             nix_ms = nix_time.as_millis() as u64,
+            assemble_ms = assembling.elapsed().as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64,
             "image built"
         );
