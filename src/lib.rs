@@ -34,6 +34,7 @@
 pub mod assembly;
 pub mod builder;
 pub mod digest;
+pub mod fuzz;
 pub mod graph;
 pub mod image;
 pub mod image_name;
@@ -41,6 +42,7 @@ pub mod layering;
 pub mod nix;
 pub mod packing;
 pub mod registry;
+pub mod scratch;
 pub mod shim;
 pub mod storage;
 

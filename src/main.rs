@@ -209,6 +209,44 @@ struct ServeArgs {
     /// Log format: `text` or `json`.
     #[arg(long, env = "NIXERY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// The most Nix builds at once; more wait their turn (default: the
+    /// number of cores).
+    #[arg(long, env = "NIXERY_MAX_BUILDS", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    max_builds: Option<u64>,
+    /// Seconds a failed image (per package-set revision and name) is
+    /// answered from memory before it is built again; 0 never remembers.
+    #[arg(long, env = "NIXERY_FAILURE_TTL", default_value_t = 30)]
+    failure_ttl: u64,
+    /// The most packages one image name may ask for (meta-packages
+    /// expanded, base packages not counted).
+    #[arg(long, env = "NIXERY_MAX_PACKAGES", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    max_packages: u64,
+    /// Seconds a client has to send a request's headers (and a TLS
+    /// handshake); an idle connection is closed after the same time.
+    #[arg(long, env = "NIXERY_HEADER_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_timeout: u64,
+    /// The most client connections open at once; past it, new ones get
+    /// 503 (default: the open-file limit less a reserve).
+    #[arg(long, env = "NIXERY_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: Option<u64>,
+    /// A PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, env = "NIXERY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "NIXERY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// An htpasswd file with bcrypt entries (`htpasswd -B`): pulls need
+    /// one of its users (HTTP basic authentication).
+    #[arg(long, env = "NIXERY_AUTH_HTPASSWD")]
+    auth_htpasswd: Option<PathBuf>,
+    /// A file of static bearer tokens, one a line (`#` comments): pulls
+    /// may present one as `Authorization: Bearer TOKEN`.
+    #[arg(long, env = "NIXERY_AUTH_TOKENS")]
+    auth_tokens: Option<PathBuf>,
+    /// Error bodies and the start page carry Nix's logs and host paths
+    /// (for debugging; off, they say what failed and the log has the rest).
+    #[arg(long, env = "NIXERY_DEBUG_ERRORS", default_value_t = false, action = clap::ArgAction::Set)]
+    debug_errors: bool,
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -227,7 +265,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (source, source_description) = match (&args.channel, &args.pkgs_repo, &args.pkgs_path) {
         (_, _, Some(p)) => {
             let p = std::fs::canonicalize(p).with_context(|| format!("NIXERY_PKGS_PATH {}", p.display()))?;
-            let d = format!("the local package set at {}", p.display());
+            // The start page names no host path.
+            let d = "a local package set".to_string();
             (PackageSource::Path(p), d)
         }
         (_, Some(r), None) => (PackageSource::Git(r.clone()), format!("the git repository {r} (the image tag is the git ref; latest is the default branch)")),
@@ -262,9 +301,31 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let pack = nixery::packing::PackOptions::new(args.compression, args.compression_level)?;
     let helper = std::env::current_exe().context("cannot find this program's path")?;
-    let prepare_dir = std::env::temp_dir().join(format!("nixery-prepare-{}", std::process::id()));
+    // A shim killed before it could clean up leaves its folder behind: the
+    // next one removes it (and no live shim's).
+    let temp = std::env::temp_dir();
+    nixery::scratch::remove_leftovers(&temp, PREPARE_PREFIX);
+    let prepare_dir = temp.join(nixery::scratch::owned(PREPARE_PREFIX, None));
     let prepare = Prepare::install(&prepare_dir, helper, std::time::Duration::from_secs(args.nix_timeout))
         .with_context(|| format!("cannot write {}", prepare_dir.display()))?;
+    tracing::info!(containment = ?prepare.containment, "nix builds die with the shim");
+    let credentials = if args.auth_htpasswd.is_some() || args.auth_tokens.is_some() {
+        Some(Arc::new(nixery::registry::auth::Credentials::load(args.auth_htpasswd.as_deref(), args.auth_tokens.as_deref())?))
+    } else {
+        None
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(nixery::registry::server::tls_config(cert, key)?),
+        _ => None,
+    };
+    if credentials.is_some() && tls.is_none() && !args.bind.is_loopback() {
+        tracing::warn!("authentication without TLS on a network address: passwords and tokens cross the network in the clear");
+    }
+    let server_options = nixery::registry::server::ServerOptions {
+        header_timeout: std::time::Duration::from_secs(args.header_timeout),
+        max_connections: args.max_connections.map(|n| n as usize).unwrap_or_else(nixery::registry::server::default_max_connections),
+        tls,
+    };
     let config = nixery::shim::ShimConfig {
         source,
         meta: nixery::image_name::MetaPackages { shell: non_empty(&args.shell_packages), ..Default::default() },
@@ -275,38 +336,44 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         popularity: Arc::new(popularity),
         prepare,
         revision_ttl: std::time::Duration::from_secs(args.revision_ttl),
+        max_builds: args.max_builds.map(|n| n as usize).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        failure_ttl: std::time::Duration::from_secs(args.failure_ttl),
+        max_packages: args.max_packages as usize,
     };
+    let config_max_builds = config.max_builds;
     let shim = nixery::shim::Shim::new(config, storage);
-    let state = Arc::new(nixery::registry::AppState { shim, source_description: source_description.clone() });
-    let app = nixery::registry::router(state, args.web_dir.clone());
+    let state = Arc::new(nixery::registry::AppState { shim, source_description: source_description.clone(), debug_errors: args.debug_errors });
+    let app = nixery::registry::router(state, args.web_dir.clone(), credentials.clone());
     let addr = std::net::SocketAddr::new(args.bind, args.port);
 
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        tracing::info!(%addr, source = %source_description, "nixery is serving");
-        use axum::serve::ListenerExt;
-        // No Nagle: a response's headers and body would otherwise wait on
-        // the client's delayed ACK (about 40 ms a request).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        tracing::info!(
+            %addr,
+            source = %source_description,
+            tls = server_options.tls.is_some(),
+            authentication = credentials.is_some(),
+            max_builds = config_max_builds,
+            max_connections = server_options.max_connections,
+            "nixery is serving"
+        );
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
             }
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                tracing::info!("shutting down");
-            })
-            .await?;
+        };
+        nixery::registry::server::serve(listener, app, server_options, shutdown).await?;
         anyhow::Ok(())
     })?;
     let _ = std::fs::remove_dir_all(&prepare_dir);
     Ok(())
 }
+
+/// The name prefix of the shim's prepare-image folder in the temporary
+/// directory ([`nixery::scratch::owned`]).
+const PREPARE_PREFIX: &str = "nixery-prepare";
 
 /// A comma-separated list without empty items (`""` is the empty list).
 fn non_empty(items: &[String]) -> Vec<String> {

@@ -10,3 +10,4 @@ mod library;
 mod clients;
 mod differential;
 mod shim;
+mod shim_safety;

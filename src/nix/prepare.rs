@@ -37,6 +37,65 @@ pub struct Prepare {
     pub helper: PathBuf,
     /// The longest a nix-build may take.
     pub timeout: Duration,
+    /// How nix-build is tied to this process's life.
+    pub containment: Containment,
+}
+
+/// How a nix-build dies with the shim that started it, even when the shim
+/// is killed with SIGKILL and cleans nothing up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Containment {
+    /// nix-build runs as the first process of a PID namespace of its own
+    /// (`unshare --pid --fork --kill-child`, with a `/proc` of that
+    /// namespace, which Nix's sandbox needs to set up its builders' user
+    /// and PID namespaces by number), with a parent-death signal
+    /// on `unshare`: when the shim dies, `unshare` is killed, and with it
+    /// the namespace's first process; the kernel then kills everything in
+    /// the namespace, Nix's builders (in their nested sandboxes) included.
+    PidNamespace,
+    /// Only nix-build has a parent-death signal (where PID namespaces are
+    /// not allowed, as for most users who are not root): nix-build dies
+    /// with the shim, a builder it started may finish its derivation.
+    ParentDeathSignal,
+}
+
+impl Containment {
+    /// The strongest containment this machine allows: a PID namespace
+    /// when `unshare` can make one, else the parent-death signal.
+    pub fn probe() -> Containment {
+        let ok = std::process::Command::new("unshare")
+            .args(["--pid", "--mount", "--mount-proc", "--fork", "--kill-child=KILL", "true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            Containment::PidNamespace
+        } else {
+            Containment::ParentDeathSignal
+        }
+    }
+
+    /// The command that runs `nix-build` this way.
+    fn command(self) -> tokio::process::Command {
+        let mut cmd = match self {
+            Containment::PidNamespace => {
+                let mut c = tokio::process::Command::new("unshare");
+                c.args(["--pid", "--mount", "--mount-proc", "--fork", "--kill-child=KILL", "nix-build"]);
+                c
+            }
+            Containment::ParentDeathSignal => tokio::process::Command::new("nix-build"),
+        };
+        // SAFETY: the closure runs in the forked child before exec and
+        // only makes the prctl system call, which is async-signal-safe.
+        // The signal fires when the thread that forked exits: that is a
+        // runtime worker thread, which lives as long as the shim.
+        unsafe {
+            cmd.pre_exec(|| rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)).map_err(std::io::Error::from));
+        }
+        cmd
+    }
 }
 
 /// What the graph derivation writes (`nixery write-graph`).
@@ -59,7 +118,7 @@ impl Prepare {
         std::fs::create_dir_all(dir)?;
         let expression = dir.join("prepare-image.nix");
         std::fs::write(&expression, PREPARE_IMAGE_NIX)?;
-        Ok(Prepare { expression, helper, timeout })
+        Ok(Prepare { expression, helper, timeout, containment: Containment::probe() })
     }
 
     /// Runs prepare-image for `packages` on `system`.
@@ -70,7 +129,7 @@ impl Prepare {
         base_packages: &[String],
         system: &str,
     ) -> Result<Prepared, NixError> {
-        let mut cmd = tokio::process::Command::new("nix-build");
+        let mut cmd = self.containment.command();
         cmd.arg(&self.expression)
             .arg("--no-out-link")
             .args(["--argstr", "srcType", source.src_type])

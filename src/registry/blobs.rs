@@ -76,25 +76,33 @@ fn hv(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).expect("header value")
 }
 
-/// Serves a stored blob. `content_type` is what to send as Content-Type;
-/// `in_memory`, when given, are the blob's bytes (storage is then not read).
-#[allow(clippy::too_many_arguments)]
-pub async fn serve_stored(
-    state: &AppState,
-    method: &Method,
-    headers: &HeaderMap,
-    digest: &Digest,
-    info: &BlobInfo,
-    content_type: &str,
-    ranges: bool,
-    in_memory: Option<&bytes::Bytes>,
-) -> Response {
+/// What to serve: a stored blob, or a manifest.
+#[derive(Debug, Clone, Copy)]
+pub struct Served<'a> {
+    /// Its digest.
+    pub digest: &'a Digest,
+    /// Its size and media type.
+    pub info: &'a BlobInfo,
+    /// What to send as Content-Type.
+    pub content_type: &'a str,
+    /// Whether `Range` requests are answered (blobs) or not (manifests).
+    pub ranges: bool,
+    /// Its bytes, when they are in memory (storage is then not read).
+    pub in_memory: Option<&'a bytes::Bytes>,
+    /// Asked for by tag, whose image may change: caches must revalidate.
+    /// By digest it never changes: caches may keep it for a year.
+    pub by_tag: bool,
+}
+
+/// Serves a stored blob or a manifest.
+pub async fn serve_stored(state: &AppState, method: &Method, headers: &HeaderMap, s: Served<'_>) -> Response {
+    let Served { digest, info, content_type, ranges, in_memory, by_tag } = s;
     let tag = etag(digest);
     let not_modified = if_none_match(headers, &tag);
     let mut h = HeaderMap::with_capacity(8);
     h.insert("Docker-Content-Digest", hv(digest.as_str()));
     h.insert(header::ETAG, HeaderValue::try_from(tag).expect("a digest is a header value"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=31536000"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(if by_tag { "no-cache" } else { "max-age=31536000, immutable" }));
     let respond = |status: StatusCode, headers: HeaderMap, body: Body| {
         let mut resp = Response::new(body);
         *resp.status_mut() = status;
@@ -132,10 +140,7 @@ pub async fn serve_stored(
     }
     match state.shim.storage().read_blob(digest, start, len).await {
         Ok(stream) => respond(status, h, Body::from_stream(stream)),
-        Err(e) => {
-            tracing::error!(%digest, error = %e, "reading a blob failed");
-            unknown(e).into_response()
-        }
+        Err(e) => unknown(state, e).into_response(),
     }
 }
 
@@ -145,14 +150,18 @@ pub fn digest_param(reference: &str) -> Result<Digest, RegistryError> {
     Digest::parse(reference).map_err(|_| ErrorCode::DigestInvalid.with_detail(serde_json::json!({})))
 }
 
-/// A storage failure, as the client sees it: UNKNOWN with the cause.
-fn unknown(e: impl std::fmt::Display) -> RegistryError {
-    ErrorCode::Unknown.with_detail(e.to_string())
+/// A storage failure, as the client sees it: UNKNOWN, with the cause only
+/// when `NIXERY_DEBUG_ERRORS` is set (it names storage paths); it is
+/// logged either way.
+fn unknown(state: &AppState, e: impl std::fmt::Display) -> RegistryError {
+    tracing::error!(error = %e, "storage failed");
+    let detail = if state.debug_errors { e.to_string() } else { "storage failed; the server's log has the details".to_string() };
+    ErrorCode::Unknown.with_detail(detail)
 }
 
 /// What storage knows of a blob; a storage failure is UNKNOWN.
 pub async fn stat(state: &AppState, digest: &Digest) -> Result<Option<BlobInfo>, RegistryError> {
-    state.shim.storage().stat_blob(digest).await.map_err(unknown)
+    state.shim.storage().stat_blob(digest).await.map_err(|e| unknown(state, e))
 }
 
 /// `GET`/`HEAD /v2/<name>/blobs/<digest>`.
@@ -163,16 +172,17 @@ pub async fn get_blob(state: &AppState, method: &Method, headers: &HeaderMap, re
     // temporary redirect, as the reference registry's storage redirects
     // do); HEAD is answered here.
     if method == Method::GET {
-        let url = state.shim.storage().blob_url(&digest).await.map_err(unknown)?;
+        let url = state.shim.storage().blob_url(&digest).await.map_err(|e| unknown(state, e))?;
         if let Some(url) = url {
             let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
             let h = resp.headers_mut();
-            h.insert(header::LOCATION, HeaderValue::from_str(&url).map_err(unknown)?);
+            h.insert(header::LOCATION, HeaderValue::from_str(&url).map_err(|e| unknown(state, e))?);
             h.insert("Docker-Content-Digest", hv(digest.as_str()));
             return Ok(resp);
         }
     }
-    Ok(serve_stored(state, method, headers, &digest, &info, "application/octet-stream", true, None).await)
+    let served = Served { digest: &digest, info: &info, content_type: "application/octet-stream", ranges: true, in_memory: None, by_tag: false };
+    Ok(serve_stored(state, method, headers, served).await)
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ pub enum ErrorCode {
     NameUnknown,
     /// `TAG_INVALID` (400).
     TagInvalid,
+    /// `UNAUTHORIZED` (401).
+    Unauthorized,
     /// `UNSUPPORTED` (405).
     Unsupported,
     /// `UNKNOWN` (500).
@@ -41,6 +43,7 @@ impl ErrorCode {
             NameInvalid => ("NAME_INVALID", "invalid repository name", StatusCode::BAD_REQUEST),
             NameUnknown => ("NAME_UNKNOWN", "repository name not known to registry", StatusCode::NOT_FOUND),
             TagInvalid => ("TAG_INVALID", "manifest tag did not match URI", StatusCode::BAD_REQUEST),
+            Unauthorized => ("UNAUTHORIZED", "authentication required", StatusCode::UNAUTHORIZED),
             Unsupported => ("UNSUPPORTED", "The operation is unsupported.", StatusCode::METHOD_NOT_ALLOWED),
             Unknown => ("UNKNOWN", "unknown error", StatusCode::INTERNAL_SERVER_ERROR),
             Unavailable => ("UNAVAILABLE", "service unavailable", StatusCode::SERVICE_UNAVAILABLE),

@@ -5,7 +5,7 @@
 use axum::http::{header, HeaderMap, Method};
 use axum::response::Response;
 
-use super::blobs::{digest_param, serve_stored, stat};
+use super::blobs::{digest_param, serve_stored, stat, Served};
 use super::errors::{ErrorCode, RegistryError};
 use super::AppState;
 use crate::image::media_type;
@@ -35,10 +35,14 @@ fn is_manifest_type(t: &str) -> bool {
     t == media_type::OCI_MANIFEST || t == media_type::DOCKER_MANIFEST || t == media_type::OCI_INDEX
 }
 
-/// Maps a build error to the registry error a client sees.
-pub fn shim_error(e: &ShimError, name: &str, tag: &str) -> RegistryError {
+/// Maps a build error to the registry error a client sees. Nix's log and
+/// other details that name host paths are there only with `debug`
+/// (`NIXERY_DEBUG_ERRORS`); the server's log always has them.
+pub fn shim_error(e: &ShimError, name: &str, tag: &str, debug: bool) -> RegistryError {
+    let hidden = |what: &str, detail: String| if debug { detail } else { format!("{what}; the server's log has the details") };
     match e {
         ShimError::Name(_) => ErrorCode::NameInvalid.with_detail(serde_json::json!({ "Name": name })),
+        ShimError::TooManyPackages { .. } => ErrorCode::NameInvalid.with_detail(serde_json::json!({ "Name": name })).message(e.to_string()),
         ShimError::NotFound(pkgs) => ErrorCode::ManifestUnknown
             .with_detail(serde_json::json!({ "Name": name, "Tag": tag, "NotFound": pkgs }))
             .message(format!("manifest unknown: packages not found: {}", pkgs.join(", "))),
@@ -47,10 +51,14 @@ pub fn shim_error(e: &ShimError, name: &str, tag: &str) -> RegistryError {
                 .with_detail(serde_json::json!({ "Name": name, "Tag": tag }))
                 .message(format!("manifest unknown: the package set has no ref {r:?}")),
             Some(NixError::Timeout { timeout, log }) => ErrorCode::Unavailable
-                .with_detail(serde_json::json!({ "Log": log }))
+                .with_detail(serde_json::json!({ "Log": hidden("the build took too long", log.clone()) }))
                 .message(format!("the nix build of {name}:{tag} timed out after {} s", timeout.as_secs())),
-            Some(e) => ErrorCode::Unknown.with_detail(serde_json::json!({ "Error": e.to_string() })).message(format!("the nix build of {name}:{tag} failed")),
-            None => ErrorCode::Unknown.with_detail(serde_json::json!({ "Error": e.to_string() })).message(format!("building {name}:{tag} failed")),
+            Some(e) => ErrorCode::Unknown
+                .with_detail(serde_json::json!({ "Error": hidden("the nix build failed", e.to_string()) }))
+                .message(format!("the nix build of {name}:{tag} failed")),
+            None => ErrorCode::Unknown
+                .with_detail(serde_json::json!({ "Error": hidden("building the image failed", e.to_string()) }))
+                .message(format!("building {name}:{tag} failed")),
         },
     }
 }
@@ -61,24 +69,28 @@ pub async fn get_manifest(state: &AppState, method: &Method, headers: &HeaderMap
     if is_digest_reference(reference) {
         let digest = digest_param(reference)?;
         let info = stat(state, &digest).await?.filter(|i| is_manifest_type(&i.media_type)).ok_or_else(unknown_revision)?;
-        let media = info.media_type.clone();
-        return Ok(serve_stored(state, method, headers, &digest, &info, &media, false, None).await);
+        let served = Served { digest: &digest, info: &info, content_type: &info.media_type, ranges: false, in_memory: None, by_tag: false };
+        return Ok(serve_stored(state, method, headers, served).await);
     }
     if !valid_tag(reference) {
         return Err(ErrorCode::TagInvalid.with_detail(serde_json::json!({ "Tag": reference })));
     }
-    let image = state.shim.image(name, reference).await.map_err(|e| shim_error(&e, name, reference))?;
+    let image = state.shim.image(name, reference).await.map_err(|e| shim_error(&e, name, reference, state.debug_errors))?;
     let chosen = negotiate(headers, &image);
     let info = crate::storage::BlobInfo { size: chosen.size, media_type: chosen.media_type.clone() };
     match &chosen.bytes {
-        Some(bytes) => Ok(serve_stored(state, method, headers, &chosen.digest, &info, &chosen.media_type, false, Some(bytes)).await),
+        Some(bytes) => {
+            let served = Served { digest: &chosen.digest, info: &info, content_type: &chosen.media_type, ranges: false, in_memory: Some(bytes), by_tag: true };
+            Ok(serve_stored(state, method, headers, served).await)
+        }
         None => {
             // Not in memory (cannot happen for images this process built or
             // loaded): serve from storage.
             stat(state, &chosen.digest)
                 .await?
                 .ok_or_else(|| ErrorCode::ManifestUnknown.with_detail(serde_json::json!({ "Name": name, "Tag": reference })))?;
-            Ok(serve_stored(state, method, headers, &chosen.digest, &info, &chosen.media_type, false, None).await)
+            let served = Served { digest: &chosen.digest, info: &info, content_type: &chosen.media_type, ranges: false, in_memory: None, by_tag: true };
+            Ok(serve_stored(state, method, headers, served).await)
         }
     }
 }

@@ -26,9 +26,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 
+pub mod auth;
 pub mod blobs;
 pub mod errors;
 pub mod manifests;
+pub mod server;
 pub mod web;
 
 use errors::ErrorCode;
@@ -41,13 +43,31 @@ use crate::shim::Shim;
 pub struct AppState {
     /// The image service.
     pub shim: Arc<Shim>,
-    /// A line for the start page saying where packages come from.
+    /// A line for the start page saying where packages come from (no
+    /// host paths).
     pub source_description: String,
+    /// Error bodies carry Nix's log and storage details
+    /// (`NIXERY_DEBUG_ERRORS`); otherwise they say what failed and point
+    /// at the server's log.
+    pub debug_errors: bool,
+}
+
+/// The answer to what this pull-only registry does not do (pushes,
+/// deletes): `405 UNSUPPORTED` with `Allow`, and a message of our own,
+/// since Docker's client retries the spec's default message for a minute.
+pub fn unsupported() -> Response {
+    let mut resp = ErrorCode::Unsupported
+        .plain()
+        .message("this registry builds images from their names on demand and is pull-only: pushes and deletes are not accepted")
+        .into_response();
+    resp.headers_mut().insert(axum::http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    resp
 }
 
 /// Builds the router. With `web_dir`, paths outside `/v2` are files from
-/// it; otherwise `/` is the embedded start page.
-pub fn router(state: Arc<AppState>, web_dir: Option<PathBuf>) -> Router {
+/// it; otherwise `/` is the embedded start page. With `credentials`, every
+/// request needs them.
+pub fn router(state: Arc<AppState>, web_dir: Option<PathBuf>, credentials: Option<Arc<auth::Credentials>>) -> Router {
     let v2 = Router::new()
         .route("/v2", any(base))
         .route("/v2/", any(base))
@@ -60,7 +80,10 @@ pub fn router(state: Arc<AppState>, web_dir: Option<PathBuf>) -> Router {
         Some(dir) => Router::new().fallback_service(tower_http::services::ServeDir::new(dir)),
         None => Router::new().route("/", axum::routing::get(web::start_page)),
     };
-    let app = v2.merge(web).with_state(state);
+    let mut app = v2.merge(web).with_state(state);
+    if let Some(c) = credentials {
+        app = app.layer(axum::middleware::from_fn_with_state(c, auth::require));
+    }
     // Per-request logs cost a span and two events on every request: only
     // when asked for (RUST_LOG=tower_http=debug).
     if tracing::enabled!(target: "tower_http::trace::on_response", tracing::Level::DEBUG) {
@@ -72,7 +95,7 @@ pub fn router(state: Arc<AppState>, web_dir: Option<PathBuf>) -> Router {
 
 async fn base(method: Method) -> Response {
     if method != Method::GET && method != Method::HEAD {
-        return ErrorCode::Unsupported.plain().into_response();
+        return unsupported();
     }
     let mut resp = axum::Json(serde_json::json!({})).into_response();
     resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
@@ -82,7 +105,10 @@ async fn base(method: Method) -> Response {
 /// `GET /v2/<name>/tags/list`: the tags every image name has (the source's
 /// git refs, or just `latest`).
 async fn tags(state: &AppState, name: &str) -> Result<Response, errors::RegistryError> {
-    let tags = state.shim.tags().await.map_err(|e| ErrorCode::Unknown.with_detail(serde_json::json!({ "Error": e.to_string() })))?;
+    let tags = state.shim.tags().await.map_err(|e| {
+        tracing::error!(error = %e, "listing tags failed");
+        ErrorCode::Unknown.with_detail(serde_json::json!({ "Error": if state.debug_errors { e.to_string() } else { "listing the package source's refs failed; the server's log has the details".into() } }))
+    })?;
     let mut resp = axum::Json(serde_json::json!({ "name": name, "tags": tags })).into_response();
     resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     Ok(resp)
@@ -132,30 +158,42 @@ pub fn route(rest: &str) -> Route<'_> {
     }
 }
 
+/// Why a request is refused before any work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A method this pull-only registry does not serve, or a path it has
+    /// no route for: `405 UNSUPPORTED`.
+    Unsupported,
+    /// A repository name outside the spec's grammar: `400 NAME_INVALID`.
+    NameInvalid(String),
+}
+
+/// What a request is, from its method and path alone: the method first
+/// (a push is refused as one, whatever its name), then the route, then
+/// the name's grammar. Only what passes reaches the image service.
+pub fn classify<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, Refusal> {
+    if method != Method::GET && method != Method::HEAD {
+        return Err(Refusal::Unsupported);
+    }
+    let rest = path.strip_prefix("/v2/").unwrap_or("");
+    let r = route(rest);
+    match &r {
+        Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::Tags { name } if !valid_repository_name(name) => Err(Refusal::NameInvalid(name.to_string())),
+        Route::Unsupported => Err(Refusal::Unsupported),
+        _ => Ok(r),
+    }
+}
+
 async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
     // Pull requests have no body: keep the head, without copying it.
     let (axum::http::request::Parts { method, headers, uri, .. }, _) = req.into_parts();
-    let rest = uri.path().strip_prefix("/v2/").unwrap_or("");
-    let r = route(rest);
-    let name = match &r {
-        Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::Tags { name } => Some(*name),
-        Route::Unsupported => None,
-    };
-    if let Some(name) = name {
-        if !valid_repository_name(name) {
-            return ErrorCode::NameInvalid.with_detail(serde_json::json!({ "Name": name })).into_response();
-        }
-    }
-    if method != Method::GET && method != Method::HEAD {
-        let mut resp = ErrorCode::Unsupported.plain().into_response();
-        resp.headers_mut().insert(axum::http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return resp;
-    }
-    let result = match r {
-        Route::Manifest { name, reference } => manifests::get_manifest(&state, &method, &headers, name, reference).await,
-        Route::Blob { digest, .. } => blobs::get_blob(&state, &method, &headers, digest).await,
-        Route::Tags { name } => tags(&state, name).await,
-        Route::Unsupported => Err(ErrorCode::Unsupported.plain()),
+    let result = match classify(&method, uri.path()) {
+        Err(Refusal::Unsupported) => return unsupported(),
+        Err(Refusal::NameInvalid(name)) => return ErrorCode::NameInvalid.with_detail(serde_json::json!({ "Name": name })).into_response(),
+        Ok(Route::Manifest { name, reference }) => manifests::get_manifest(&state, &method, &headers, name, reference).await,
+        Ok(Route::Blob { digest, .. }) => blobs::get_blob(&state, &method, &headers, digest).await,
+        Ok(Route::Tags { name }) => tags(&state, name).await,
+        Ok(Route::Unsupported) => return unsupported(),
     };
     result.unwrap_or_else(IntoResponse::into_response)
 }

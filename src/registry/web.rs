@@ -1,5 +1,5 @@
 //! The embedded start page: how to use this instance, and the most recent
-//! build errors.
+//! build errors (what failed; details only with `NIXERY_DEBUG_ERRORS`).
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -27,7 +27,10 @@ pub async fn start_page(State(state): State<Arc<AppState>>, headers: HeaderMap) 
             .iter()
             .map(|e| {
                 let secs = e.at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-                format!("<li><b>{}</b> (at {secs} s since the epoch)<pre>{}</pre></li>", escape(&e.image), escape(&e.message))
+                // Full messages carry Nix logs and host paths: only when
+                // the operator asked for them.
+                let text = if state.debug_errors { &e.message } else { &e.summary };
+                format!("<li><b>{}</b> (at {secs} s since the epoch)<pre>{}</pre></li>", escape(&e.image), escape(text))
             })
             .collect();
         format!("<ul>{rows}</ul>")

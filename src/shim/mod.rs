@@ -48,6 +48,10 @@ pub mod layers;
 const MEMORY_IMAGES: u64 = 10_000;
 /// How many resolved source revisions are kept.
 const MEMORY_REVISIONS: u64 = 10_000;
+/// The version of what the shim puts in an image's config beyond its
+/// layers ([`default_config`]): part of the manifest key, so a change
+/// builds images anew.
+const IMAGE_CONFIG_VERSION: &str = "config-2";
 /// How many recent build errors the start page shows.
 const RECENT_ERRORS: usize = 20;
 
@@ -60,6 +64,14 @@ pub enum ShimError {
     /// The package set does not have these packages.
     #[error("packages not found: {}", .0.join(", "))]
     NotFound(Vec<String>),
+    /// The image asks for more packages than an image may have.
+    #[error("{asked} packages asked for, more than the {max} an image may have")]
+    TooManyPackages {
+        /// How many the name asks for.
+        asked: usize,
+        /// [`ShimConfig::max_packages`].
+        max: usize,
+    },
     /// Running Nix or git failed.
     #[error(transparent)]
     Nix(#[from] NixError),
@@ -82,6 +94,30 @@ pub enum ShimError {
 }
 
 impl ShimError {
+    /// What failed, in words that name no host path, store path or log
+    /// line: what error bodies and the start page say unless
+    /// `NIXERY_DEBUG_ERRORS` is set.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            ShimError::Name(_) => "the name is not a valid image name",
+            ShimError::NotFound(_) => "the package set does not have some of the packages",
+            ShimError::TooManyPackages { .. } => "the name asks for too many packages",
+            ShimError::Nix(NixError::Timeout { .. }) => "the nix build took too long",
+            ShimError::Nix(_) => "the nix build failed",
+            ShimError::Source(_) => "the package source could not be pinned",
+            ShimError::Storage(_) => "the storage failed",
+            ShimError::Assembly(_) => "assembling the image failed",
+            ShimError::Image(_) => "images cannot be made for this system",
+            ShimError::Task(_) => "the build task failed",
+        }
+    }
+
+    /// Whether building again within moments would fail the same way:
+    /// missing packages and failed builds, not storage or task failures.
+    fn is_lasting(&self) -> bool {
+        matches!(self, ShimError::NotFound(_) | ShimError::Nix(_) | ShimError::Assembly(_) | ShimError::Image(_))
+    }
+
     /// The Nix or git error behind this one, if that is what it is.
     pub fn nix(&self) -> Option<&NixError> {
         match self {
@@ -114,6 +150,14 @@ pub struct ShimConfig {
     /// How long a resolved source revision (a git ref's commit, a local
     /// set's hash) is reused before it is looked up again.
     pub revision_ttl: Duration,
+    /// The most Nix builds that run at once; the rest wait their turn.
+    pub max_builds: usize,
+    /// How long a failed image (per source revision and name) is answered
+    /// from memory before it is built again.
+    pub failure_ttl: Duration,
+    /// The most packages one image may ask for (after meta-packages are
+    /// expanded, base packages not counted).
+    pub max_packages: usize,
 }
 
 /// A stored manifest.
@@ -146,7 +190,9 @@ pub struct ErrorRecord {
     pub at: SystemTime,
     /// `name:tag`.
     pub image: String,
-    /// What went wrong.
+    /// What went wrong, in a line without host paths.
+    pub summary: String,
+    /// What went wrong, in full (Nix's log, store paths).
     pub message: String,
 }
 
@@ -180,6 +226,11 @@ pub struct Shim {
     revisions: moka::future::Cache<String, Arc<Revision>>,
     /// Layer key → packed layer.
     layers: layers::LayerCache,
+    /// Manifest key → the error its last build ended with, for
+    /// [`ShimConfig::failure_ttl`].
+    failures: moka::sync::Cache<String, Arc<ShimError>>,
+    /// Permits for Nix builds ([`ShimConfig::max_builds`]).
+    builds: tokio::sync::Semaphore,
     errors: Mutex<VecDeque<ErrorRecord>>,
     popularity_digest: String,
 }
@@ -205,12 +256,14 @@ impl Shim {
         let pop = serde_json::to_string(&config.popularity.0).expect("popularity serialises");
         Arc::new(Shim {
             popularity_digest: hex_sha256(&[&pop]),
+            layers: layers::layer_cache(),
+            failures: moka::sync::Cache::builder().max_capacity(MEMORY_IMAGES).time_to_live(config.failure_ttl.max(Duration::from_millis(1))).build(),
+            builds: tokio::sync::Semaphore::new(config.max_builds.max(1)),
             config,
             storage,
             warm: moka::sync::Cache::new(MEMORY_IMAGES),
             images: moka::future::Cache::new(MEMORY_IMAGES),
             revisions: moka::future::Cache::new(MEMORY_REVISIONS),
-            layers: layers::layer_cache(),
             errors: Mutex::new(VecDeque::new()),
         })
     }
@@ -235,12 +288,13 @@ impl Shim {
         self.errors.lock().unwrap_or_else(|e| e.into_inner()).iter().rev().cloned().collect()
     }
 
-    fn record_error(&self, image: &str, message: String) {
+    fn record_error(&self, image: &str, error: &ShimError) {
+        let record = ErrorRecord { at: SystemTime::now(), image: image.to_string(), summary: error.summary().to_string(), message: error.to_string() };
         let mut e = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         if e.len() == RECENT_ERRORS {
             e.pop_front();
         }
-        e.push_back(ErrorRecord { at: SystemTime::now(), image: image.to_string(), message });
+        e.push_back(record);
     }
 
     /// The built image for `name:tag`, building it if needed.
@@ -251,7 +305,7 @@ impl Shim {
                 return Arc::new(ShimError::from(name_error));
             }
             let e = Arc::new(ShimError::Source(e));
-            self.record_error(&format!("{name}:{tag}"), e.to_string());
+            self.record_error(&format!("{name}:{tag}"), &e);
             e
         })?;
         let warm_key = format!("{name}:{tag}");
@@ -269,9 +323,17 @@ impl Shim {
     /// (memory, then storage) or built; one load per image at a time.
     async fn image_for(self: &Arc<Self>, name: &str, tag: &str, source: Arc<ResolvedSource>) -> Result<Arc<BuiltImage>, Arc<ShimError>> {
         let request = parse_image_name(name, &self.config.meta).map_err(|e| Arc::new(e.into()))?;
+        if request.packages.len() > self.config.max_packages {
+            return Err(Arc::new(ShimError::TooManyPackages { asked: request.packages.len(), max: self.config.max_packages }));
+        }
         let key = self.manifest_key(&source.revision, &request);
         if let Some(hit) = self.images.get(&key).await {
             return Ok(hit);
+        }
+        if self.config.failure_ttl > Duration::ZERO {
+            if let Some(failed) = self.failures.get(&key) {
+                return Err(failed);
+            }
         }
         // The load runs in a task of its own, so that a client that
         // disconnects does not cancel the build the others wait for.
@@ -279,9 +341,17 @@ impl Shim {
         let label = format!("{name}:{tag}");
         let task = tokio::spawn(async move {
             let loader = this.clone();
-            this.images
-                .try_get_with(key.clone(), async move { loader.load_or_build(&key, &request, &source, &label).await.map(Arc::new) })
-                .await
+            let loading_key = key.clone();
+            let result = this
+                .images
+                .try_get_with(key.clone(), async move { loader.load_or_build(&loading_key, &request, &source, &label).await.map(Arc::new) })
+                .await;
+            if let Err(e) = &result {
+                if e.is_lasting() {
+                    this.failures.insert(key, e.clone());
+                }
+            }
+            result
         });
         match task.await {
             Ok(result) => result,
@@ -327,6 +397,7 @@ impl Shim {
         let bases = serde_json::to_string(&self.config.base_packages).expect("json");
         hex_sha256(&[
             &crate::FORMAT_VERSION.to_string(),
+            IMAGE_CONFIG_VERSION,
             revision,
             &packages,
             &bases,
@@ -349,9 +420,12 @@ impl Shim {
                 }
             }
         }
+        let queued = Instant::now();
+        let permit = self.builds.acquire().await.expect("the build semaphore is never closed");
         let started = Instant::now();
-        tracing::info!(image = label, packages = ?request.packages, system = %request.system, revision = %source.revision, "running nix-build");
+        tracing::info!(image = label, packages = ?request.packages, system = %request.system, revision = %source.revision, queued_ms = queued.elapsed().as_millis() as u64, "running nix-build");
         let prepared = self.config.prepare.run(source, &request.packages, &self.config.base_packages, &request.system).await;
+        drop(permit);
         let graph = match prepared {
             Ok(Prepared::Graph(g)) => g,
             Ok(Prepared::NotFound(names)) => {
@@ -360,8 +434,9 @@ impl Shim {
             }
             Err(e) => {
                 tracing::error!(image = label, error = %e, "nix-build failed");
-                self.record_error(label, e.to_string());
-                return Err(e.into());
+                let e = ShimError::from(e);
+                self.record_error(label, &e);
+                return Err(e);
             }
         };
         let nix_time = started.elapsed();
@@ -372,7 +447,7 @@ impl Shim {
             pack: self.config.pack,
             platform: Platform::from_nix_system(&request.system)?,
             created: crate::image::DEFAULT_CREATED.to_string(),
-            config: RuntimeConfig::default(),
+            config: default_config(&graph),
             store_root: "/".into(),
             base: None,
             layer_groups: Vec::new(),
@@ -394,7 +469,7 @@ impl Shim {
         .await?
         .inspect_err(|e| {
             tracing::error!(image = label, error = %e, "building the image failed");
-            self.record_error(label, e.to_string());
+            self.record_error(label, e);
         })?;
         let (img, stats) = built;
         self.storage.put_meta(&meta_key, &serde_json::to_vec(&img).expect("json")).await?;
@@ -426,6 +501,26 @@ impl Shim {
         Ok(true)
     }
 }
+
+/// What the shim puts in the config of an image built by name, as the
+/// original Nixery does: a shell as the default command when the image
+/// has one (so `docker run IMAGE` opens it), and `SSL_CERT_FILE` when a
+/// package provides the CA bundle where cacert puts it (so TLS clients
+/// find it). Both are found in the contents, as the root layer links them.
+pub fn default_config(graph: &crate::graph::ClosureGraph) -> RuntimeConfig {
+    let provides = |file: &str| graph.roots.iter().any(|root| std::path::Path::new(root).join(file).exists());
+    let mut config = RuntimeConfig::default();
+    if let Some(shell) = ["bin/bash", "bin/sh"].into_iter().find(|f| provides(f)) {
+        config.cmd = Some(vec![format!("/{shell}")]);
+    }
+    if provides(CA_BUNDLE) {
+        config.env.push(format!("SSL_CERT_FILE=/{CA_BUNDLE}"));
+    }
+    config
+}
+
+/// Where nixpkgs' cacert puts the CA bundle, relative to its output.
+const CA_BUNDLE: &str = "etc/ssl/certs/ca-bundle.crt";
 
 fn store_manifests(storage: &dyn Storage, image: &Image) -> Result<BuiltImage, ShimError> {
     let oci = image.docs(ManifestFlavour::Oci);

@@ -6,9 +6,15 @@
 //! ├── blobs/sha256/<hex>        layers, configs, manifests; media type in
 //! │                             the xattr user.nixery.media-type, or in
 //! │                             <hex>.media-type where xattrs are missing
-//! ├── staging/<n>               blobs being written (renamed on commit)
+//! ├── staging/                  blobs and meta entries being written,
+//! │   staging.<host>.<pid>.<n>  named by their writer (renamed on commit)
 //! └── meta/<key>                cache entries (layers/…, manifests/…)
 //! ```
+//!
+//! Several shims may share one storage directory: a staging file belongs
+//! to the process that writes it, and a shim that opens the storage
+//! removes only what a process that is gone left behind
+//! ([`crate::scratch`]).
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -24,6 +30,8 @@ use crate::digest::{Digest, HashingWriter};
 
 const MEDIA_TYPE_XATTR: &str = "user.nixery.media-type";
 const SIDECAR_SUFFIX: &str = ".media-type";
+/// The name prefix of staging files ([`crate::scratch::owned`]).
+const STAGING_PREFIX: &str = "staging";
 
 /// Blobs and caches in a directory.
 #[derive(Debug, Clone)]
@@ -46,7 +54,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
 
 impl FilesystemStorage {
     /// Opens (creating if needed) storage at `root`. Leftovers of
-    /// interrupted writes in `staging/` are removed.
+    /// interrupted writes in `staging/` are removed when the process that
+    /// wrote them is gone; the staging files of live shims sharing the
+    /// storage are left alone.
     pub fn open(root: impl Into<PathBuf>) -> Result<FilesystemStorage, StorageError> {
         Self::open_with(root.into(), true)
     }
@@ -56,13 +66,17 @@ impl FilesystemStorage {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
-        let staging = root.join("staging");
-        if let Ok(entries) = fs::read_dir(&staging) {
-            for e in entries.flatten() {
-                let _ = fs::remove_file(e.path());
-            }
+        let removed = crate::scratch::remove_leftovers(&root.join("staging"), STAGING_PREFIX);
+        if removed > 0 {
+            tracing::info!(removed, "removed staging files of interrupted writes");
         }
         Ok(FilesystemStorage { inner: Arc::new(Inner { root, use_xattrs, counter: AtomicU64::new(0) }) })
+    }
+
+    /// A staging file name of this process, unique within it.
+    fn staging_path(&self) -> PathBuf {
+        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        self.inner.root.join("staging").join(crate::scratch::owned(STAGING_PREFIX, Some(&n.to_string())))
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -91,12 +105,23 @@ struct FsBlobWriter {
     file: Option<HashingWriter<BufWriter<File>>>,
 }
 
+impl FsBlobWriter {
+    /// The error says which storage file failed: a caller that copies a
+    /// store file into this writer reports its own path beside it, so a
+    /// full disk is not mistaken for an unreadable store path.
+    fn named(&self, e: io::Error) -> io::Error {
+        io::Error::new(e.kind(), format!("writing {}: {e}", self.tmp.display()))
+    }
+}
+
 impl Write for FsBlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.as_mut().expect("writer is open").write(buf)
+        let r = self.file.as_mut().expect("writer is open").write(buf);
+        r.map_err(|e| self.named(e))
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.file.as_mut().expect("writer is open").flush()
+        let r = self.file.as_mut().expect("writer is open").flush();
+        r.map_err(|e| self.named(e))
     }
 }
 
@@ -158,8 +183,7 @@ impl Storage for FilesystemStorage {
     }
 
     fn blob_writer(&self) -> Result<Box<dyn BlobWriter>, StorageError> {
-        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.inner.root.join("staging").join(format!("{}-{n}", std::process::id()));
+        let tmp = self.staging_path();
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
         Ok(Box::new(FsBlobWriter { storage: self.clone(), tmp, file: Some(HashingWriter::new(BufWriter::with_capacity(1 << 20, file))) }))
     }
@@ -206,10 +230,16 @@ impl Storage for FilesystemStorage {
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent).await.map_err(io_err(parent))?;
         }
-        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.inner.root.join("staging").join(format!("meta-{}-{n}", std::process::id()));
-        tokio::fs::write(&tmp, value).await.map_err(io_err(&tmp))?;
-        tokio::fs::rename(&tmp, &path).await.map_err(io_err(&path))
+        let tmp = self.staging_path();
+        let written = match tokio::fs::write(&tmp, value).await {
+            Ok(()) => tokio::fs::rename(&tmp, &path).await.map_err(io_err(&path)),
+            Err(e) => Err(io_err(&tmp)(e)),
+        };
+        if written.is_err() {
+            // A full disk must not leave half an entry behind.
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        written
     }
 }
 
@@ -248,8 +278,25 @@ mod tests {
             w.write_all(b"half").unwrap();
         }
         assert!(empty_dir(&dir.path().join("staging")));
-        fs::write(dir.path().join("staging/leftover"), b"x").unwrap();
+        // What a killed process of this host left is removed; what a live
+        // one (this process, standing in for a second shim) writes is not.
+        let gone = crate::scratch::owned(STAGING_PREFIX, None).replace(&format!(".{}", std::process::id()), ".4194305");
+        fs::write(dir.path().join("staging").join(format!("{gone}.3")), b"x").unwrap();
+        let live = s.staging_path();
+        fs::write(&live, b"in flight").unwrap();
         FilesystemStorage::open(dir.path()).unwrap();
+        let left: Vec<_> = fs::read_dir(dir.path().join("staging")).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(left, vec![live]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_meta_write_leaves_no_staging_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FilesystemStorage::open(dir.path()).unwrap();
+        // The target is a directory: the rename fails after the write.
+        fs::create_dir_all(dir.path().join("meta/manifests/x.json/inner")).unwrap();
+        let err = s.put_meta("manifests/x.json", b"{}").await.unwrap_err();
+        assert!(err.to_string().contains("manifests/x.json"), "{err}");
         assert!(empty_dir(&dir.path().join("staging")));
     }
 }

@@ -32,6 +32,11 @@ use object_store::path::Path as ObjectPath;
 use object_store::{Attribute, Attributes, GetOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload, WriteMultipart};
 
 use super::{check_key, BlobInfo, BlobWriter, ByteStream, Storage, StorageError};
+
+/// The name prefix of spool folders in the temporary directory
+/// ([`crate::scratch::owned`]): a shim removes the ones of processes that
+/// are gone when it starts, and its own when it stops.
+const SPOOL_PREFIX: &str = "nixery-spool";
 use crate::digest::{Digest, HashingWriter};
 
 /// How long a signed blob URL is valid: a client starts its download
@@ -62,6 +67,12 @@ struct Inner {
     counter: AtomicU64,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.spool);
+    }
+}
+
 /// Transient failures are retried for seconds, not the crate's default of
 /// minutes: a registry client is waiting.
 fn retry() -> object_store::RetryConfig {
@@ -81,7 +92,9 @@ impl ObjectStorage {
         signer: Option<Arc<dyn object_store::signer::Signer>>,
         runtime: tokio::runtime::Handle,
     ) -> ObjectStorage {
-        let spool = std::env::temp_dir().join(format!("nixery-spool-{}", std::process::id()));
+        let temp = std::env::temp_dir();
+        crate::scratch::remove_leftovers(&temp, SPOOL_PREFIX);
+        let spool = temp.join(crate::scratch::owned(SPOOL_PREFIX, None));
         ObjectStorage { inner: Arc::new(Inner { name, store, signer, runtime, spool, counter: AtomicU64::new(0) }) }
     }
 

@@ -245,6 +245,33 @@ impl Shim {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap()
     }
+
+    /// The shim's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the shim with SIGKILL (it cleans nothing up) and reaps it.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The processes now running (not zombies) whose command line contains
+/// `needle`, as (pid, command line).
+pub fn processes_with(needle: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let zombie = std::fs::read_to_string(e.path().join("stat")).ok().and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().starts_with('Z'))).unwrap_or(true);
+        if !zombie && cmdline.contains(needle) {
+            found.push((pid, cmdline));
+        }
+    }
+    found
 }
 
 impl Drop for Shim {

@@ -1,0 +1,397 @@
+//! The shim exposed to a network: a bounded build pool, remembered
+//! failures, timeouts and a connection limit, builds that die with the
+//! shim, several shims on one store, TLS and credentials with real
+//! clients, Docker's push, and error bodies that name no host path.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// The `nix-build`s of the shim with process id `pid` (its prepare-image
+/// file is in a folder named after it), not counting the processes Nix
+/// forks, which keep its command line until they exec.
+fn nix_builds_of(pid: u32) -> usize {
+    let builds: Vec<u32> = processes_with(&format!(".{pid}/prepare-image.nix")).into_iter().filter(|(_, cmd)| cmd.starts_with("nix-build ")).map(|(p, _)| p).collect();
+    builds.iter().filter(|p| parent(**p).is_none_or(|pp| !builds.contains(&pp))).count()
+}
+
+/// The parent of process `pid`.
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn builds_are_bounded_queued_and_failures_remembered() {
+    let dir = tempfile::tempdir().unwrap();
+    let shim = Shim::start(&dir.path().join("store"), &[("NIXERY_MAX_BUILDS", "2"), ("NIXERY_MAX_PACKAGES", "3")]);
+    let cheap = ["hello", "jq", "busybox", "coreutils", "nano", "moreutils", "iana-etc", "libjq", "oniguruma", "bashinteractive", "cacert", "glibc"];
+    let mut names = Vec::new();
+    for (i, a) in cheap.iter().enumerate() {
+        for b in &cheap[i + 1..] {
+            names.push(format!("{a}/{b}"));
+        }
+    }
+    names.truncate(40);
+
+    // 40 distinct cold names at once; a watcher counts the shim's running
+    // nix-builds from /proc the whole time.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let done = done.clone();
+        let pid = shim.pid();
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                most = most.max(nix_builds_of(pid));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            most
+        })
+    };
+    let pulls: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let url = shim.url(&format!("/v2/{name}/manifests/latest"));
+            std::thread::spawn(move || http().get(url).send().unwrap().status().as_u16())
+        })
+        .collect();
+    let statuses: Vec<u16> = pulls.into_iter().map(|p| p.join().unwrap()).collect();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let most = watcher.join().unwrap();
+    assert!(statuses.iter().all(|s| *s == 200), "every queued image is built: {statuses:?}");
+    assert_eq!(shim.nix_builds(), 40, "one build per image");
+    assert!((1..=2).contains(&most), "at most NIXERY_MAX_BUILDS nix-builds ran at once, seen {most}");
+
+    // Ten pulls of an unknown name run one build: the failure is
+    // remembered (NIXERY_FAILURE_TTL, 30 s by default).
+    let before = shim.nix_builds();
+    let c = http();
+    for _ in 0..10 {
+        let resp = c.get(shim.url("/v2/nosuchpackage/manifests/latest")).send().unwrap();
+        assert_eq!(resp.status(), 404);
+    }
+    // Docker asks with HEAD, then GET: a failing build runs once.
+    assert_eq!(c.head(shim.url("/v2/broken/manifests/latest")).send().unwrap().status(), 500);
+    assert_eq!(c.get(shim.url("/v2/broken/manifests/latest")).send().unwrap().status(), 500);
+    assert_eq!(shim.nix_builds() - before, 2, "one build for the unknown name, one for the broken one");
+
+    // A cap on packages per image, before any build.
+    let resp = c.get(shim.url("/v2/hello/jq/busybox/nano/manifests/latest")).send().unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().unwrap();
+    assert_eq!(body["errors"][0]["code"], "NAME_INVALID");
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("more than the 3"), "{body}");
+    assert_eq!(shim.nix_builds() - before, 2);
+}
+
+/// Reads from `stream` until the server closes it; panics if it does not
+/// within `limit` (a bound for the test, far above the timeout).
+fn closed_by_server(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut got = Vec::new();
+    match stream.read_to_end(&mut got) {
+        Ok(_) => got,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => got,
+        Err(e) => panic!("the server kept the connection open ({e}); read so far: {:?}", String::from_utf8_lossy(&got)),
+    }
+}
+
+#[test]
+fn slow_clients_are_cut_off_and_connections_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let shim = Shim::start(&dir.path().join("store"), &[("NIXERY_HEADER_TIMEOUT", "2"), ("NIXERY_MAX_CONNECTIONS", "4")]);
+    let addr = ("127.0.0.1", shim.port);
+
+    // Partial headers, then nothing: closed after the timeout.
+    let mut partial = TcpStream::connect(addr).unwrap();
+    partial.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n").unwrap();
+    closed_by_server(&mut partial, Duration::from_secs(60));
+    // No byte at all: closed too.
+    let mut silent = TcpStream::connect(addr).unwrap();
+    closed_by_server(&mut silent, Duration::from_secs(60));
+    // A kept-alive connection after its request: closed when idle.
+    let mut kept = TcpStream::connect(addr).unwrap();
+    kept.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let answer = closed_by_server(&mut kept, Duration::from_secs(60));
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+
+    // Four connections hold every slot: the fifth client gets 503 with the
+    // spec's error, not a refused or hanging connection.
+    let held: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fifth = TcpStream::connect(addr).unwrap();
+    fifth.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let answer = String::from_utf8_lossy(&closed_by_server(&mut fifth, Duration::from_secs(60))).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"code\":\"UNAVAILABLE\"") && answer.contains("Retry-After: 1"), "{answer}");
+    drop(held);
+    // Once they are gone (closed by the clients), clients are served again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = http().get(shim.url("/v2/")).send().map(|r| r.status().as_u16()).unwrap_or(0);
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slots were not freed: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_shim_killed_mid_build_leaves_no_build_and_two_shims_share_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut first = Shim::start(&store, &[("NIX_TIMEOUT", "300")]);
+    let pid = first.pid();
+    let url = first.url("/v2/slow/manifests/latest");
+    let _pull = std::thread::spawn(move || http().get(url).send().map(|r| r.status().as_u16()));
+    // Wait for the slow package's builder, a descendant of this shim's
+    // nix-build (other tests build `slow` too: their builders are not
+    // children of this shim's nix-build).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let builder = loop {
+        let ours: Vec<u32> = processes_with(&format!(".{pid}/prepare-image.nix")).into_iter().map(|(p, _)| p).collect();
+        let builder = processes_with("slow-1.0: building for a long time").into_iter().map(|(p, _)| p).find(|p| descends_from(*p, &ours));
+        if let Some(b) = builder {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "the slow build did not start:\n{}", first.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    first.kill_hard();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !processes_with(&format!(".{pid}/prepare-image.nix")).is_empty() || alive(builder) {
+        assert!(Instant::now() < deadline, "the build outlived the shim: {:?}", processes_with(&format!(".{pid}/")));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let leftover = std::env::temp_dir().read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(&format!(".{pid}")));
+    assert!(leftover, "a killed shim cannot clean up its prepare folder");
+
+    // Two shims on the store start: the killed shim's folder is removed,
+    // and both complete a cold pull started at the same moment, with the
+    // same manifest and no staging file left behind.
+    let a = Shim::start(&store, &[]);
+    let b = Shim::start(&store, &[]);
+    let leftover = std::env::temp_dir().read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(&format!(".{pid}")));
+    assert!(!leftover, "the next shim removes a dead one's prepare folder");
+    let oci = |shim: &Shim| {
+        let out = dir.path().join(format!("oci-{}", shim.port));
+        let src = format!("docker://{}/shell/jq", shim.host());
+        let dest = format!("oci:{}:latest", out.display());
+        std::thread::spawn(move || {
+            run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(src).arg(dest));
+            out
+        })
+    };
+    let (pa, pb) = (oci(&a), oci(&b));
+    let (la, lb) = (pa.join().unwrap(), pb.join().unwrap());
+    assert_eq!(layout_manifest(&la).1, layout_manifest(&lb).1, "both shims serve the same image");
+    let staging: Vec<_> = std::fs::read_dir(store.join("staging")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(staging.is_empty(), "no staging file is left: {staging:?}");
+    // The config is the one the original Nixery gives a shell image.
+    let config = layout_config(&la);
+    assert_eq!(config["config"]["Cmd"], serde_json::json!(["/bin/bash"]));
+    assert!(config["config"]["Env"].as_array().unwrap().iter().any(|e| e == "SSL_CERT_FILE=/etc/ssl/certs/ca-bundle.crt"), "{config}");
+}
+
+/// Whether process `pid` runs (and is not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+}
+
+/// Whether `pid` is one of `ancestors` or below one of them.
+fn descends_from(mut pid: u32, ancestors: &[u32]) -> bool {
+    for _ in 0..64 {
+        if ancestors.contains(&pid) {
+            return true;
+        }
+        let Some(ppid) = parent(pid) else { return false };
+        if ppid <= 1 {
+            return false;
+        }
+        pid = ppid;
+    }
+    false
+}
+
+/// A CA and a certificate for 127.0.0.1 it signed, made with openssl:
+/// (the CA's certificate, the server's certificate, its key).
+fn certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = dir.join("ca.key");
+    let ca = dir.join("ca.crt");
+    let key = dir.join("server.key");
+    let csr = dir.join("server.csr");
+    let cert = dir.join("server.crt");
+    let ext = dir.join("san.ext");
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
+    run(Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=nixery test CA", "-keyout"]).arg(&ca_key).arg("-out").arg(&ca));
+    run(Command::new("openssl").args(["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout"]).arg(&key).arg("-out").arg(&csr));
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-in"])
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&ca)
+        .arg("-CAkey")
+        .arg(&ca_key)
+        .arg("-CAcreateserial")
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-out")
+        .arg(&cert));
+    (ca, cert, key)
+}
+
+#[test]
+fn clients_pull_with_credentials_over_tls_and_are_refused_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    // Clients find the CA in a folder of *.crt files; nothing is insecure.
+    let certs = dir.path().join("certs.d");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::copy(&ca, certs.join("ca.crt")).unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, format!("# users\nci:{}\n", bcrypt::hash("s3cret pass", 6).unwrap())).unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "# one a line\ntoken-for-scripts\n").unwrap();
+    let shim = Shim::start(
+        &dir.path().join("store"),
+        &[
+            ("NIXERY_TLS_CERT", cert.to_str().unwrap()),
+            ("NIXERY_TLS_KEY", key.to_str().unwrap()),
+            ("NIXERY_AUTH_HTPASSWD", htpasswd.to_str().unwrap()),
+            ("NIXERY_AUTH_TOKENS", tokens.to_str().unwrap()),
+        ],
+    );
+    let image = format!("docker://{}/hello", shim.host());
+    let inspect = |creds: Option<&str>| {
+        let mut c = skopeo();
+        c.args(["inspect", "--raw", "--cert-dir"]).arg(&certs);
+        if let Some(creds) = creds {
+            c.args(["--creds", creds]);
+        }
+        c.arg(&image).output().unwrap()
+    };
+    let refused = inspect(None);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("unauthorized") || err.contains("401"), "{err}");
+    assert!(!inspect(Some("ci:wrong")).status.success(), "a wrong password is refused");
+    let out = dir.path().join("oci");
+    run(skopeo().args(["copy", "--src-cert-dir"]).arg(&certs).args(["--src-creds", "ci:s3cret pass"]).arg(&image).arg(format!("oci:{}:latest", out.display())));
+    let (manifest, _) = layout_manifest(&out);
+    assert!(!manifest["layers"].as_array().unwrap().is_empty());
+
+    // podman logs in and pulls, trusting only the CA file.
+    let root = dir.path().join("podman");
+    let host = shim.host();
+    run(podman(&root).args(["login", "--cert-dir"]).arg(&certs).args(["-u", "ci", "-p", "s3cret pass", "--authfile"]).arg(dir.path().join("auth.json")).arg(&host));
+    run(podman(&root).args(["pull", "-q", "--cert-dir"]).arg(&certs).arg("--authfile").arg(dir.path().join("auth.json")).arg(format!("{host}/hello")));
+
+    // A static token, as a script sends it; the challenge names the scheme.
+    let curl = |auth: Option<&str>| {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-i", "--cacert"]).arg(&ca).arg(format!("https://{host}/v2/"));
+        if let Some(a) = auth {
+            c.args(["-H", &format!("Authorization: {a}")]);
+        }
+        run_stdout(&mut c)
+    };
+    let challenge = curl(None);
+    assert!(challenge.starts_with("HTTP/2 401") || challenge.starts_with("HTTP/1.1 401"), "{challenge}");
+    assert!(challenge.contains("www-authenticate: Basic realm=\"nixery\""), "{challenge}");
+    assert!(challenge.contains("\"code\":\"UNAUTHORIZED\""), "{challenge}");
+    let ok = curl(Some("Bearer token-for-scripts"));
+    assert!(ok.starts_with("HTTP/2 200") || ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let bad = curl(Some("Bearer not-a-token"));
+    assert!(bad.contains(" 401"), "{bad}");
+}
+
+/// A Docker engine of its own (data under `dir`), stopped on drop.
+struct Dockerd {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+}
+
+impl Dockerd {
+    fn start(dir: &Path) -> Dockerd {
+        std::fs::create_dir_all(dir).unwrap();
+        let socket = dir.join("docker.sock");
+        let child = Command::new("dockerd")
+            .args(["--iptables=false", "--bridge=none", "--storage-driver=vfs", "--data-root"])
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", socket.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("dockerd.log")).unwrap())
+            .spawn()
+            .expect("dockerd (scripts/setup installs docker.io)");
+        let d = Dockerd { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !d.docker().arg("info").output().is_ok_and(|o| o.status.success()) {
+            assert!(Instant::now() < deadline, "dockerd did not start: {}", std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        d
+    }
+
+    fn docker(&self) -> Command {
+        let mut c = Command::new("docker");
+        c.arg("-H").arg(format!("unix://{}", self.socket.display()));
+        c
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn docker_push_fails_at_once_and_errors_name_no_host_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let shim = Shim::start(&store, &[]);
+    let docker = Dockerd::start(&dir.path().join("docker"));
+    let image = format!("{}/hello", shim.host());
+    run(docker.docker().args(["pull", "-q"]).arg(&image));
+    let pushed = format!("{}/pushed", shim.host());
+    run(docker.docker().arg("tag").arg(&image).arg(&pushed));
+    let started = Instant::now();
+    let out = docker.docker().arg("push").arg(&pushed).output().unwrap();
+    let took = started.elapsed();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("pull-only"), "Docker shows the registry's own message: {text}");
+    assert!(!text.contains("Retrying"), "Docker does not retry it: {text}");
+    eprintln!("docker push failed after {} ms", took.as_millis());
+
+    // Error bodies and the start page say what failed, not where: no
+    // store path, no storage path, no package-set path, no Nix log.
+    let c = http();
+    let body = c.get(shim.url("/v2/broken/manifests/latest")).send().unwrap().text().unwrap();
+    let page = c.get(shim.url("/")).send().unwrap().text().unwrap();
+    for text in [&body, &page] {
+        for secret in ["/nix/store", store.to_str().unwrap(), repo().to_str().unwrap(), "always fails to build"] {
+            assert!(!text.contains(secret), "{secret:?} leaks: {text}");
+        }
+    }
+    assert!(body.contains("the server's log has the details"), "{body}");
+    assert!(page.contains("<b>broken:latest</b>") && page.contains("the nix build failed"), "{page}");
+    assert!(shim.log_text().contains("this package always fails to build"), "the log has the details");
+    drop(shim);
+    // With NIXERY_DEBUG_ERRORS, the body carries them.
+    let debug = Shim::start(&dir.path().join("debug-store"), &[("NIXERY_DEBUG_ERRORS", "true")]);
+    let body = c.get(debug.url("/v2/broken/manifests/latest")).send().unwrap().text().unwrap();
+    assert!(body.contains("this package always fails to build"), "{body}");
+}
