@@ -387,8 +387,70 @@ let
       # The image reference for `skopeo copy` (oci-dir format only).
       ociRef = "oci:${image}:${imageTag}";
       meta = (image.meta or { }) // (args.meta or { });
-    } // (args.passthru or { }));
+    } // copyPrograms { inherit name imageTag drvName image; } // (args.passthru or { }));
+
+  # Programs that push the image to a registry or load it into podman or
+  # docker, for `nix run .#image.copyToRegistry -- REGISTRY/REPO:TAG`,
+  # `nix run .#image.copyToPodman`, `nix run .#image.copyToDockerDaemon`.
+  copyPrograms = { name, imageTag, drvName, image }: {
+    copyToRegistry = copyToRegistry { inherit name imageTag drvName image; };
+    copyToPodman = loadProgram { inherit drvName image; target = "podman"; };
+    copyToDockerDaemon = loadProgram { inherit drvName image; target = "docker"; };
+  };
+
+  loadProgram = { drvName, image, target }:
+    let
+      drv = derivation {
+        name = "${drvName}-copy-to-${target}";
+        system = buildSystem;
+        builder = helperExe;
+        args = [ "write-script" "--action" "load" "--out" (builtins.placeholder "out") "--name" "copy-to-${target}"
+          "--helper" helperExe "--image" "${image}" "--default-dest" target ];
+      };
+    in
+    drv // { meta.mainProgram = "copy-to-${target}"; };
+
+  # A program that pushes `image` with `nixery push`
+  # (`nix run .#image.copyToRegistry -- REGISTRY/REPO:TAG`); with no
+  # destination, the image's name when it names a registry
+  # (`ghcr.io/acme/app`). The helper is its interpreter: no shell needed.
+  copyToRegistry = { name, imageTag, drvName, image }:
+    let
+      first = head (split "/" name);
+      namesRegistry = builtins.length (split "/" name) > 1
+        && (builtins.match ".*[.:].*" first != null || first == "localhost");
+      drv = derivation {
+        name = "${drvName}-copy-to-registry";
+        system = buildSystem;
+        builder = helperExe;
+        args = [ "write-script" "--out" (builtins.placeholder "out") "--name" "copy-to-registry"
+          "--helper" helperExe "--image" "${image}" ]
+          ++ (if namesRegistry then [ "--default-dest" "${name}:${imageTag}" ] else [ ]);
+      };
+    in
+    drv // { meta.mainProgram = "copy-to-registry"; };
+
+  # The same image as buildNixeryImage with the same arguments (the same
+  # manifest digest), kept out of the store: the output holds the
+  # manifest, the config, the root layer and the recipes of the other
+  # layers (their store paths), not their bytes. `nixery push` (and the
+  # `copyToRegistry` passthru) packs those layers on the fly, only the
+  # ones the registry lacks. Building it packs each layer once into a
+  # hashing sink, writing nothing, to know the digests.
+  streamNixeryImage = args:
+    let
+      p = prepare (builtins.removeAttrs args [ "format" "incremental" ]);
+      inherit (p) drvName;
+      name = args.name;
+      image = p.helperDerivation drvName "build-image" (p.spec // { format = "stream"; prepacked = [ ]; });
+      imageTag = if p.spec.tag != null then p.spec.tag else head (split "-" (baseNameOf image.outPath));
+    in
+    p.withPassthru image ({
+      inherit imageTag;
+      imageName = name;
+      meta = (image.meta or { }) // (args.meta or { });
+    } // copyPrograms { inherit name imageTag drvName image; } // (args.passthru or { }));
 in
 {
-  inherit buildNixeryImage;
+  inherit buildNixeryImage streamNixeryImage;
 }

@@ -95,6 +95,11 @@ pub enum Format {
     /// A docker-archive tarball (`docker load`).
     #[serde(rename = "docker-archive")]
     DockerArchive,
+    /// An OCI layout without the bytes of its store-path layers, and the
+    /// recipes to pack them again (`streamNixeryImage`; `nixery push`
+    /// packs them on the fly).
+    #[serde(rename = "stream")]
+    Stream,
 }
 
 /// Popularity given either inline or as a file.
@@ -531,8 +536,19 @@ pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
         plan.jobs.len(),
         spec.layering
     );
+    if b.spec.format == Format::Stream {
+        let store = assembly::StreamStore::new(b.out.join("blobs/sha256"));
+        let (image, _) = assembly::assemble(plan, &store).map_err(assembly_error)?;
+        image::write_oci_layout(&image, name, &tag, &b.out)?;
+        let recipes = store.recipes();
+        let doc = crate::push::StreamDoc { version: 1, compression: spec.pack.compression, level: spec.pack.level, layers: recipes };
+        let path = b.out.join(crate::push::STREAM_FILE);
+        fs::write(&path, serde_json::to_vec_pretty(&doc).expect("json")).map_err(|source| BuildError::Write { path: path.clone(), source })?;
+        eprintln!("nixery: wrote stream image {name}:{tag} with {} layers ({} packed on push) to {}", image.layers.len(), doc.layers.len(), b.out.display());
+        return Ok(());
+    }
     let layout_dir = match b.spec.format {
-        Format::OciDir => b.out.clone(),
+        Format::OciDir | Format::Stream => b.out.clone(),
         Format::DockerArchive => std::env::temp_dir().join(format!("nixery-layout-{}", std::process::id())),
     };
     let mut store = DirStore::new(layout_dir.join("blobs/sha256"));

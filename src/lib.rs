@@ -41,6 +41,7 @@ pub mod image_name;
 pub mod layering;
 pub mod nix;
 pub mod packing;
+pub mod push;
 pub mod registry;
 pub mod scratch;
 pub mod shim;

@@ -119,6 +119,79 @@ enum Command {
         #[arg(long, group = "input")]
         graph: Option<PathBuf>,
     },
+    /// Push an image that buildNixeryImage or streamNixeryImage built to a
+    /// registry: only the blobs it does not have, in parallel, the
+    /// manifest last. Prints the manifest's digest.
+    Push {
+        /// The image: the build's result (an OCI layout directory), with
+        /// `:TAG` when it holds several.
+        source: String,
+        /// Where to: `REGISTRY/REPOSITORY[:TAG]` (tag: latest).
+        dest: String,
+        /// Credentials, `USER:PASSWORD`; by default from
+        /// `REGISTRY_AUTH_FILE`, the containers auth file, or
+        /// `~/.docker/config.json`.
+        #[arg(long)]
+        creds: Option<String>,
+        /// A repository of the same registry that has some of the blobs:
+        /// they are mounted from it instead of uploaded.
+        #[arg(long)]
+        mount_from: Option<String>,
+        /// Plain HTTP to a registry that is not on a loopback address
+        /// (loopback addresses always get plain HTTP, as with docker).
+        #[arg(long)]
+        plain_http: bool,
+        /// A PEM file of CA certificates to trust instead of the bundled roots.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Uploads at once.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+    },
+    /// Load an image that buildNixeryImage or streamNixeryImage built
+    /// into podman or docker (through `podman load` / `docker load`), a
+    /// docker-archive file, or an OCI layout directory; a stream image's
+    /// layers are packed on the fly.
+    Load {
+        /// The image: the build's result, with `:TAG` when it holds several.
+        source: String,
+        /// `podman`, `docker`, `docker-archive:FILE` or `oci:DIR[:TAG]`.
+        target: String,
+    },
+    /// Write a program that pushes or loads an image (the
+    /// `copyToRegistry`, `copyToPodman` and `copyToDockerDaemon` passthru
+    /// of buildNixeryImage and streamNixeryImage): `OUT/bin/NAME`, run by
+    /// this helper as its interpreter, so it needs no shell.
+    WriteScript {
+        /// `push`, or `load` (with --default-dest as the target).
+        #[arg(long, default_value = "push", value_parser = ["push", "load"])]
+        action: String,
+        /// The output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// The program's name under `bin/`.
+        #[arg(long)]
+        name: String,
+        /// This helper's path in the store (the interpreter).
+        #[arg(long)]
+        helper: PathBuf,
+        /// The image (a build result).
+        #[arg(long)]
+        image: String,
+        /// The destination used when the program is given none.
+        #[arg(long)]
+        default_dest: Option<String>,
+    },
+    /// Run a program `write-script` wrote (its interpreter line names this
+    /// subcommand): `nixery push IMAGE [DEST] [flags]`.
+    #[command(hide = true)]
+    RunScript {
+        /// The program.
+        script: PathBuf,
+        /// Its arguments: a destination and `nixery push` flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Convert an OCI image layout directory into a docker-archive tarball.
     DockerArchive {
         /// The OCI layout directory.
@@ -460,6 +533,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, None, None) => anyhow::bail!("popcount needs --package-set, --path-info or --graph"),
             };
             println!("{}", serde_json::to_string_pretty(&pop.0)?);
+        }
+        Command::Push { source, dest, creds, mount_from, plain_http, ca_file, jobs } => {
+            use nixery::push;
+            let dest: push::Destination = dest.parse()?;
+            let login = match creds {
+                Some(c) => Some(push::credentials::Login::parse(&c).context("--creds is USER:PASSWORD")?),
+                None => push::credentials::find(&dest.registry),
+            };
+            let source = push::Source::open(&source)?;
+            let opts = push::PushOptions { connection: push::Connection { plain_http, ca_file, login }, mount_from, jobs };
+            let report = push::push(&source, &dest, &opts)?;
+            eprintln!(
+                "nixery: pushed {}/{}:{}: {} blobs uploaded ({} bytes), {} mounted, {} already there",
+                dest.registry, dest.repository, dest.tag, report.uploaded, report.uploaded_bytes, report.mounted, report.present
+            );
+            println!("{}", report.digest.map(|d| d.to_string()).unwrap_or_default());
+        }
+        Command::Load { source, target } => {
+            let target: nixery::push::load::Target = target.parse()?;
+            let source = nixery::push::Source::open(&source)?;
+            nixery::push::load::load(&source, &target)?;
+        }
+        Command::WriteScript { action, out, name, helper, image, default_dest } => {
+            let bin = out.join("bin");
+            std::fs::create_dir_all(&bin).with_context(|| format!("cannot create {}", bin.display()))?;
+            let path = bin.join(&name);
+            let doc = serde_json::json!({ "action": action, "image": image, "defaultDest": default_dest });
+            std::fs::write(&path, format!("#!{} run-script\n{doc}\n", helper.display())).with_context(|| format!("cannot write {}", path.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o555)).with_context(|| path.display().to_string())?;
+        }
+        Command::RunScript { script, args } => {
+            let text = read(&script)?;
+            let doc: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap_or("")).with_context(|| format!("{} is not a program write-script wrote", script.display()))?;
+            let image = doc["image"].as_str().context("the program names no image")?;
+            let action = doc["action"].as_str().unwrap_or("push");
+            let mut argv = vec!["nixery".to_string(), action.to_string(), image.to_string()];
+            let has_dest = args.first().is_some_and(|a| !a.starts_with('-'));
+            if has_dest {
+                argv.extend(args);
+            } else {
+                let dest = doc["defaultDest"].as_str().context("give the destination: REGISTRY/REPOSITORY[:TAG] (the image's name names no registry)")?;
+                argv.push(dest.to_string());
+                argv.extend(args);
+            }
+            return run(Cli::try_parse_from(argv)?);
         }
         Command::DockerArchive { oci, repo_tag, out } => {
             let layout = image::read_oci_layout(&oci)?;

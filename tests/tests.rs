@@ -11,3 +11,4 @@ mod clients;
 mod differential;
 mod shim;
 mod shim_safety;
+mod push;

@@ -405,6 +405,53 @@ impl LayerStore for DirStore {
     }
 }
 
+/// A stream image's layers (`streamNixeryImage`): layers of store paths
+/// alone are packed to compute their digests and kept as recipes (packed
+/// again, to the same bytes, when the image is pushed); the rest (the
+/// root layer, a base image's layers: small, or not in the store) are
+/// kept in the directory like [`DirStore`] keeps them.
+#[derive(Debug)]
+pub struct StreamStore {
+    dir: DirStore,
+    recipes: std::sync::Mutex<Vec<crate::push::LayerRecipe>>,
+}
+
+impl StreamStore {
+    /// Keeps the blobs that are not recipes in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> StreamStore {
+        StreamStore { dir: DirStore::new(dir), recipes: Default::default() }
+    }
+
+    /// The recipes of the layers packed so far, sorted by digest.
+    pub fn recipes(&self) -> Vec<crate::push::LayerRecipe> {
+        let mut r = self.recipes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        r.sort_by(|a, b| a.digest.cmp(&b.digest));
+        r.dedup_by(|a, b| a.digest == b.digest);
+        r
+    }
+}
+
+impl LayerStore for StreamStore {
+    fn find(&self, _: &LayerJob) -> Result<Option<PackedLayer>, StoreError> {
+        Ok(None)
+    }
+
+    fn pack(&self, job: &LayerJob, opts: PackOptions) -> Result<PackedLayer, StoreError> {
+        let c = &job.content;
+        if !c.entries.is_empty() || c.store_paths.is_empty() || c.store_root != Path::new("/") {
+            return self.dir.pack(job, opts);
+        }
+        let packed = packing::pack_to_sink(c, opts)?;
+        let recipe = crate::push::LayerRecipe { digest: packed.digest.clone(), size: packed.size, store_paths: c.store_paths.clone(), perms: c.perms.clone() };
+        self.recipes.lock().unwrap_or_else(|e| e.into_inner()).push(recipe);
+        Ok(packed)
+    }
+
+    fn adopt(&self, layer: &BaseLayer) -> Result<(), StoreError> {
+        self.dir.adopt(layer)
+    }
+}
+
 /// Keeps no bytes: packs each layer to compute its digests only (for
 /// images whose layers are packed again when they are pushed or loaded).
 #[derive(Debug, Default, Clone, Copy)]

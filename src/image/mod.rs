@@ -18,7 +18,7 @@ pub mod base;
 pub mod docker_archive;
 pub mod layout;
 
-pub use docker_archive::write_docker_archive;
+pub use docker_archive::{write_docker_archive, write_docker_archive_to};
 pub use layout::{read_oci_layout, write_oci_layout, LayoutImage};
 
 /// OCI media types.

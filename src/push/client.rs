@@ -1,0 +1,324 @@
+//! A registry client for pushing, as the distribution spec describes it:
+//! the `/v2/` probe and its `WWW-Authenticate` challenge (basic, or a
+//! bearer token from the challenge's realm), blob existence by `HEAD`,
+//! cross-repository mounts, monolithic uploads (`POST` then `PUT
+//! ?digest=`), and the manifest.
+
+use std::io::Read;
+
+use super::credentials::Login;
+use super::PushError;
+use crate::digest::Digest;
+
+/// Where to push: `REGISTRY/REPOSITORY:TAG`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// `host[:port]`.
+    pub registry: String,
+    /// The repository, `a/b`.
+    pub repository: String,
+    /// The tag.
+    pub tag: String,
+}
+
+impl std::str::FromStr for Destination {
+    type Err = PushError;
+    fn from_str(s: &str) -> Result<Destination, PushError> {
+        let bad = || PushError::Destination(s.to_string());
+        let s = s.strip_prefix("docker://").unwrap_or(s);
+        let (registry, rest) = s.split_once('/').ok_or_else(bad)?;
+        if registry.is_empty() || !(registry.contains('.') || registry.contains(':') || registry == "localhost") {
+            return Err(bad());
+        }
+        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+        let (repository, tag) = match rest[last_slash..].find(':') {
+            Some(i) => (&rest[..last_slash + i], &rest[last_slash + i + 1..]),
+            None => (rest, "latest"),
+        };
+        if !crate::image_name::valid_repository_name(repository) || !crate::image_name::valid_tag(tag) {
+            return Err(bad());
+        }
+        Ok(Destination { registry: registry.to_string(), repository: repository.to_string(), tag: tag.to_string() })
+    }
+}
+
+/// How to reach the registry.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    /// Plain HTTP to any host (loopback hosts always get plain HTTP, as
+    /// docker does).
+    pub plain_http: bool,
+    /// A PEM file of CA certificates to trust instead of the bundled roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The login, if any.
+    pub login: Option<Login>,
+}
+
+/// Whether `registry` (`host[:port]`) is a loopback address.
+pub fn is_loopback(registry: &str) -> bool {
+    let host = match registry.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => registry.rsplit_once(':').map_or(registry, |(h, _)| h),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A client for one repository of one registry, authenticated.
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    repository: String,
+    authorization: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("base", &self.base).field("repository", &self.repository).finish()
+    }
+}
+
+/// A response's status and headers, read without its body.
+struct Reply {
+    status: u16,
+    location: Option<String>,
+    challenge: Option<String>,
+    digest: Option<String>,
+    body: String,
+}
+
+fn reply(resp: ureq::http::Response<ureq::Body>) -> Reply {
+    let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (status, location, challenge, digest) = (resp.status().as_u16(), header("location"), header("www-authenticate"), header("docker-content-digest"));
+    let mut body = String::new();
+    let _ = resp.into_body().into_reader().take(64 * 1024).read_to_string(&mut body);
+    Reply { status, location, challenge, digest, body }
+}
+
+/// The parameters of a `WWW-Authenticate` challenge: its scheme and
+/// `key="value"` pairs.
+pub fn parse_challenge(value: &str) -> (String, Vec<(String, String)>) {
+    let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
+    let mut params = Vec::new();
+    let mut rest = rest.trim();
+    while !rest.is_empty() {
+        let Some((key, after)) = rest.split_once('=') else { break };
+        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+            match quoted.find('"') {
+                Some(end) => (&quoted[..end], &quoted[end + 1..]),
+                None => (quoted, ""),
+            }
+        } else {
+            after.split_once(',').unwrap_or((after, ""))
+        };
+        params.push((key, value.to_string()));
+        rest = next.trim_start().trim_start_matches(',').trim_start();
+    }
+    (scheme.to_ascii_lowercase(), params)
+}
+
+impl Client {
+    /// Connects to `dest`'s registry and authenticates for pushing to its
+    /// repository (and pulling from `mount_from`, to mount blobs).
+    pub fn connect(dest: &Destination, connection: &Connection, mount_from: Option<&str>) -> Result<Client, PushError> {
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(ca) = &connection.ca_file {
+            let pem = std::fs::read(ca).map_err(|source| PushError::Io { path: ca.display().to_string(), source })?;
+            let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                return Err(PushError::Tls(format!("{}: no certificate in it", ca.display())));
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).tls_config(tls.build()).build().into();
+        let scheme = if connection.plain_http || is_loopback(&dest.registry) { "http" } else { "https" };
+        let mut client = Client { agent, base: format!("{scheme}://{}", dest.registry), repository: dest.repository.clone(), authorization: None };
+        let probe = client.call(client.agent.get(format!("{}/v2/", client.base)))?;
+        match probe.status {
+            200 => {}
+            401 => {
+                let challenge = probe.challenge.ok_or_else(|| PushError::Registry { what: "GET /v2/".into(), status: 401, body: "401 without a WWW-Authenticate challenge".into() })?;
+                client.authorization = Some(client.authenticate(&challenge, connection.login.as_ref(), mount_from)?);
+                let again = client.call(client.request("GET", &format!("{}/v2/", client.base)))?;
+                if again.status != 200 {
+                    return Err(PushError::Unauthorized { registry: dest.registry.clone(), detail: format!("the registry refused the credentials ({})", again.status) });
+                }
+            }
+            status => return Err(PushError::Registry { what: "GET /v2/".into(), status, body: probe.body }),
+        }
+        Ok(client)
+    }
+
+    /// The `Authorization` value a challenge asks for.
+    fn authenticate(&self, challenge: &str, login: Option<&Login>, mount_from: Option<&str>) -> Result<String, PushError> {
+        let registry = self.base.split("://").nth(1).unwrap_or(&self.base).to_string();
+        let no_login = || PushError::Unauthorized {
+            registry: registry.clone(),
+            detail: "the registry wants credentials: give --creds USER:PASSWORD, or log in (podman login, docker login) so REGISTRY_AUTH_FILE or ~/.docker/config.json has them".into(),
+        };
+        let (scheme, params) = parse_challenge(challenge);
+        match scheme.as_str() {
+            "basic" => Ok(login.ok_or_else(no_login)?.basic()),
+            "bearer" => {
+                let param = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+                let realm = param("realm").ok_or_else(|| PushError::Unauthorized { registry: registry.clone(), detail: format!("a bearer challenge without a realm: {challenge}") })?;
+                let mut scopes = vec![format!("repository:{}:pull,push", self.repository)];
+                if let Some(from) = mount_from {
+                    scopes.push(format!("repository:{from}:pull"));
+                }
+                let mut req = self.agent.get(&realm);
+                if let Some(service) = param("service") {
+                    req = req.query("service", service);
+                }
+                for s in &scopes {
+                    req = req.query("scope", s);
+                }
+                if let Some(l) = login {
+                    req = req.header("Authorization", l.basic());
+                }
+                let resp = self.call(req)?;
+                if resp.status != 200 {
+                    return Err(match login {
+                        None => no_login(),
+                        Some(_) => PushError::Unauthorized { registry, detail: format!("the token endpoint refused the credentials ({}): {}", resp.status, resp.body) },
+                    });
+                }
+                let doc: serde_json::Value = serde_json::from_str(&resp.body).map_err(|e| PushError::Unauthorized { registry: registry.clone(), detail: format!("the token endpoint's answer is not JSON: {e}") })?;
+                let token = doc.get("token").or_else(|| doc.get("access_token")).and_then(|t| t.as_str()).ok_or_else(|| PushError::Unauthorized { registry, detail: "the token endpoint gave no token".into() })?;
+                Ok(format!("Bearer {token}"))
+            }
+            other => Err(PushError::Unauthorized { registry, detail: format!("unsupported authentication scheme {other:?}") }),
+        }
+    }
+
+    fn request(&self, method: &str, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        let mut req = match method {
+            "HEAD" => self.agent.head(url),
+            _ => self.agent.get(url),
+        };
+        if let Some(a) = &self.authorization {
+            req = req.header("Authorization", a);
+        }
+        req
+    }
+
+    fn with_body(&self, method: &str, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        let mut req = match method {
+            "PUT" => self.agent.put(url),
+            _ => self.agent.post(url),
+        };
+        if let Some(a) = &self.authorization {
+            req = req.header("Authorization", a);
+        }
+        req
+    }
+
+    fn call(&self, req: ureq::RequestBuilder<ureq::typestate::WithoutBody>) -> Result<Reply, PushError> {
+        req.call().map(reply).map_err(|e| PushError::Http { base: self.base.clone(), detail: e.to_string() })
+    }
+
+    fn absolute(&self, location: &str) -> String {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            location.to_string()
+        } else {
+            format!("{}{}", self.base, location)
+        }
+    }
+
+    fn expect(&self, what: String, reply: Reply, ok: &[u16]) -> Result<Reply, PushError> {
+        if ok.contains(&reply.status) {
+            return Ok(reply);
+        }
+        if reply.status == 401 || reply.status == 403 {
+            let registry = self.base.split("://").nth(1).unwrap_or(&self.base).to_string();
+            return Err(PushError::Unauthorized { registry, detail: format!("{what}: {} {}", reply.status, reply.body.trim()) });
+        }
+        Err(PushError::Registry { what, status: reply.status, body: reply.body })
+    }
+
+    /// Whether the repository has the blob.
+    pub fn has_blob(&self, digest: &Digest) -> Result<bool, PushError> {
+        let url = format!("{}/v2/{}/blobs/{digest}", self.base, self.repository);
+        let r = self.call(self.request("HEAD", &url))?;
+        match r.status {
+            200 => Ok(true),
+            404 => Ok(false),
+            _ => self.expect(format!("HEAD {url}"), r, &[200, 404]).map(|_| false),
+        }
+    }
+
+    /// Asks the registry to mount the blob from repository `from`; false
+    /// when it would rather have it uploaded.
+    pub fn mount(&self, digest: &Digest, from: &str) -> Result<bool, PushError> {
+        let url = format!("{}/v2/{}/blobs/uploads/?mount={digest}&from={from}", self.base, self.repository);
+        let req = self.with_body("POST", &url).header("Content-Length", "0");
+        let r = req.send_empty().map(reply).map_err(|e| PushError::Http { base: self.base.clone(), detail: e.to_string() })?;
+        Ok(self.expect(format!("POST {url}"), r, &[201, 202])?.status == 201)
+    }
+
+    /// Uploads a blob of `size` bytes read from `body`, in one request.
+    pub fn upload(&self, digest: &Digest, size: u64, body: &mut dyn Read) -> Result<(), PushError> {
+        let start = format!("{}/v2/{}/blobs/uploads/", self.base, self.repository);
+        let r = self.with_body("POST", &start).header("Content-Length", "0").send_empty().map(reply).map_err(|e| PushError::Http { base: self.base.clone(), detail: e.to_string() })?;
+        let r = self.expect(format!("POST {start}"), r, &[202])?;
+        let location = r.location.ok_or_else(|| PushError::Registry { what: format!("POST {start}"), status: 202, body: "no Location for the upload".into() })?;
+        let mut url = self.absolute(&location);
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str(&format!("digest={digest}"));
+        let r = self
+            .with_body("PUT", &url)
+            .header("Content-Type", "application/octet-stream")
+            .header("Content-Length", size.to_string())
+            .send(ureq::SendBody::from_reader(body))
+            .map(reply)
+            .map_err(|e| PushError::Http { base: self.base.clone(), detail: e.to_string() })?;
+        self.expect(format!("PUT blob {digest}"), r, &[201]).map(|_| ())
+    }
+
+    /// Puts the manifest under `reference`; returns the digest the
+    /// registry reports (or the manifest's own).
+    pub fn put_manifest(&self, reference: &str, media_type: &str, bytes: &[u8]) -> Result<Digest, PushError> {
+        let url = format!("{}/v2/{}/manifests/{reference}", self.base, self.repository);
+        let r = self.with_body("PUT", &url).header("Content-Type", media_type).send(bytes).map(reply).map_err(|e| PushError::Http { base: self.base.clone(), detail: e.to_string() })?;
+        let r = self.expect(format!("PUT {url}"), r, &[201])?;
+        let own = Digest::of(bytes);
+        match r.digest.and_then(|d| d.parse::<Digest>().ok()) {
+            Some(d) if d != own => Err(PushError::Registry { what: format!("PUT {url}"), status: 201, body: format!("the registry reports the digest {d}, the manifest's is {own}") }),
+            _ => Ok(own),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations() {
+        let d: Destination = "127.0.0.1:5000/acme/app:v1".parse().unwrap();
+        assert_eq!((d.registry.as_str(), d.repository.as_str(), d.tag.as_str()), ("127.0.0.1:5000", "acme/app", "v1"));
+        let d: Destination = "ghcr.io/acme/app".parse().unwrap();
+        assert_eq!(d.tag, "latest");
+        assert_eq!("docker://localhost/x:y".parse::<Destination>().unwrap().registry, "localhost");
+        for bad in ["app:v1", "acme/app", "ghcr.io/Acme/app", "ghcr.io/app:-x", "ghcr.io/"] {
+            assert!(bad.parse::<Destination>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn loopback_and_challenges() {
+        assert!(is_loopback("127.0.0.1:5000") && is_loopback("localhost") && is_loopback("[::1]:5000"));
+        assert!(!is_loopback("ghcr.io") && !is_loopback("10.0.0.1:5000"));
+        let (scheme, params) = parse_challenge(r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#);
+        assert_eq!(scheme, "bearer");
+        assert_eq!(params[0], ("realm".into(), "https://auth.example/token".into()));
+        assert_eq!(params[2], ("scope".into(), "repository:a/b:pull,push".into()));
+        assert_eq!(parse_challenge("Basic realm=\"Registry Realm\"").0, "basic");
+    }
+}

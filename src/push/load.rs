@@ -1,0 +1,158 @@
+//! `nixery load`: an image into podman or docker (through their archive
+//! import, `podman load` / `docker load`), a docker-archive file, or an
+//! OCI layout directory. A stream image's layers are packed on the fly,
+//! streamed through a pipe, and checked against their digests.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::{PushError, Source};
+use crate::digest::{Digest, HashingWriter};
+use crate::image::Descriptor;
+
+/// Where to load an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `oci:DIR[:TAG]`: an OCI layout directory (created, or added to).
+    Oci {
+        /// The directory.
+        dir: PathBuf,
+        /// The tag in its index (default: the image's own).
+        tag: Option<String>,
+    },
+    /// `docker-archive:FILE`.
+    DockerArchive(PathBuf),
+    /// `podman`: `podman load`.
+    Podman,
+    /// `docker`: `docker load` (`DOCKER_HOST` as the docker CLI reads it).
+    Docker,
+}
+
+impl std::str::FromStr for Target {
+    type Err = PushError;
+    fn from_str(s: &str) -> Result<Target, PushError> {
+        if let Some(rest) = s.strip_prefix("oci:") {
+            let (dir, tag) = match rest.rsplit_once(':') {
+                Some((d, t)) if crate::image_name::valid_tag(t) => (d, Some(t.to_string())),
+                _ => (rest, None),
+            };
+            return Ok(Target::Oci { dir: PathBuf::from(dir), tag });
+        }
+        if let Some(file) = s.strip_prefix("docker-archive:") {
+            return Ok(Target::DockerArchive(PathBuf::from(file)));
+        }
+        match s {
+            "podman" => Ok(Target::Podman),
+            "docker" => Ok(Target::Docker),
+            _ => Err(PushError::Destination(format!("{s} (expected podman, docker, oci:DIR[:TAG] or docker-archive:FILE)"))),
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PushError + '_ {
+    move |source| PushError::Io { path: path.display().to_string(), source }
+}
+
+/// Loads `source` into `target`.
+pub fn load(source: &Source, target: &Target) -> Result<(), PushError> {
+    let name = source.image_name.clone().unwrap_or_else(|| "nixery-image:latest".to_string());
+    match target {
+        Target::Oci { dir, tag } => write_oci(source, dir, tag.as_deref().unwrap_or_else(|| name.rsplit_once(':').map_or("latest", |(_, t)| t))),
+        Target::DockerArchive(file) => {
+            let tmp = crate::scratch::owned(&format!("{}.nixery-tmp", file.display()), None);
+            let out = std::fs::File::create(&tmp).map_err(io(Path::new(&tmp)))?;
+            let written = write_archive(source, &name, BufWriter::with_capacity(1 << 20, out)).and_then(|mut w| w.flush().map_err(io(Path::new(&tmp))));
+            match written {
+                Ok(()) => std::fs::rename(&tmp, file).map_err(io(file)),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    Err(e)
+                }
+            }
+        }
+        Target::Podman | Target::Docker => {
+            let program = if *target == Target::Podman { "podman" } else { "docker" };
+            let mut child = Command::new(program).arg("load").stdin(Stdio::piped()).stdout(Stdio::inherit()).spawn().map_err(io(Path::new(program)))?;
+            let stdin = child.stdin.take().expect("piped");
+            let written = write_archive(source, &name, BufWriter::with_capacity(1 << 20, stdin)).and_then(|mut w| w.flush().map_err(io(Path::new(program))));
+            let status = child.wait().map_err(io(Path::new(program)))?;
+            written?;
+            if !status.success() {
+                return Err(PushError::Source { path: format!("{program} load"), detail: format!("exited with {status}") });
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A docker-archive of the image, layers packed on the fly where needed.
+fn write_archive<W: Write>(source: &Source, name: &str, out: W) -> Result<W, PushError> {
+    let config = read_small(source, &source.blobs[0])?;
+    std::thread::scope(|scope| {
+        let mut packers = Vec::new();
+        let mut open = |l: &Descriptor| -> std::io::Result<Box<dyn std::io::Read + '_>> {
+            let (reader, packer) = source.open_blob(scope, &l.digest).map_err(std::io::Error::other)?;
+            packers.extend(packer);
+            Ok(reader)
+        };
+        let written = crate::image::write_docker_archive_to(&source.blobs[1..], &config, &source.blobs[0].digest, name, out, &mut open);
+        let packed: Result<Vec<u64>, PushError> = packers.into_iter().map(|p| p.join().expect("packer thread")).collect();
+        // A packing failure explains a failed archive, unless it is the
+        // pipe the failed archive closed.
+        match (written, packed) {
+            (Ok(w), Ok(_)) => Ok(w),
+            (_, Err(pack)) if !pack.to_string().contains("Broken pipe") => Err(pack),
+            (Err(source), _) => Err(PushError::Io { path: "the archive".into(), source }),
+            (Ok(_), Err(pack)) => Err(pack),
+        }
+    })
+}
+
+fn read_small(source: &Source, d: &Descriptor) -> Result<Vec<u8>, PushError> {
+    let mut bytes = Vec::with_capacity(d.size as usize);
+    source.write_blob(&d.digest, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Adds the image to the OCI layout at `dir` under `tag`.
+fn write_oci(source: &Source, dir: &Path, tag: &str) -> Result<(), PushError> {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
+    let manifest_digest = Digest::of(&source.manifest);
+    for d in &source.blobs {
+        let dest = blobs.join(d.digest.hex());
+        if dest.exists() {
+            continue;
+        }
+        let tmp = blobs.join(crate::scratch::owned(".nixery-tmp", None));
+        let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        let mut w = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
+        let result = source.write_blob(&d.digest, &mut w).and_then(|_| {
+            let (buf, digest, _) = w.finish();
+            buf.into_inner().map_err(|e| PushError::Io { path: tmp.display().to_string(), source: e.into_error() })?;
+            if digest != d.digest {
+                return Err(PushError::Pack { digest: d.digest.clone(), detail: format!("the bytes are {digest}") });
+            }
+            std::fs::rename(&tmp, &dest).map_err(io(&dest))
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result?;
+    }
+    std::fs::write(blobs.join(manifest_digest.hex()), &source.manifest).map_err(io(&blobs))?;
+    let index_path = dir.join("index.json");
+    let mut index: serde_json::Value = match std::fs::read(&index_path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| PushError::Source { path: index_path.display().to_string(), detail: e.to_string() })?,
+        Err(_) => serde_json::json!({ "schemaVersion": 2, "mediaType": crate::image::media_type::OCI_INDEX, "manifests": [] }),
+    };
+    let mut desc = Descriptor::new(&source.media_type, manifest_digest, source.manifest.len() as u64);
+    desc.annotations.insert("org.opencontainers.image.ref.name".into(), tag.to_string());
+    let manifests = index["manifests"].as_array_mut().ok_or_else(|| PushError::Source { path: index_path.display().to_string(), detail: "no manifests list".into() })?;
+    manifests.retain(|m| m["annotations"]["org.opencontainers.image.ref.name"] != tag);
+    manifests.push(serde_json::to_value(&desc).expect("json"));
+    std::fs::write(&index_path, serde_json::to_vec(&index).expect("json")).map_err(io(&index_path))?;
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io(dir))?;
+    Ok(())
+}

@@ -1,0 +1,363 @@
+//! Getting a built image out: `nixery push` to a registry, and `nixery
+//! load` ([`load`]) into podman, docker or an OCI layout, of an image that
+//! `buildNixeryImage` or `streamNixeryImage` built.
+//!
+//! ```text
+//! OCI layout (result) ─► manifest, config, layers
+//!        │  each blob: HEAD ─ has it? skip
+//!        │             ─ --mount-from REPO? mount (201) or upload
+//!        │             ─ upload: from the layout's file, or packed on the
+//!        │               fly for a stream image (the recipe in
+//!        │               nixery-stream.json; packing is deterministic, so
+//!        │               the bytes match the digest the build computed)
+//!        ▼  in parallel; the manifest last
+//! REGISTRY/REPO:TAG ─► prints the manifest digest
+//! ```
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::image::Descriptor;
+use crate::packing::{LayerContent, PackOptions, PermRule};
+
+pub mod client;
+pub mod credentials;
+pub mod load;
+
+pub use client::{Connection, Destination};
+
+/// The file of a stream image's layout that says how to pack the layers
+/// it does not hold.
+pub const STREAM_FILE: &str = "nixery-stream.json";
+
+/// Errors pushing.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The destination is not `REGISTRY/REPOSITORY[:TAG]`.
+    #[error("{0:?} is not a destination: expected REGISTRY/REPOSITORY[:TAG] (for example 127.0.0.1:5000/app:v1 or ghcr.io/acme/app)")]
+    Destination(String),
+    /// The source is not an image nixery built.
+    #[error("{path}: {detail}")]
+    Source {
+        /// The source.
+        path: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A file cannot be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The CA file is not usable.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The registry cannot be reached or the connection failed.
+    #[error("cannot talk to {base}: {detail}")]
+    Http {
+        /// The registry's base URL.
+        base: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The registry wants credentials, or refused them.
+    #[error("not authorized at {registry}: {detail}")]
+    Unauthorized {
+        /// The registry.
+        registry: String,
+        /// What happened.
+        detail: String,
+    },
+    /// The registry answered an unexpected status.
+    #[error("{what}: the registry answered {status}: {body}")]
+    Registry {
+        /// The request.
+        what: String,
+        /// Its status.
+        status: u16,
+        /// The answer's body.
+        body: String,
+    },
+    /// Packing a layer of a stream image failed, or gave other bytes
+    /// than the build computed.
+    #[error("packing layer {digest}: {detail}")]
+    Pack {
+        /// The layer.
+        digest: Digest,
+        /// What failed.
+        detail: String,
+    },
+}
+
+/// How a stream image's layer is packed again: store paths and the rules
+/// over them, under the image's pack options.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerRecipe {
+    /// The layer's digest, as the build computed it.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// Its store paths.
+    pub store_paths: Vec<String>,
+    /// Mode and ownership rules.
+    #[serde(default)]
+    pub perms: Vec<PermRule>,
+}
+
+/// What [`STREAM_FILE`] holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamDoc {
+    /// 1.
+    pub version: u32,
+    /// The compression of every layer.
+    pub compression: crate::packing::Compression,
+    /// Its level.
+    pub level: u32,
+    /// The layers packed on demand.
+    pub layers: Vec<LayerRecipe>,
+}
+
+/// An image to push: its manifest and where each blob comes from.
+#[derive(Debug)]
+pub struct Source {
+    /// The layout directory.
+    pub dir: PathBuf,
+    /// The manifest's bytes.
+    pub manifest: Vec<u8>,
+    /// Its media type.
+    pub media_type: String,
+    /// The config, then the layers.
+    pub blobs: Vec<Descriptor>,
+    /// `name:tag` as the build recorded it (`io.containerd.image.name`).
+    pub image_name: Option<String>,
+    stream: Option<(PackOptions, Vec<LayerRecipe>)>,
+}
+
+fn source_error(path: &Path, detail: impl Into<String>) -> PushError {
+    PushError::Source { path: path.display().to_string(), detail: detail.into() }
+}
+
+impl Source {
+    /// Opens `SOURCE[:TAG]`: an OCI layout directory (a `buildNixeryImage`
+    /// or `streamNixeryImage` result). The tag picks an image when the
+    /// layout has several.
+    pub fn open(spec: &str) -> Result<Source, PushError> {
+        let (dir, tag) = match spec.rsplit_once(':') {
+            Some((d, t)) if !t.contains('/') && Path::new(d).is_dir() => (PathBuf::from(d), Some(t)),
+            _ => (PathBuf::from(spec), None),
+        };
+        let read = |p: PathBuf| std::fs::read(&p).map_err(|source| PushError::Io { path: p.display().to_string(), source });
+        if dir.is_file() {
+            return Err(source_error(&dir, "a file, not an OCI layout directory (build with format = \"oci-dir\", the default)"));
+        }
+        let index: serde_json::Value = serde_json::from_slice(&read(dir.join("index.json"))?).map_err(|e| source_error(&dir, format!("index.json: {e}")))?;
+        let manifests: Vec<Descriptor> = serde_json::from_value(index["manifests"].clone()).map_err(|e| source_error(&dir, format!("index.json: {e}")))?;
+        let ref_name = |d: &Descriptor| d.annotations.get("org.opencontainers.image.ref.name").cloned().unwrap_or_default();
+        let chosen = match tag {
+            Some(t) => manifests.iter().find(|d| ref_name(d) == t).ok_or_else(|| {
+                source_error(&dir, format!("no image tagged {t:?} (it has {})", manifests.iter().map(ref_name).collect::<Vec<_>>().join(", ")))
+            })?,
+            None => match manifests.as_slice() {
+                [one] => one,
+                [] => return Err(source_error(&dir, "index.json lists no image")),
+                many => return Err(source_error(&dir, format!("several images: name one as SOURCE:TAG ({})", many.iter().map(ref_name).collect::<Vec<_>>().join(", ")))),
+            },
+        };
+        let blob_path = |d: &Digest| dir.join("blobs/sha256").join(d.hex());
+        let manifest = read(blob_path(&chosen.digest))?;
+        if Digest::of(&manifest) != chosen.digest {
+            return Err(source_error(&dir, format!("the manifest's bytes do not match {}", chosen.digest)));
+        }
+        let doc: serde_json::Value = serde_json::from_slice(&manifest).map_err(|e| source_error(&dir, format!("manifest: {e}")))?;
+        let config: Descriptor = serde_json::from_value(doc["config"].clone()).map_err(|e| source_error(&dir, format!("manifest config: {e}")))?;
+        let layers: Vec<Descriptor> = serde_json::from_value(doc["layers"].clone()).map_err(|e| source_error(&dir, format!("manifest layers: {e}")))?;
+        let stream = match std::fs::read(dir.join(STREAM_FILE)) {
+            Ok(bytes) => {
+                let s: StreamDoc = serde_json::from_slice(&bytes).map_err(|e| source_error(&dir, format!("{STREAM_FILE}: {e}")))?;
+                let opts = PackOptions::new(s.compression, Some(s.level)).map_err(|e| source_error(&dir, format!("{STREAM_FILE}: {e}")))?;
+                Some((opts, s.layers))
+            }
+            Err(_) => None,
+        };
+        let mut blobs = vec![config];
+        blobs.extend(layers);
+        let image_name = chosen.annotations.get("io.containerd.image.name").cloned();
+        let source = Source { media_type: chosen.media_type.clone(), dir, manifest, blobs, image_name, stream };
+        for b in &source.blobs {
+            if !source.blob_path(&b.digest).exists() && source.recipe(&b.digest).is_none() {
+                return Err(source_error(&source.dir, format!("the blob {} is neither in the layout nor in {STREAM_FILE}", b.digest)));
+            }
+        }
+        Ok(source)
+    }
+
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.dir.join("blobs/sha256").join(d.hex())
+    }
+
+    fn recipe(&self, d: &Digest) -> Option<(PackOptions, &LayerRecipe)> {
+        let (opts, recipes) = self.stream.as_ref()?;
+        recipes.iter().find(|r| &r.digest == d).map(|r| (*opts, r))
+    }
+
+    /// Writes the blob's bytes to `out`: copied from the layout, or packed
+    /// from the store (and checked against the digest the build computed).
+    pub fn write_blob(&self, d: &Digest, out: &mut dyn Write) -> Result<u64, PushError> {
+        let path = self.blob_path(d);
+        if path.exists() {
+            let mut f = std::fs::File::open(&path).map_err(|source| PushError::Io { path: path.display().to_string(), source })?;
+            return std::io::copy(&mut f, out).map_err(|source| PushError::Io { path: path.display().to_string(), source });
+        }
+        let (opts, recipe) = self.recipe(d).ok_or_else(|| source_error(&self.dir, format!("no blob {d}")))?;
+        let content = LayerContent { perms: recipe.perms.clone(), ..LayerContent::store_paths(recipe.store_paths.clone()) };
+        let (_, packed) = crate::packing::pack_to_writer(&content, out, opts, Path::new("<push>")).map_err(|e| PushError::Pack { digest: d.clone(), detail: e.to_string() })?;
+        if &packed.digest != d {
+            return Err(PushError::Pack { digest: d.clone(), detail: format!("packing gave {} (is the store path the same one the image was built from?)", packed.digest) });
+        }
+        Ok(packed.size)
+    }
+
+    /// Reads the blob as a stream: a file of the layout, or the output of
+    /// a packing thread through a pipe (nothing held whole in memory).
+    pub(crate) fn open_blob<'s>(&'s self, scope: &'s std::thread::Scope<'s, '_>, d: &Digest) -> Result<(Box<dyn Read + 's>, Option<Packer<'s>>), PushError> {
+        let path = self.blob_path(d);
+        if path.exists() {
+            let f = std::fs::File::open(&path).map_err(|source| PushError::Io { path: path.display().to_string(), source })?;
+            return Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, f)), None));
+        }
+        let (reader, mut writer) = std::io::pipe().map_err(|source| PushError::Io { path: "a pipe".into(), source })?;
+        let d = d.clone();
+        let packer = scope.spawn(move || {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut writer);
+            let n = self.write_blob(&d, &mut w)?;
+            w.flush().map_err(|source| PushError::Io { path: "a pipe".into(), source })?;
+            Ok(n)
+        });
+        Ok((Box::new(reader), Some(packer)))
+    }
+}
+
+/// A thread packing a layer into a pipe; its result says whether the
+/// bytes it wrote were the layer's.
+type Packer<'s> = std::thread::ScopedJoinHandle<'s, Result<u64, PushError>>;
+
+/// Push settings.
+#[derive(Debug, Clone, Default)]
+pub struct PushOptions {
+    /// How to reach the registry.
+    pub connection: Connection,
+    /// A repository of the same registry to mount blobs from.
+    pub mount_from: Option<String>,
+    /// Uploads at once.
+    pub jobs: usize,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PushReport {
+    /// The manifest's digest.
+    pub digest: Option<Digest>,
+    /// Blobs the registry had.
+    pub present: usize,
+    /// Blobs mounted from another repository.
+    pub mounted: usize,
+    /// Blobs uploaded.
+    pub uploaded: usize,
+    /// Bytes uploaded.
+    pub uploaded_bytes: u64,
+}
+
+/// Progress on a terminal: one line, rewritten.
+struct Progress {
+    total: usize,
+    done: AtomicUsize,
+    bytes: AtomicU64,
+    terminal: bool,
+    line: Mutex<()>,
+}
+
+impl Progress {
+    fn step(&self, bytes: u64) {
+        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        let bytes = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if self.terminal {
+            let _guard = self.line.lock();
+            eprint!("\r\x1b[Kblobs {done}/{}, {:.1} MB uploaded", self.total, bytes as f64 / 1e6);
+            if done == self.total {
+                eprintln!();
+            }
+        }
+    }
+}
+
+/// Pushes `source` to `dest`: missing blobs in parallel (mounted when
+/// asked, uploaded otherwise), then the manifest.
+pub fn push(source: &Source, dest: &Destination, opts: &PushOptions) -> Result<PushReport, PushError> {
+    let client = client::Client::connect(dest, &opts.connection, opts.mount_from.as_deref())?;
+    let progress = Progress { total: source.blobs.len(), done: AtomicUsize::new(0), bytes: AtomicU64::new(0), terminal: std::io::stderr().is_terminal(), line: Mutex::new(()) };
+    let report = Mutex::new(PushReport::default());
+    let next = AtomicUsize::new(0);
+    let first_error: Mutex<Option<PushError>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..opts.jobs.clamp(1, 16) {
+            scope.spawn(|| loop {
+                if first_error.lock().expect("lock").is_some() {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(blob) = source.blobs.get(i) else { return };
+                let result = (|| -> Result<(), PushError> {
+                    if client.has_blob(&blob.digest)? {
+                        report.lock().expect("lock").present += 1;
+                        progress.step(0);
+                        return Ok(());
+                    }
+                    if let Some(from) = &opts.mount_from {
+                        if client.mount(&blob.digest, from)? {
+                            report.lock().expect("lock").mounted += 1;
+                            progress.step(0);
+                            return Ok(());
+                        }
+                    }
+                    std::thread::scope(|inner| -> Result<(), PushError> {
+                        let (mut body, packer) = source.open_blob(inner, &blob.digest)?;
+                        let uploaded = client.upload(&blob.digest, blob.size, &mut body);
+                        drop(body);
+                        let packed = packer.map(|p| p.join().expect("packer thread"));
+                        match (uploaded, packed) {
+                            // A packing failure explains an upload failure,
+                            // unless it is the pipe the failed upload closed.
+                            (Ok(()), Some(Err(pack))) => Err(pack),
+                            (Err(_), Some(Err(pack))) if !pack.to_string().contains("Broken pipe") => Err(pack),
+                            (uploaded, _) => uploaded,
+                        }
+                    })?;
+                    let mut r = report.lock().expect("lock");
+                    r.uploaded += 1;
+                    r.uploaded_bytes += blob.size;
+                    progress.step(blob.size);
+                    Ok(())
+                })();
+                if let Err(e) = result {
+                    first_error.lock().expect("lock").get_or_insert(e);
+                    return;
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().expect("lock") {
+        return Err(e);
+    }
+    let digest = client.put_manifest(&dest.tag, &source.media_type, &source.manifest)?;
+    let mut report = report.into_inner().expect("lock");
+    report.digest = Some(digest);
+    Ok(report)
+}
