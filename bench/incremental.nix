@@ -1,9 +1,10 @@
-# The image of the incremental-rebuild benchmark (bench/incremental): three
+# The image of the incremental-rebuild and push benchmarks (bench/incremental,
+# bench/push): three
 # large packages made of host files and one small package that changes with
 # `version`. The large ones are copied from the host by their builders (an
 # impure fixture, built once with the sandbox off by bench/incremental), and evaluated
 # instantly, where builtins.path would hash 1.7 GB at every evaluation.
-{ helper, version ? "0", incremental ? true, explicit ? false, nonce ? "", hostOnly ? false }:
+{ helper, version ? "0", incremental ? true, explicit ? false, nonce ? "", hostOnly ? false, stream ? false }:
 let
   nixery = import ../lib.nix { inherit helper; };
   pkgs = import ../tests/pkgs { };
@@ -26,6 +27,11 @@ let
   ];
 in
 if hostOnly then hosts
+else if stream then nixery.streamNixeryImage {
+  name = "incremental-bench";
+  tag = version;
+  contents = hosts ++ [ pkgs.hello changing ];
+}
 else nixery.buildNixeryImage {
   name = "incremental-bench";
   tag = version;
