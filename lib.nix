@@ -450,7 +450,34 @@ let
       imageName = name;
       meta = (image.meta or { }) // (args.meta or { });
     } // copyPrograms { inherit name imageTag drvName image; } // (args.passthru or { }));
+
+  # One name for several platforms: an OCI layout whose entry is an image
+  # index of `images` (buildNixeryImage or streamNixeryImage results, one
+  # per platform, for example the same arguments with the contents of
+  # `pkgs` and of `pkgsCross.aarch64-multiplatform`). `skopeo copy --all
+  # oci:result:TAG docker://…` and `nixery push result …` push it; each
+  # client pulls its platform.
+  buildNixeryIndex = { name, tag ? "latest", images }:
+    let
+      drvName = replaceStrings [ "/" ":" ] [ "-" "-" ] name;
+      image = derivation {
+        name = "${drvName}-index";
+        system = buildSystem;
+        builder = helperExe;
+        args = [ "build-index" "--name" name "--tag" tag "--out" (builtins.placeholder "out") ] ++ map (i: "${i}") images;
+      };
+      self = image // {
+        imageName = name;
+        imageTag = tag;
+        ociRef = "oci:${image}:${tag}";
+        out = self;
+        all = [ self ];
+      } // copyPrograms { inherit name drvName image; imageTag = tag; };
+    in
+    if images == [ ] then throw "in nixery index ${name}: `images` is empty"
+    else if builtins.match "[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}" tag == null then throw "in nixery index ${name}: `tag` ${builtins.toJSON tag} is not a valid tag"
+    else self;
 in
 {
-  inherit buildNixeryImage streamNixeryImage;
+  inherit buildNixeryImage streamNixeryImage buildNixeryIndex;
 }

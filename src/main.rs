@@ -148,6 +148,22 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         jobs: usize,
     },
+    /// Write an OCI layout whose entry is an image index of several images
+    /// (one per platform; the builder of buildNixeryIndex).
+    BuildIndex {
+        /// The name recorded in index.json.
+        #[arg(long)]
+        name: String,
+        /// The tag of the index.
+        #[arg(long)]
+        tag: String,
+        /// The output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// The images: OCI layouts of one image each.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
     /// Load an image that buildNixeryImage or streamNixeryImage built
     /// into podman or docker (through `podman load` / `docker load`), a
     /// docker-archive file, or an OCI layout directory; a stream image's
@@ -549,6 +565,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dest.registry, dest.repository, dest.tag, report.uploaded, report.uploaded_bytes, report.mounted, report.present
             );
             println!("{}", report.digest.map(|d| d.to_string()).unwrap_or_default());
+        }
+        Command::BuildIndex { name, tag, out, images } => {
+            let digest = image::write_index_layout(&images, &name, &tag, &out)?;
+            eprintln!("nixery: wrote index {name}:{tag} ({digest}) of {} images to {}", images.len(), out.display());
         }
         Command::Load { source, target } => {
             let target: nixery::push::load::Target = target.parse()?;

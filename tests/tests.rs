@@ -12,3 +12,4 @@ mod differential;
 mod shim;
 mod shim_safety;
 mod push;
+mod multiarch;

@@ -80,3 +80,71 @@ pub fn read_oci_layout(dir: &Path) -> Result<LayoutImage, ImageError> {
     Ok(LayoutImage { dir: dir.to_path_buf(), config, config_digest: config_desc.digest, layers, ref_name })
 }
 
+
+/// Writes an OCI layout at `out` whose one entry, tagged `tag`, is an
+/// image index of the images of the layouts `images` (one per platform,
+/// as `buildNixeryIndex` gives them): `skopeo copy --all` and `nixery
+/// push` push it as one name, and each client pulls its platform. Blobs
+/// are symlinks to the images' own; stream images' recipes are merged.
+pub fn write_index_layout(images: &[PathBuf], name: &str, tag: &str, out: &Path) -> Result<Digest, ImageError> {
+    let blobs = out.join("blobs/sha256");
+    fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
+    let mut entries: Vec<Descriptor> = Vec::new();
+    let mut recipes: Option<crate::push::StreamDoc> = None;
+    for dir in images {
+        let bad = |m: String| ImageError::Config(format!("{}: {m}", dir.display()));
+        let index: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("index.json")).map_err(io_err(dir.join("index.json")))?).map_err(|e| bad(e.to_string()))?;
+        let descs: Vec<Descriptor> = serde_json::from_value(index["manifests"].clone()).map_err(|e| bad(e.to_string()))?;
+        let [desc] = descs.as_slice() else { return Err(bad("not a layout of one image".into())) };
+        if desc.media_type != media_type::OCI_MANIFEST {
+            return Err(bad(format!("an index takes images, not {}", desc.media_type)));
+        }
+        let platform = desc.platform.clone().ok_or_else(|| bad("the image names no platform".into()))?;
+        if entries.iter().any(|e| e.platform.as_ref() == Some(&platform)) {
+            return Err(bad(format!("a second image for {}/{}", platform.os, platform.architecture)));
+        }
+        for e in fs::read_dir(dir.join("blobs/sha256")).map_err(io_err(dir.join("blobs/sha256")))? {
+            let e = e.map_err(io_err(dir))?;
+            let link = blobs.join(e.file_name());
+            if fs::symlink_metadata(&link).is_err() {
+                let target = fs::canonicalize(e.path()).map_err(io_err(e.path()))?;
+                std::os::unix::fs::symlink(&target, &link).map_err(io_err(&link))?;
+            }
+        }
+        if let Ok(bytes) = fs::read(dir.join(crate::push::STREAM_FILE)) {
+            let doc: crate::push::StreamDoc = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+            match &mut recipes {
+                None => recipes = Some(doc),
+                Some(r) if r.compression == doc.compression && r.level == doc.level => r.layers.extend(doc.layers),
+                Some(_) => return Err(bad("stream images of an index must share their compression".into())),
+            }
+        }
+        let mut entry = Descriptor::new(&desc.media_type, desc.digest.clone(), desc.size);
+        entry.platform = Some(platform);
+        entries.push(entry);
+    }
+    if entries.is_empty() {
+        return Err(ImageError::Config("an index needs at least one image".into()));
+    }
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type::OCI_INDEX,
+        "manifests": entries,
+    }))
+    .expect("index serialises");
+    let digest = Digest::of(&index);
+    write_blob(&blobs, &digest, &index)?;
+    let mut desc = Descriptor::new(media_type::OCI_INDEX, digest.clone(), index.len() as u64);
+    desc.annotations.insert("org.opencontainers.image.ref.name".into(), tag.to_string());
+    desc.annotations.insert("io.containerd.image.name".into(), format!("{name}:{tag}"));
+    let top = serde_json::json!({ "schemaVersion": 2, "mediaType": media_type::OCI_INDEX, "manifests": [desc] });
+    let index_path = out.join("index.json");
+    fs::write(&index_path, serde_json::to_vec(&top).expect("index serialises")).map_err(io_err(index_path))?;
+    let layout = out.join("oci-layout");
+    fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io_err(layout))?;
+    if let Some(r) = recipes {
+        let path = out.join(crate::push::STREAM_FILE);
+        fs::write(&path, serde_json::to_vec_pretty(&r).expect("json")).map_err(io_err(path))?;
+    }
+    Ok(digest)
+}

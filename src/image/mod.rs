@@ -19,7 +19,7 @@ pub mod docker_archive;
 pub mod layout;
 
 pub use docker_archive::{write_docker_archive, write_docker_archive_to};
-pub use layout::{read_oci_layout, write_oci_layout, LayoutImage};
+pub use layout::{read_oci_layout, write_oci_layout, LayoutImage, write_index_layout};
 
 /// OCI media types.
 pub mod media_type {

@@ -56,6 +56,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PushError + '_ {
 
 /// Loads `source` into `target`.
 pub fn load(source: &Source, target: &Target) -> Result<(), PushError> {
+    if !source.children.is_empty() && !matches!(target, Target::Oci { .. }) {
+        return Err(PushError::Source { path: source.dir.display().to_string(), detail: "an image index loads only into an OCI layout (oci:DIR); podman and docker take one image".into() });
+    }
     let name = source.image_name.clone().unwrap_or_else(|| "nixery-image:latest".to_string());
     match target {
         Target::Oci { dir, tag } => write_oci(source, dir, tag.as_deref().unwrap_or_else(|| name.rsplit_once(':').map_or("latest", |(_, t)| t))),
@@ -88,6 +91,7 @@ pub fn load(source: &Source, target: &Target) -> Result<(), PushError> {
 
 /// A docker-archive of the image, layers packed on the fly where needed.
 fn write_archive<W: Write>(source: &Source, name: &str, out: W) -> Result<W, PushError> {
+    // blobs[0] is the config of a single image (an index is refused above).
     let config = read_small(source, &source.blobs[0])?;
     std::thread::scope(|scope| {
         let mut packers = Vec::new();
@@ -120,6 +124,9 @@ fn write_oci(source: &Source, dir: &Path, tag: &str) -> Result<(), PushError> {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
     let manifest_digest = Digest::of(&source.manifest);
+    for (digest, _, bytes) in &source.children {
+        std::fs::write(blobs.join(digest.hex()), bytes).map_err(io(&blobs))?;
+    }
     for d in &source.blobs {
         let dest = blobs.join(d.digest.hex());
         if dest.exists() {

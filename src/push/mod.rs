@@ -138,6 +138,9 @@ pub struct Source {
     pub blobs: Vec<Descriptor>,
     /// `name:tag` as the build recorded it (`io.containerd.image.name`).
     pub image_name: Option<String>,
+    /// When the source is an image index: its images' manifests (digest,
+    /// media type, bytes), pushed by digest before the index.
+    pub children: Vec<(Digest, String, Vec<u8>)>,
     stream: Option<(PackOptions, Vec<LayerRecipe>)>,
 }
 
@@ -176,9 +179,36 @@ impl Source {
         if Digest::of(&manifest) != chosen.digest {
             return Err(source_error(&dir, format!("the manifest's bytes do not match {}", chosen.digest)));
         }
-        let doc: serde_json::Value = serde_json::from_slice(&manifest).map_err(|e| source_error(&dir, format!("manifest: {e}")))?;
-        let config: Descriptor = serde_json::from_value(doc["config"].clone()).map_err(|e| source_error(&dir, format!("manifest config: {e}")))?;
-        let layers: Vec<Descriptor> = serde_json::from_value(doc["layers"].clone()).map_err(|e| source_error(&dir, format!("manifest layers: {e}")))?;
+        let image_blobs = |manifest: &[u8]| -> Result<Vec<Descriptor>, PushError> {
+            let doc: serde_json::Value = serde_json::from_slice(manifest).map_err(|e| source_error(&dir, format!("manifest: {e}")))?;
+            let config: Descriptor = serde_json::from_value(doc["config"].clone()).map_err(|e| source_error(&dir, format!("manifest config: {e}")))?;
+            let layers: Vec<Descriptor> = serde_json::from_value(doc["layers"].clone()).map_err(|e| source_error(&dir, format!("manifest layers: {e}")))?;
+            let mut blobs = vec![config];
+            blobs.extend(layers);
+            Ok(blobs)
+        };
+        let mut children = Vec::new();
+        let blobs = if chosen.media_type == crate::image::media_type::OCI_INDEX {
+            // An index (buildNixeryIndex): every image's blobs, once.
+            let doc: serde_json::Value = serde_json::from_slice(&manifest).map_err(|e| source_error(&dir, format!("index: {e}")))?;
+            let entries: Vec<Descriptor> = serde_json::from_value(doc["manifests"].clone()).map_err(|e| source_error(&dir, format!("index: {e}")))?;
+            let mut all: Vec<Descriptor> = Vec::new();
+            for e in entries {
+                let bytes = read(blob_path(&e.digest))?;
+                if Digest::of(&bytes) != e.digest {
+                    return Err(source_error(&dir, format!("the manifest's bytes do not match {}", e.digest)));
+                }
+                for b in image_blobs(&bytes)? {
+                    if !all.iter().any(|a| a.digest == b.digest) {
+                        all.push(b);
+                    }
+                }
+                children.push((e.digest, e.media_type, bytes));
+            }
+            all
+        } else {
+            image_blobs(&manifest)?
+        };
         let stream = match std::fs::read(dir.join(STREAM_FILE)) {
             Ok(bytes) => {
                 let s: StreamDoc = serde_json::from_slice(&bytes).map_err(|e| source_error(&dir, format!("{STREAM_FILE}: {e}")))?;
@@ -187,10 +217,8 @@ impl Source {
             }
             Err(_) => None,
         };
-        let mut blobs = vec![config];
-        blobs.extend(layers);
         let image_name = chosen.annotations.get("io.containerd.image.name").cloned();
-        let source = Source { media_type: chosen.media_type.clone(), dir, manifest, blobs, image_name, stream };
+        let source = Source { media_type: chosen.media_type.clone(), dir, manifest, blobs, image_name, children, stream };
         for b in &source.blobs {
             if !source.blob_path(&b.digest).exists() && source.recipe(&b.digest).is_none() {
                 return Err(source_error(&source.dir, format!("the blob {} is neither in the layout nor in {STREAM_FILE}", b.digest)));
@@ -355,6 +383,9 @@ pub fn push(source: &Source, dest: &Destination, opts: &PushOptions) -> Result<P
     });
     if let Some(e) = first_error.into_inner().expect("lock") {
         return Err(e);
+    }
+    for (digest, media_type, bytes) in &source.children {
+        client.put_manifest(&digest.to_string(), media_type, bytes)?;
     }
     let digest = client.put_manifest(&dest.tag, &source.media_type, &source.manifest)?;
     let mut report = report.into_inner().expect("lock");

@@ -26,10 +26,20 @@
 # packages is built yet (benchmarks use it to time real builds).
 #
 # `hostRoot` is where the host's files are read: `/`, or a copy of them in
-# the store (a flake input), which is what pure evaluation allows.
-{ system ? builtins.currentSystem, nonce ? null, hostRoot ? /. }:
+# the store (a flake input), which is what pure evaluation allows. For
+# another system than the machine's (`system = "aarch64-linux"` on an
+# x86_64 machine), the default is the root of that system's Debian
+# programs that scripts/setup downloads; the kernel runs them (and the
+# builds, busybox being the builder) through qemu.
+{ system ? builtins.currentSystem, nonce ? null, hostRoot ? null }:
 
 let
+  foreignRoots = { "aarch64-linux" = /opt/nixery-tools/arm64-root; };
+  root =
+    if hostRoot != null then hostRoot
+    else if system == builtins.currentSystem then /.
+    else foreignRoots.${system} or (throw "tests/pkgs: no root of ${system} programs known; pass hostRoot");
+
   host = {
     "x86_64-linux" = { triple = "x86_64-linux-gnu"; loader = "ld-linux-x86-64.so.2"; };
     "aarch64-linux" = { triple = "aarch64-linux-gnu"; loader = "ld-linux-aarch64.so.1"; };
@@ -45,7 +55,9 @@ let
     filter = p: type: builtins.dirOf p == toString dir && builtins.any (pre: hasPrefix pre (baseNameOf p)) prefixes;
   };
 
-  fromHost = p: hostRoot + p;
+  fromHost = p:
+    if builtins.pathExists (root + p) then root + p
+    else throw "tests/pkgs: ${toString (root + p)} is missing (scripts/setup downloads the ${system} programs)";
   libDir = fromHost "/usr/lib/${host.triple}";
   binDir = fromHost "/usr/bin";
 

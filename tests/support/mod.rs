@@ -20,7 +20,7 @@ pub fn helper() -> PathBuf {
 
 /// Nix settings for an offline, single-user machine: no substituters (every
 /// build would otherwise wait on an unreachable cache), builds as root.
-pub const NIX_CONFIG: &str = "substituters =\nbuild-users-group =\nsandbox = true\n";
+pub const NIX_CONFIG: &str = "substituters =\nbuild-users-group =\nsandbox = true\nextra-platforms = aarch64-linux\n";
 
 /// Runs a command, panicking with its output when it fails.
 pub fn run(cmd: &mut Command) -> Output {
