@@ -332,6 +332,11 @@ struct ServeArgs {
     /// may present one as `Authorization: Bearer TOKEN`.
     #[arg(long, env = "NIXERY_AUTH_TOKENS")]
     auth_tokens: Option<PathBuf>,
+    /// Platforms a name is built for, comma-separated (`linux/amd64,linux/arm64`):
+    /// with two or more, a name that names no platform answers with an
+    /// image index of one image per platform (`arm64/…` stays arm64 only).
+    #[arg(long, env = "NIXERY_PLATFORMS", value_delimiter = ',')]
+    platforms: Vec<String>,
     /// Error bodies and the start page carry Nix's logs and host paths
     /// (for debugging; off, they say what failed and the log has the rest).
     #[arg(long, env = "NIXERY_DEBUG_ERRORS", default_value_t = false, action = clap::ArgAction::Set)]
@@ -428,6 +433,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_builds: args.max_builds.map(|n| n as usize).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         failure_ttl: std::time::Duration::from_secs(args.failure_ttl),
         max_packages: args.max_packages as usize,
+        platforms: non_empty(&args.platforms)
+            .iter()
+            .map(|p| nixery::image::Platform::nix_system_of(p).with_context(|| format!("NIXERY_PLATFORMS: {p:?} is not a platform such as linux/amd64 or linux/arm64")))
+            .collect::<anyhow::Result<Vec<_>>>()?,
     };
     let config_max_builds = config.max_builds;
     let shim = nixery::shim::Shim::new(config, storage);

@@ -72,3 +72,56 @@ nixery.buildNixeryIndex {{ name = "hello"; tag = "v1"; images = [ (image pkgs) (
     assert_eq!(nixery::digest::Digest::of(&pushed).to_string(), out.trim());
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&pushed).unwrap(), raw);
 }
+
+#[test]
+fn with_platforms_a_name_is_an_index_each_client_pulls_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    // riscv64 cannot be built here (no such Nix platform): it is left out.
+    let shim = Shim::start(&dir.path().join("store"), &[("NIXERY_PLATFORMS", "linux/amd64,linux/arm64,linux/riscv64")]);
+    let image = format!("docker://{}/hello/busybox", shim.host());
+    let raw = run(skopeo().args(["inspect", "--raw", "--tls-verify=false"]).arg(&image)).stdout;
+    let index: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json");
+    let platforms: Vec<(String, Option<String>)> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["platform"]["architecture"].as_str().unwrap().to_string(), m["platform"]["variant"].as_str().map(str::to_string)))
+        .collect();
+    assert_eq!(platforms, [("amd64".to_string(), None), ("arm64".to_string(), Some("v8".to_string()))]);
+    assert!(shim.log_text().contains("left out of the index"), "the unbuildable platform is logged");
+
+    // Each platform's image runs: arm64 through qemu, amd64 natively.
+    for (arch, file_says) in [("arm64", "aarch64"), ("amd64", "x86-64")] {
+        let layout = dir.path().join(format!("pulled-{arch}"));
+        run(skopeo().args(["copy", "--src-tls-verify=false", "--override-arch", arch]).arg(&image).arg(format!("oci:{}:latest", layout.display())));
+        assert_eq!(layout_config(&layout)["architecture"], arch);
+        std::fs::create_dir_all(dir.path().join(format!("rootfs-{arch}"))).unwrap();
+        let rootfs = unpack(&layout, "latest", &dir.path().join(format!("rootfs-{arch}")));
+        assert_eq!(chroot(&rootfs, "/bin/hello", &[]).trim(), "Hello, world!");
+        let file = run_stdout(Command::new("file").arg("-L").arg(rootfs.join("bin/hello")));
+        assert!(file.contains(file_says), "{file}");
+    }
+    // podman picks the platform it is asked for.
+    let root = dir.path().join("podman");
+    run(podman(&root).args(["pull", "-q", "--tls-verify=false", "--platform", "linux/arm64"]).arg(format!("{}/hello/busybox", shim.host())));
+    let arch = run_stdout(podman(&root).args(["image", "inspect", "--format", "{{.Architecture}}"]).arg(format!("{}/hello/busybox", shim.host())));
+    assert_eq!(arch.trim(), "arm64");
+
+    // Docker's flavour, to a client that accepts only it; HEAD and GET agree.
+    let c = http();
+    let list = "application/vnd.docker.distribution.manifest.list.v2+json";
+    let url = shim.url("/v2/hello/busybox/manifests/latest");
+    let get = c.get(&url).header("Accept", list).send().unwrap();
+    assert_eq!(get.headers()["content-type"], list);
+    let digest = get.headers()["docker-content-digest"].to_str().unwrap().to_string();
+    let body: serde_json::Value = get.json().unwrap();
+    assert!(body["manifests"].as_array().unwrap().iter().all(|m| m["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"), "{body}");
+    let head = c.head(&url).header("Accept", list).send().unwrap();
+    assert_eq!(head.headers()["docker-content-digest"].to_str().unwrap(), digest);
+    // The `arm64` meta-package keeps its meaning: one arm64 image.
+    // It is the index's arm64 entry: the same caches, the same image.
+    let single = run(skopeo().args(["inspect", "--raw", "--tls-verify=false"]).arg(format!("docker://{}/arm64/hello/busybox", shim.host()))).stdout;
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&single).unwrap()["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(nixery::digest::Digest::of(&single).to_string(), index["manifests"][1]["digest"].as_str().unwrap());
+}

@@ -98,6 +98,29 @@ pub struct Platform {
 }
 
 impl Platform {
+    /// The Nix system of an `os/architecture[/variant]` platform name
+    /// (`linux/amd64` → `x86_64-linux`), as `NIXERY_PLATFORMS` lists them.
+    pub fn nix_system_of(name: &str) -> Result<String, ImageError> {
+        let mut parts = name.split('/');
+        let (Some(os), Some(arch)) = (parts.next(), parts.next()) else { return Err(ImageError::System(name.to_string())) };
+        let cpu = match arch {
+            "amd64" => "x86_64",
+            "arm64" => "aarch64",
+            "386" => "i686",
+            "riscv64" => "riscv64",
+            "ppc64le" => "powerpc64le",
+            "s390x" => "s390x",
+            "arm" => match parts.next() {
+                Some("v6") => "armv6l",
+                _ => "armv7l",
+            },
+            _ => return Err(ImageError::System(name.to_string())),
+        };
+        let system = format!("{cpu}-{os}");
+        Platform::from_nix_system(&system)?;
+        Ok(system)
+    }
+
     /// The platform for a Nix system double such as `x86_64-linux`.
     pub fn from_nix_system(system: &str) -> Result<Platform, ImageError> {
         let (cpu, os) = system.split_once('-').ok_or_else(|| ImageError::System(system.to_string()))?;

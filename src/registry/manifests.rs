@@ -14,7 +14,8 @@ use crate::nix::NixError;
 use crate::shim::{BuiltImage, ShimError, StoredManifest};
 
 /// Picks the manifest for the client's `Accept` header: OCI when accepted
-/// or when nothing is said, Docker schema 2 when only that is accepted.
+/// or when nothing is said, Docker's flavour (schema 2, or a manifest list
+/// for an index) when only that is accepted.
 pub fn negotiate<'a>(headers: &HeaderMap, image: &'a BuiltImage) -> &'a StoredManifest {
     let has = |t: &str| {
         headers
@@ -24,7 +25,9 @@ pub fn negotiate<'a>(headers: &HeaderMap, image: &'a BuiltImage) -> &'a StoredMa
             .flat_map(|v| v.split(','))
             .any(|a| a.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(t))
     };
-    if !has(media_type::OCI_MANIFEST) && has(media_type::DOCKER_MANIFEST) {
+    // OCI when accepted or when nothing is said; the Docker flavour when
+    // only that is accepted.
+    if !has(&image.oci.media_type) && has(&image.docker.media_type) {
         &image.docker
     } else {
         &image.oci
@@ -32,7 +35,7 @@ pub fn negotiate<'a>(headers: &HeaderMap, image: &'a BuiltImage) -> &'a StoredMa
 }
 
 fn is_manifest_type(t: &str) -> bool {
-    t == media_type::OCI_MANIFEST || t == media_type::DOCKER_MANIFEST || t == media_type::OCI_INDEX
+    t == media_type::OCI_MANIFEST || t == media_type::DOCKER_MANIFEST || t == media_type::OCI_INDEX || t == media_type::DOCKER_MANIFEST_LIST
 }
 
 /// Maps a build error to the registry error a client sees. Nix's log and

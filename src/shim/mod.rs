@@ -16,6 +16,14 @@
 //!                       into storage once) ─► config and manifests stored
 //! ```
 //!
+//! With several platforms (`NIXERY_PLATFORMS`), a name that names none is
+//! an image index of one image per platform, each loaded as above (so
+//! `arm64/…` and the index's arm64 entry are the same image).
+//!
+//! Builds are bounded: at most [`ShimConfig::max_builds`] nix-builds run
+//! at once, and a failed image is remembered for
+//! [`ShimConfig::failure_ttl`], so retries do not build it again.
+//!
 //! Caches, all bounded: the warm cache maps the `name:tag` a client asked
 //! for to its image while the source revision holds; the manifest cache
 //! maps (format version, exact revision, packages, system, settings) to
@@ -158,6 +166,10 @@ pub struct ShimConfig {
     /// The most packages one image may ask for (after meta-packages are
     /// expanded, base packages not counted).
     pub max_packages: usize,
+    /// With two or more Nix systems (`NIXERY_PLATFORMS`), a name that
+    /// names no platform (no `arm64`) answers with an image index of one
+    /// image per system.
+    pub platforms: Vec<String>,
 }
 
 /// A stored manifest.
@@ -314,15 +326,47 @@ impl Shim {
                 return Ok(warm.image.clone());
             }
         }
-        let image = self.image_for(name, tag, source.clone()).await?;
+        let multi = self.config.platforms.len() > 1 && parse_image_name(name, &self.config.meta).is_ok_and(|r| r.system == self.config.meta.default_system);
+        let image = if multi { self.index_for(name, tag, source.clone()).await? } else { self.image_for(name, tag, source.clone(), None).await? };
         self.warm.insert(warm_key, Arc::new(WarmImage { source, image: image.clone() }));
         Ok(image)
     }
 
+    /// The image index of `name` over [`ShimConfig::platforms`]: each
+    /// platform's image from the same caches as single images (built at
+    /// once, side by side); a platform whose image fails is left out, with
+    /// a log line, unless every one fails.
+    async fn index_for(self: &Arc<Self>, name: &str, tag: &str, source: Arc<ResolvedSource>) -> Result<Arc<BuiltImage>, Arc<ShimError>> {
+        let builds = self.config.platforms.iter().map(|system| {
+            let source = source.clone();
+            async move { (system, self.image_for(name, tag, source, Some(system)).await) }
+        });
+        let mut entries = Vec::new();
+        let mut first_error = None;
+        for (system, result) in futures::future::join_all(builds).await {
+            match result {
+                Ok(image) => entries.push((Platform::from_nix_system(system).map_err(|e| Arc::new(ShimError::from(e)))?, image)),
+                Err(e) => {
+                    tracing::warn!(image = %format!("{name}:{tag}"), %system, error = %e, "left out of the index: its image cannot be built");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if entries.is_empty() {
+            return Err(first_error.expect("at least two platforms"));
+        }
+        let storage = self.storage.clone();
+        let index = tokio::task::spawn_blocking(move || store_index(&*storage, &entries)).await.map_err(|e| Arc::new(ShimError::Task(e)))?.map_err(Arc::new)?;
+        Ok(Arc::new(index))
+    }
+
     /// The image for `name` at the pinned `source`: from the manifest cache
     /// (memory, then storage) or built; one load per image at a time.
-    async fn image_for(self: &Arc<Self>, name: &str, tag: &str, source: Arc<ResolvedSource>) -> Result<Arc<BuiltImage>, Arc<ShimError>> {
-        let request = parse_image_name(name, &self.config.meta).map_err(|e| Arc::new(e.into()))?;
+    async fn image_for(self: &Arc<Self>, name: &str, tag: &str, source: Arc<ResolvedSource>, system: Option<&str>) -> Result<Arc<BuiltImage>, Arc<ShimError>> {
+        let mut request = parse_image_name(name, &self.config.meta).map_err(|e| Arc::new(e.into()))?;
+        if let Some(s) = system {
+            request.system = s.to_string();
+        }
         if request.packages.len() > self.config.max_packages {
             return Err(Arc::new(ShimError::TooManyPackages { asked: request.packages.len(), max: self.config.max_packages }));
         }
@@ -338,7 +382,10 @@ impl Shim {
         // The load runs in a task of its own, so that a client that
         // disconnects does not cancel the build the others wait for.
         let this = self.clone();
-        let label = format!("{name}:{tag}");
+        let label = match system {
+            Some(s) => format!("{name}:{tag} ({s})"),
+            None => format!("{name}:{tag}"),
+        };
         let task = tokio::spawn(async move {
             let loader = this.clone();
             let loading_key = key.clone();
@@ -521,6 +568,25 @@ pub fn default_config(graph: &crate::graph::ClosureGraph) -> RuntimeConfig {
 
 /// Where nixpkgs' cacert puts the CA bundle, relative to its output.
 const CA_BUNDLE: &str = "etc/ssl/certs/ca-bundle.crt";
+
+/// Stores the index of `entries` (a platform and its image each) in both
+/// flavours: an OCI image index of the OCI manifests, a Docker manifest
+/// list of the Docker ones.
+fn store_index(storage: &dyn Storage, entries: &[(Platform, Arc<BuiltImage>)]) -> Result<BuiltImage, ShimError> {
+    let flavour = |index_type: &str, pick: &dyn Fn(&BuiltImage) -> &StoredManifest| -> Result<StoredManifest, ShimError> {
+        let manifests: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|(platform, image)| {
+                let m = pick(image);
+                serde_json::json!({ "mediaType": m.media_type, "digest": m.digest, "size": m.size, "platform": platform })
+            })
+            .collect();
+        let bytes = serde_json::to_vec(&serde_json::json!({ "schemaVersion": 2, "mediaType": index_type, "manifests": manifests })).expect("json");
+        put_bytes(storage, &bytes, index_type)?;
+        Ok(StoredManifest { digest: Digest::of(&bytes), size: bytes.len() as u64, media_type: index_type.to_string(), bytes: Some(bytes.into()) })
+    };
+    Ok(BuiltImage { oci: flavour(media_type::OCI_INDEX, &|i| &i.oci)?, docker: flavour(media_type::DOCKER_MANIFEST_LIST, &|i| &i.docker)? })
+}
 
 fn store_manifests(storage: &dyn Storage, image: &Image) -> Result<BuiltImage, ShimError> {
     let oci = image.docs(ManifestFlavour::Oci);
