@@ -309,10 +309,12 @@ let
       # the groups before it (it subtracts their closures when it runs), so
       # it is built once and kept however the rest of the image changes,
       # with or without `incremental`, and without import-from-derivation.
-      explicitLayers = builtins.genList (i:
+      # With `digestOnly` (streamNixeryImage), a layer derivation keeps
+      # only the layer's digests, not its bytes.
+      explicitLayersFor = digestOnly: builtins.genList (i:
         let before = builtins.concatLists (builtins.genList (j: builtins.elemAt layerGroups j) i); in
         derivation {
-          name = "nixery-explicit-layer";
+          name = if digestOnly then "nixery-explicit-layer-digest" else "nixery-explicit-layer";
           system = buildSystem;
           builder = helperExe;
           args = [ "pack-group" ];
@@ -323,9 +325,35 @@ let
             group = map toString (builtins.elemAt layerGroups i);
             before = map toString before;
             inherit (spec) perms compression compressionLevel;
-          };
+          } // (if digestOnly then { inherit digestOnly; } else { });
           allowSubstitutes = false;
         }) (length layerGroups);
+
+      # Incremental builds: the plan, then one derivation per layer. Layer
+      # derivations depend only on their store paths, rules and the
+      # compression, so unchanged layers are never packed again. The plan
+      # names store paths; their context is given back with
+      # builtins.appendContext, which pure evaluation allows.
+      layerDerivationsFor = digestOnly:
+        let
+          plan = fromJSON (builtins.unsafeDiscardStringContext
+            (builtins.readFile (helperDerivation "${drvName}-layer-plan" "plan-layers" spec)));
+          withContext = path: builtins.appendContext path { ${path} = { path = true; }; };
+        in
+        map (layer: derivation {
+          name = if digestOnly then "nixery-layer-digest" else "nixery-layer";
+          system = buildSystem;
+          builder = helperExe;
+          args = [ "pack-layer" ];
+          __structuredAttrs = true;
+          nixeryLayer = {
+            version = specVersion;
+            paths = map withContext layer.paths;
+            perms = layer.perms or [ ];
+            inherit (spec) compression compressionLevel;
+          } // (if digestOnly then { inherit digestOnly; } else { });
+          allowSubstitutes = false;
+        }) plan.layers;
 
       # The result: `drv` with the passthru on it and on each of its
       # outputs (so `image.out.imageTag` works too).
@@ -333,7 +361,7 @@ let
         let self = drv // extra // { out = self; all = [ self ]; }; in self;
     in
     assert checked;
-    { inherit spec helperDerivation drvName withPassthru imageSystem explicitLayers; args = args; };
+    { inherit spec helperDerivation drvName withPassthru imageSystem explicitLayersFor layerDerivationsFor; args = args; };
 
   buildNixeryImage = args:
     let
@@ -341,34 +369,9 @@ let
       inherit (p) spec drvName;
       name = args.name;
       incremental = args.incremental or false;
-      compression = spec.compression;
-      compressionLevel = spec.compressionLevel;
-
-      # Incremental builds: the plan, then one derivation per layer. Layer
-      # derivations depend only on their store paths, rules and the
-      # compression, so unchanged layers are never packed again. The plan
-      # names store paths; their context is given back with
-      # builtins.appendContext, which pure evaluation allows.
-      plan = fromJSON (builtins.unsafeDiscardStringContext
-        (builtins.readFile (p.helperDerivation "${drvName}-layer-plan" "plan-layers" spec)));
-      withContext = path: builtins.appendContext path { ${path} = { path = true; }; };
-      layerDerivations = map (layer: derivation {
-        name = "nixery-layer";
-        system = buildSystem;
-        builder = helperExe;
-        args = [ "pack-layer" ];
-        __structuredAttrs = true;
-        nixeryLayer = {
-          version = specVersion;
-          paths = map withContext layer.paths;
-          perms = layer.perms or [ ];
-          inherit compression compressionLevel;
-        };
-        allowSubstitutes = false;
-      }) plan.layers;
 
       image = p.helperDerivation drvName "build-image"
-        (spec // { prepacked = p.explicitLayers ++ (if incremental then layerDerivations else [ ]); });
+        (spec // { prepacked = p.explicitLayersFor false ++ (if incremental then p.layerDerivationsFor false else [ ]); });
 
       imageTag = if spec.tag != null then spec.tag else head (split "-" (baseNameOf image.outPath));
 
@@ -439,10 +442,16 @@ let
   # hashing sink, writing nothing, to know the digests.
   streamNixeryImage = args:
     let
-      p = prepare (builtins.removeAttrs args [ "format" "incremental" ]);
+      p = prepare (builtins.removeAttrs args [ "format" ]);
       inherit (p) drvName;
       name = args.name;
-      image = p.helperDerivation drvName "build-image" (p.spec // { format = "stream"; prepacked = [ ]; });
+      incremental = args.incremental or false;
+      # Layer derivations that keep digests alone: with `incremental` (or
+      # explicit `layers`), a rebuild hashes only the layers that changed.
+      image = p.helperDerivation drvName "build-image" (p.spec // {
+        format = "stream";
+        prepacked = p.explicitLayersFor true ++ (if incremental then p.layerDerivationsFor true else [ ]);
+      });
       imageTag = if p.spec.tag != null then p.spec.tag else head (split "-" (baseNameOf image.outPath));
     in
     p.withPassthru image ({

@@ -31,6 +31,7 @@ else if stream then nixery.streamNixeryImage {
   name = "incremental-bench";
   tag = version;
   contents = hosts ++ [ pkgs.hello changing ];
+  inherit incremental;
 }
 else nixery.buildNixeryImage {
   name = "incremental-bench";

@@ -357,6 +357,9 @@ struct PackLayerSpec {
     compression: Compression,
     #[serde(default)]
     compression_level: Option<u32>,
+    /// Keep the digests alone (streamNixeryImage), not the blob.
+    #[serde(default)]
+    digest_only: bool,
 }
 
 #[derive(Deserialize)]
@@ -460,7 +463,7 @@ pub fn pack_layer_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     let opts = PackOptions::new(attrs.layer.compression, attrs.layer.compression_level).map_err(|e| invalid(e.to_string()))?;
     fs::create_dir_all(out).map_err(|source| BuildError::Write { path: out.clone(), source })?;
     let content = LayerContent { perms: attrs.layer.perms.clone(), ..LayerContent::store_paths(attrs.layer.paths.clone()) };
-    let packed = packing::pack_to_file(&content, &out.join("blob"), opts)?;
+    let packed = pack_prepacked(&content, out, opts, attrs.layer.digest_only)?;
     let doc = PrepackedLayer { paths: attrs.layer.paths, perms: attrs.layer.perms, packed };
     write_out(&out.join("layer.json"), &serde_json::to_vec(&doc).expect("a layer serialises"))
 }
@@ -488,6 +491,15 @@ struct PackGroupSpec {
     compression: Compression,
     #[serde(default)]
     compression_level: Option<u32>,
+    /// Keep the digests alone (streamNixeryImage), not the blob.
+    #[serde(default)]
+    digest_only: bool,
+}
+
+/// Packs `content` into `out/blob`, or, with `digest_only`, into a hashing
+/// sink (the layer of a stream image: its digests, no bytes kept).
+fn pack_prepacked(content: &LayerContent, out: &Path, opts: PackOptions, digest_only: bool) -> Result<packing::PackedLayer, BuildError> {
+    Ok(if digest_only { packing::pack_to_sink(content, opts)? } else { packing::pack_to_file(content, &out.join("blob"), opts)? })
 }
 
 /// The builder of an explicit layer (`nixery pack-group`): packs the
@@ -513,7 +525,7 @@ pub fn pack_group_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     let perms: Vec<PermRule> = rules.into_iter().filter(|r| assembly::concerns(r, &paths)).collect();
     fs::create_dir_all(out).map_err(|source| BuildError::Write { path: out.clone(), source })?;
     let content = LayerContent { perms: perms.clone(), ..LayerContent::store_paths(paths.clone()) };
-    let packed = packing::pack_to_file(&content, &out.join("blob"), opts)?;
+    let packed = pack_prepacked(&content, out, opts, spec.digest_only)?;
     write_out(&out.join("layer.json"), &serde_json::to_vec(&PrepackedLayer { paths, perms, packed }).expect("a layer serialises"))
 }
 
@@ -537,7 +549,12 @@ pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
         spec.layering
     );
     if b.spec.format == Format::Stream {
-        let store = assembly::StreamStore::new(b.out.join("blobs/sha256"));
+        let mut store = assembly::StreamStore::new(b.out.join("blobs/sha256"));
+        for dir in b.spec.prepacked.iter().flatten() {
+            let doc: PrepackedLayer = read_json(&dir.join("layer.json"))?;
+            let key = LayerContent { perms: doc.perms.clone(), ..LayerContent::store_paths(doc.paths.clone()) }.key(spec.pack);
+            store.add_known(key, doc.packed, doc.paths, doc.perms);
+        }
         let (image, _) = assembly::assemble(plan, &store).map_err(assembly_error)?;
         image::write_oci_layout(&image, name, &tag, &b.out)?;
         let recipes = store.recipes();

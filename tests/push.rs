@@ -69,6 +69,11 @@ impl Drop for AuthRegistry {
 /// An image of hello, jq and a one-file package whose content is
 /// `marker`; `function` is buildNixeryImage or streamNixeryImage.
 fn image_expr(function: &str, marker: &str) -> String {
+    image_expr_with(function, marker, "")
+}
+
+/// [`image_expr`] with more arguments (`extra`: Nix attributes).
+fn image_expr_with(function: &str, marker: &str, extra: &str) -> String {
     format!(
         r#"let
   marker = derivation {{
@@ -83,6 +88,7 @@ nixery.{function} {{
   tag = "v1";
   contents = [ pkgs.hello pkgs.jq marker ];
   maxLayers = 10;
+  {extra}
 }}"#
     )
 }
@@ -219,4 +225,36 @@ fn stream_images_load_into_oci_layouts_and_podman() {
     let out = Command::new(helper()).arg("load").arg(&stream).arg("nowhere").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected podman, docker, oci:DIR[:TAG] or docker-archive:FILE"));
+}
+
+#[test]
+fn incremental_stream_images_hash_only_the_layers_that_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Markers of this run only: nothing of them is built yet.
+    let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let (three, four) = (format!("three-{run_id}"), format!("four-{run_id}"));
+    let built = nix_build_expr(dir.path(), &image_expr("buildNixeryImage", &three));
+    let incremental = "incremental = true;";
+    // The first build hashes every layer in a derivation of its own.
+    let first = nix_build_expr(dir.path(), &image_expr_with("streamNixeryImage", &three, incremental));
+    assert_eq!(layout_manifest(&first).1, layout_manifest(&built).1, "the same image as buildNixeryImage");
+    // After one package changed, only its layer is hashed again.
+    let file = dir.path().join("changed.nix");
+    std::fs::write(
+        &file,
+        format!(
+            "{{ helper }}:\nlet\n  nixery = import {}/lib.nix {{ inherit helper; }};\n  pkgs = import {}/tests/pkgs {{ }};\nin\n{}\n",
+            repo().display(),
+            repo().display(),
+            image_expr_with("streamNixeryImage", &four, incremental)
+        ),
+    )
+    .unwrap();
+    let out = run(&mut nix_build_cmd(&file));
+    let log = String::from_utf8_lossy(&out.stderr);
+    let hashed = log.lines().filter(|l| l.starts_with("building '") && l.contains("nixery-layer-digest.drv")).count();
+    assert_eq!(hashed, 1, "one layer hashed again:\n{log}");
+    let second = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert!(second.join(nixery::push::STREAM_FILE).exists());
+    assert_ne!(layout_manifest(&second).1, layout_manifest(&first).1);
 }
