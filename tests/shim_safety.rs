@@ -87,6 +87,23 @@ fn builds_are_bounded_queued_and_failures_remembered() {
     assert_eq!(body["errors"][0]["code"], "NAME_INVALID");
     assert!(body["errors"][0]["message"].as_str().unwrap().contains("more than the 3"), "{body}");
     assert_eq!(shim.nix_builds() - before, 2);
+
+    // The operator sees the same in /metrics.
+    let resp = c.get(shim.url("/metrics")).send().unwrap();
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    let metrics = resp.text().unwrap();
+    let value = |line: &str| -> f64 {
+        metrics.lines().find(|l| l.starts_with(line)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {line} in\n{metrics}"))
+    };
+    assert_eq!(value("nixery_builds_started_total "), 42.0);
+    assert_eq!(value("nixery_builds_failed_total "), 2.0);
+    assert_eq!(value("nixery_manifest_cache_total{result=\"built\"}"), 40.0);
+    assert_eq!(value("nixery_manifest_cache_total{result=\"failed_cached\"}"), 10.0, "9 retries of the unknown name, 1 of the broken one");
+    assert_eq!(value("nixery_build_duration_seconds_count "), 40.0);
+    assert_eq!(value("nixery_builds_running "), 0.0);
+    assert_eq!(value("nixery_builds_queued "), 0.0);
+    assert!(value("nixery_layers_total{result=\"reused\"}") > 0.0, "40 images share layers");
+    assert!(value("nixery_served_bytes_total ") > 0.0);
 }
 
 /// Reads from `stream` until the server closes it; panics if it does not

@@ -135,6 +135,7 @@ pub async fn serve_stored(state: &AppState, method: &Method, headers: &HeaderMap
     if method == Method::HEAD {
         return respond(status, h, Body::empty());
     }
+    state.shim.metrics().served_bytes.inc_by(len);
     if let Some(bytes) = in_memory {
         return respond(status, h, Body::from(bytes.slice(start as usize..(start + len) as usize)));
     }

@@ -64,8 +64,9 @@ pub fn unsupported() -> Response {
     resp
 }
 
-/// Builds the router. With `web_dir`, paths outside `/v2` are files from
-/// it; otherwise `/` is the embedded start page. With `credentials`, every
+/// Builds the router: `/v2/…`, `/metrics`, and with `web_dir`, paths
+/// outside those are files from it; otherwise `/` is the embedded start
+/// page. With `credentials`, every
 /// request needs them.
 pub fn router(state: Arc<AppState>, web_dir: Option<PathBuf>, credentials: Option<Arc<auth::Credentials>>) -> Router {
     let v2 = Router::new()
@@ -80,7 +81,8 @@ pub fn router(state: Arc<AppState>, web_dir: Option<PathBuf>, credentials: Optio
         Some(dir) => Router::new().fallback_service(tower_http::services::ServeDir::new(dir)),
         None => Router::new().route("/", axum::routing::get(web::start_page)),
     };
-    let mut app = v2.merge(web).with_state(state);
+    let metrics = Router::new().route("/metrics", axum::routing::get(metrics));
+    let mut app = v2.merge(metrics).merge(web).with_state(state);
     if let Some(c) = credentials {
         app = app.layer(axum::middleware::from_fn_with_state(c, auth::require));
     }
@@ -91,6 +93,14 @@ pub fn router(state: Arc<AppState>, web_dir: Option<PathBuf>, credentials: Optio
     } else {
         app
     }
+}
+
+/// `GET /metrics`: the shim's metrics in Prometheus' (OpenMetrics) text
+/// format.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut resp = state.shim.metrics().render().into_response();
+    resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+    resp
 }
 
 async fn base(method: Method) -> Response {

@@ -51,6 +51,7 @@ use crate::packing::PackOptions;
 use crate::storage::{put_bytes, Storage, StorageError};
 
 pub mod layers;
+pub mod metrics;
 
 /// How many images are kept in memory (warm path and manifest cache).
 const MEMORY_IMAGES: u64 = 10_000;
@@ -243,6 +244,7 @@ pub struct Shim {
     failures: moka::sync::Cache<String, Arc<ShimError>>,
     /// Permits for Nix builds ([`ShimConfig::max_builds`]).
     builds: tokio::sync::Semaphore,
+    metrics: Arc<metrics::Metrics>,
     errors: Mutex<VecDeque<ErrorRecord>>,
     popularity_digest: String,
 }
@@ -271,6 +273,7 @@ impl Shim {
             layers: layers::layer_cache(),
             failures: moka::sync::Cache::builder().max_capacity(MEMORY_IMAGES).time_to_live(config.failure_ttl.max(Duration::from_millis(1))).build(),
             builds: tokio::sync::Semaphore::new(config.max_builds.max(1)),
+            metrics: Default::default(),
             config,
             storage,
             warm: moka::sync::Cache::new(MEMORY_IMAGES),
@@ -283,6 +286,11 @@ impl Shim {
     /// The storage backend.
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
+    }
+
+    /// What operators count ([`metrics`]).
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
     }
 
     /// The settings.
@@ -323,6 +331,7 @@ impl Shim {
         let warm_key = format!("{name}:{tag}");
         if let Some(warm) = self.warm.get(&warm_key) {
             if Arc::ptr_eq(&warm.source, &source) || warm.source.revision == source.revision {
+                self.metrics.lookup("warm");
                 return Ok(warm.image.clone());
             }
         }
@@ -372,10 +381,12 @@ impl Shim {
         }
         let key = self.manifest_key(&source.revision, &request);
         if let Some(hit) = self.images.get(&key).await {
+            self.metrics.lookup("warm");
             return Ok(hit);
         }
         if self.config.failure_ttl > Duration::ZERO {
             if let Some(failed) = self.failures.get(&key) {
+                self.metrics.lookup("failed_cached");
                 return Err(failed);
             }
         }
@@ -462,16 +473,33 @@ impl Shim {
         if let Some(bytes) = self.storage.get_meta(&meta_key).await? {
             if let Ok(mut img) = serde_json::from_slice::<BuiltImage>(&bytes) {
                 if self.load_bytes(&mut img.oci).await? && self.load_bytes(&mut img.docker).await? {
+                    self.metrics.lookup("stored");
                     tracing::info!(image = label, "manifest cache hit");
                     return Ok(img);
                 }
             }
         }
+        let result = self.build(key, request, source, label).await;
+        self.metrics.lookup(if result.is_ok() { "built" } else { "failed" });
+        if result.is_err() {
+            self.metrics.builds_failed.inc();
+        }
+        result
+    }
+
+    /// Builds the image (nix-build, then assembly) and stores it.
+    async fn build(self: &Arc<Self>, key: &str, request: &ImageRequest, source: &ResolvedSource, label: &str) -> Result<BuiltImage, ShimError> {
+        let meta_key = format!("manifests/{key}.json");
         let queued = Instant::now();
+        self.metrics.builds_queued.inc();
         let permit = self.builds.acquire().await.expect("the build semaphore is never closed");
+        self.metrics.builds_queued.dec();
+        self.metrics.builds_started.inc();
+        self.metrics.builds_running.inc();
         let started = Instant::now();
         tracing::info!(image = label, packages = ?request.packages, system = %request.system, revision = %source.revision, queued_ms = queued.elapsed().as_millis() as u64, "running nix-build");
         let prepared = self.config.prepare.run(source, &request.packages, &self.config.base_packages, &request.system).await;
+        self.metrics.builds_running.dec();
         drop(permit);
         let graph = match prepared {
             Ok(Prepared::Graph(g)) => g,
@@ -520,6 +548,9 @@ impl Shim {
         })?;
         let (img, stats) = built;
         self.storage.put_meta(&meta_key, &serde_json::to_vec(&img).expect("json")).await?;
+        self.metrics.build_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics.layers.get_or_create(&metrics::ResultLabel { result: "reused" }).inc_by(stats.reused as u64);
+        self.metrics.layers.get_or_create(&metrics::ResultLabel { result: "packed" }).inc_by(stats.packed as u64);
         tracing::info!(
             image = label,
             manifest = %img.oci.digest,
