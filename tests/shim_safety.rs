@@ -412,3 +412,40 @@ fn docker_push_fails_at_once_and_errors_name_no_host_path() {
     let body = c.get(debug.url("/v2/broken/manifests/latest")).send().unwrap().text().unwrap();
     assert!(body.contains("this package always fails to build"), "{body}");
 }
+
+#[test]
+fn two_shims_on_one_bucket_build_the_same_cold_image_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3::start();
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // Each shim has its own local folders; they share the bucket only.
+    let a = Shim::start(&dir.path().join("a"), &env);
+    let b = Shim::start(&dir.path().join("b"), &env);
+    let pull = |shim: &Shim| {
+        let out = dir.path().join(format!("oci-{}", shim.port));
+        let src = format!("docker://{}/shell/jq/hello", shim.host());
+        let dest = format!("oci:{}:latest", out.display());
+        std::thread::spawn(move || {
+            run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(src).arg(dest));
+            out
+        })
+    };
+    let (pa, pb) = (pull(&a), pull(&b));
+    let (la, lb) = (pa.join().unwrap(), pb.join().unwrap());
+    assert_eq!(layout_manifest(&la).1, layout_manifest(&lb).1, "the same image from both");
+    // A third shim serves it warm from the bucket, with no build; every
+    // blob it streams from there is whole (its bytes have its digest).
+    let mut streaming = env.clone();
+    streaming.push(("NIXERY_BLOB_REDIRECT", "false"));
+    let c = Shim::start(&dir.path().join("c"), &streaming);
+    let resp = http().get(c.url("/v2/shell/jq/hello/manifests/latest")).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    let blobs: Vec<String> = s3.keys().into_iter().filter_map(|k| k.strip_prefix("blobs/sha256/").map(str::to_string)).filter(|k| k.len() == 64).collect();
+    assert!(blobs.len() > 5, "{blobs:?}");
+    for hex in blobs {
+        let bytes = http().get(c.url(&format!("/v2/shell/jq/hello/blobs/sha256:{hex}"))).send().unwrap().bytes().unwrap();
+        assert_eq!(nixery::digest::Digest::of(&bytes).hex(), hex);
+    }
+    assert_eq!(c.nix_builds(), 0, "{}", c.log_text());
+}
