@@ -449,3 +449,45 @@ fn two_shims_on_one_bucket_build_the_same_cold_image_at_once() {
     }
     assert_eq!(c.nix_builds(), 0, "{}", c.log_text());
 }
+
+#[test]
+fn the_start_page_shows_builds_live_in_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let shim = Shim::start(&dir.path().join("store"), &[("NIX_TIMEOUT", "8")]);
+    // The event stream sends a snapshot at once and after every change.
+    let mut events = http().get(shim.url("/events")).send().unwrap();
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let url = shim.url("/v2/slow/manifests/latest");
+    let pull = std::thread::spawn(move || http().get(url).send().map(|r| r.status().as_u16()));
+    let mut buf = String::new();
+    let mut chunk = [0u8; 4096];
+    let snapshot_with = |buf: &str, key: &str| {
+        buf.lines().filter_map(|l| l.strip_prefix("data: ")).filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok()).any(|s| {
+            s[key].as_array().unwrap().iter().any(|b| b["image"] == "slow:latest")
+        })
+    };
+    while !snapshot_with(&buf, "running") {
+        let n = events.read(&mut chunk).unwrap();
+        assert!(n > 0, "the stream ended: {buf}");
+        buf.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+    // A real browser: the page lists the build in progress, and the
+    // screenshot shows it.
+    let dom = run_stdout(Command::new("chromium").args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"]).arg(shim.url("/")));
+    let running = dom.split("id=\"running\"").nth(1).and_then(|r| r.split("</ul>").next()).unwrap_or_default().to_string();
+    assert!(running.contains("slow:latest: nix-build for"), "{dom}");
+    assert!(dom.contains("new EventSource(\"/events\")"), "the page follows the event stream");
+    let png = dir.path().join("start-page.png");
+    run(Command::new("chromium").args(["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1000,800", "--timeout=3000"]).arg(format!("--screenshot={}", png.display())).arg(shim.url("/")));
+    let image = std::fs::read(&png).unwrap();
+    assert!(image.starts_with(b"\x89PNG") && image.len() > 10_000, "a screenshot of the page");
+    // When it ends (past NIX_TIMEOUT), the stream says so at once.
+    while !snapshot_with(&buf, "recent") {
+        let n = events.read(&mut chunk).unwrap();
+        assert!(n > 0, "the stream ended: {buf}");
+        buf.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+    assert_eq!(pull.join().unwrap().unwrap(), 503);
+    let dom = run_stdout(Command::new("chromium").args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"]).arg(shim.url("/")));
+    assert!(dom.contains("slow:latest: failed in"), "{dom}");
+}

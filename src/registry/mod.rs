@@ -81,7 +81,7 @@ pub fn router(state: Arc<AppState>, web_dir: Option<PathBuf>, credentials: Optio
         Some(dir) => Router::new().fallback_service(tower_http::services::ServeDir::new(dir)),
         None => Router::new().route("/", axum::routing::get(web::start_page)),
     };
-    let metrics = Router::new().route("/metrics", axum::routing::get(metrics));
+    let metrics = Router::new().route("/metrics", axum::routing::get(metrics)).route("/events", axum::routing::get(web::events));
     let mut app = v2.merge(metrics).merge(web).with_state(state);
     if let Some(c) = credentials {
         app = app.layer(axum::middleware::from_fn_with_state(c, auth::require));

@@ -1,8 +1,11 @@
-//! The embedded start page: how to use this instance, and the most recent
-//! build errors (what failed; details only with `NIXERY_DEBUG_ERRORS`).
+//! The embedded start page: how to use this instance, builds in progress
+//! and recent builds, live (a server-sent event stream, `/events`, that
+//! sends a snapshot of [`crate::shim::activity`] on every change), and the
+//! most recent build errors (what failed; details only with
+//! `NIXERY_DEBUG_ERRORS`).
 
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
@@ -14,11 +17,48 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// `GET /events`: a snapshot of the builds in progress and finished, at
+/// once and after every change (server-sent events).
+pub async fn events(State(state): State<Arc<AppState>>) -> axum::response::sse::Sse<impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let rx = state.shim.activity().subscribe();
+    let stream = futures::stream::unfold((rx, true), move |(mut rx, first)| {
+        let state = state.clone();
+        async move {
+            if !first && rx.changed().await.is_err() {
+                return None;
+            }
+            rx.borrow_and_update();
+            let event = Event::default().json_data(state.shim.activity().snapshot()).unwrap_or_else(|_| Event::default().comment("snapshot unavailable"));
+            Some((Ok(event), (rx, false)))
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
 /// `GET /`.
 pub async fn start_page(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Html<String> {
     let host = escape(headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("HOST"));
     let source = escape(&state.source_description);
     let shell = escape(&state.shim.config().meta.shell.join(", "));
+    // The builds as they are now; the event stream keeps them current.
+    let snapshot = state.shim.activity().snapshot();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let list = |items: Vec<String>| -> String {
+        if items.is_empty() {
+            "<li>none</li>".to_string()
+        } else {
+            items.iter().map(|i| format!("<li>{}</li>", escape(i))).collect()
+        }
+    };
+    let running = list(snapshot.running.iter().map(|r| format!("{}: {} for {} s", r.image, r.stage, now.saturating_sub(r.started))).collect());
+    let recent = list(
+        snapshot
+            .recent
+            .iter()
+            .map(|f| format!("{}: {} in {:.1} s, {} layers reused, {} packed", f.image, if f.ok { "built" } else { "failed" }, f.ms as f64 / 1000.0, f.reused, f.packed))
+            .collect(),
+    );
     let errors = state.shim.recent_errors();
     let errors_html = if errors.is_empty() {
         "<p>No build errors so far.</p>".to_string()
@@ -49,8 +89,26 @@ docker pull {host}/shell/jq/hello</pre>
 <li><code>shell</code> adds {shell}; <code>arm64</code> builds for aarch64-linux.</li>
 <li>Packages come from {source}.</li>
 </ul>
+<h2>Builds in progress</h2>
+<ul id="running">{running}</ul>
+<h2>Recent builds</h2>
+<ul id="recent">{recent}</ul>
 <h2>Recent build errors</h2>
 {errors_html}
+<script>
+const text = (tag, s) => {{ const e = document.createElement(tag); e.textContent = s; return e; }};
+const fill = (id, items, line) => {{
+  const ul = document.getElementById(id);
+  ul.replaceChildren(...(items.length ? items.map(i => text("li", line(i))) : [text("li", "none")]));
+}};
+const events = new EventSource("/events");
+events.onmessage = (m) => {{
+  const s = JSON.parse(m.data);
+  const now = Date.now() / 1000;
+  fill("running", s.running, r => `${{r.image}}: ${{r.stage}} for ${{Math.max(0, Math.round(now - r.started))}} s`);
+  fill("recent", s.recent, f => `${{f.image}}: ${{f.ok ? "built" : "failed"}} in ${{(f.ms / 1000).toFixed(1)}} s, ${{f.reused}} layers reused, ${{f.packed}} packed`);
+}};
+</script>
 </body></html>
 "#
     ))

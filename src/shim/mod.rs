@@ -50,6 +50,7 @@ use crate::nix::{NixError, PackageSource, Prepare, Prepared, ResolvedSource};
 use crate::packing::PackOptions;
 use crate::storage::{put_bytes, Storage, StorageError};
 
+pub mod activity;
 pub mod layers;
 pub mod metrics;
 
@@ -245,6 +246,7 @@ pub struct Shim {
     /// Permits for Nix builds ([`ShimConfig::max_builds`]).
     builds: tokio::sync::Semaphore,
     metrics: Arc<metrics::Metrics>,
+    activity: activity::Activity,
     errors: Mutex<VecDeque<ErrorRecord>>,
     popularity_digest: String,
 }
@@ -274,6 +276,7 @@ impl Shim {
             failures: moka::sync::Cache::builder().max_capacity(MEMORY_IMAGES).time_to_live(config.failure_ttl.max(Duration::from_millis(1))).build(),
             builds: tokio::sync::Semaphore::new(config.max_builds.max(1)),
             metrics: Default::default(),
+            activity: Default::default(),
             config,
             storage,
             warm: moka::sync::Cache::new(MEMORY_IMAGES),
@@ -286,6 +289,11 @@ impl Shim {
     /// The storage backend.
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
+    }
+
+    /// Builds in progress and finished, for the start page.
+    pub fn activity(&self) -> &activity::Activity {
+        &self.activity
     }
 
     /// What operators count ([`metrics`]).
@@ -491,9 +499,11 @@ impl Shim {
     async fn build(self: &Arc<Self>, key: &str, request: &ImageRequest, source: &ResolvedSource, label: &str) -> Result<BuiltImage, ShimError> {
         let meta_key = format!("manifests/{key}.json");
         let queued = Instant::now();
+        let entry = self.activity.start(label);
         self.metrics.builds_queued.inc();
         let permit = self.builds.acquire().await.expect("the build semaphore is never closed");
         self.metrics.builds_queued.dec();
+        entry.stage("nix-build");
         self.metrics.builds_started.inc();
         self.metrics.builds_running.inc();
         let started = Instant::now();
@@ -501,6 +511,7 @@ impl Shim {
         let prepared = self.config.prepare.run(source, &request.packages, &self.config.base_packages, &request.system).await;
         self.metrics.builds_running.dec();
         drop(permit);
+        entry.stage("assembling");
         let graph = match prepared {
             Ok(Prepared::Graph(g)) => g,
             Ok(Prepared::NotFound(names)) => {
@@ -551,6 +562,7 @@ impl Shim {
         self.metrics.build_duration.observe(started.elapsed().as_secs_f64());
         self.metrics.layers.get_or_create(&metrics::ResultLabel { result: "reused" }).inc_by(stats.reused as u64);
         self.metrics.layers.get_or_create(&metrics::ResultLabel { result: "packed" }).inc_by(stats.packed as u64);
+        entry.finish(stats.reused, stats.packed);
         tracing::info!(
             image = label,
             manifest = %img.oci.digest,
