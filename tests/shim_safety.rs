@@ -396,8 +396,16 @@ fn docker_push_fails_at_once_and_errors_name_no_host_path() {
     // Error bodies and the start page say what failed, not where: no
     // store path, no storage path, no package-set path, no Nix log.
     let c = http();
-    let body = c.get(shim.url("/v2/broken/manifests/latest")).send().unwrap().text().unwrap();
+    let resp = c.get(shim.url("/v2/broken/manifests/latest")).send().unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body = resp.text().unwrap();
     let page = c.get(shim.url("/")).send().unwrap().text().unwrap();
+    // The build's log lines carry the id of the request that started it.
+    let log = shim.log_text();
+    let failed = log.lines().find(|l| l.contains("nix-build failed")).expect("the failure is logged");
+    assert!(failed.contains(&format!("request{{id={id}}}")), "{failed}");
+    let sent = c.get(shim.url("/v2/")).header("x-request-id", "from-the-proxy").send().unwrap();
+    assert_eq!(sent.headers()["x-request-id"], "from-the-proxy", "an id from a proxy is kept");
     for text in [&body, &page] {
         for secret in ["/nix/store", store.to_str().unwrap(), repo().to_str().unwrap(), "always fails to build"] {
             assert!(!text.contains(secret), "{secret:?} leaks: {text}");

@@ -86,6 +86,12 @@ pub fn router(state: Arc<AppState>, web_dir: Option<PathBuf>, credentials: Optio
     if let Some(c) = credentials {
         app = app.layer(axum::middleware::from_fn_with_state(c, auth::require));
     }
+    // Every request gets an id (`X-Request-Id`, kept when the client or a
+    // proxy sent one), echoed in the response; a manifest request's logs,
+    // and those of the build it starts, carry it.
+    let app = app
+        .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
+        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(tower_http::request_id::MakeRequestUuid));
     // Per-request logs cost a span and two events on every request: only
     // when asked for (RUST_LOG=tower_http=debug).
     if tracing::enabled!(target: "tower_http::trace::on_response", tracing::Level::DEBUG) {
@@ -200,7 +206,12 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     let result = match classify(&method, uri.path()) {
         Err(Refusal::Unsupported) => return unsupported(),
         Err(Refusal::NameInvalid(name)) => return ErrorCode::NameInvalid.with_detail(serde_json::json!({ "Name": name })).into_response(),
-        Ok(Route::Manifest { name, reference }) => manifests::get_manifest(&state, &method, &headers, name, reference).await,
+        Ok(Route::Manifest { name, reference }) => {
+            use tracing::Instrument;
+            let id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+            let span = tracing::info_span!("request", id = %id);
+            manifests::get_manifest(&state, &method, &headers, name, reference).instrument(span).await
+        }
         Ok(Route::Blob { digest, .. }) => blobs::get_blob(&state, &method, &headers, digest).await,
         Ok(Route::Tags { name }) => tags(&state, name).await,
         Ok(Route::Unsupported) => return unsupported(),

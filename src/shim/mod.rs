@@ -405,6 +405,9 @@ impl Shim {
             Some(s) => format!("{name}:{tag} ({s})"),
             None => format!("{name}:{tag}"),
         };
+        // The build runs in the span of the request that started it, so
+        // its log lines carry that request's id.
+        use tracing::Instrument;
         let task = tokio::spawn(async move {
             let loader = this.clone();
             let loading_key = key.clone();
@@ -418,7 +421,7 @@ impl Shim {
                 }
             }
             result
-        });
+        }.instrument(tracing::Span::current()));
         match task.await {
             Ok(result) => result,
             Err(e) => Err(Arc::new(ShimError::Task(e))),
