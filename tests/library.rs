@@ -129,12 +129,15 @@ fn explicit_layers_come_first_and_stay_the_same_when_the_rest_changes() {
     let b = build("pkgs.jq pkgs.coreutils");
     // A third image with the same group: its explicit layer is the
     // derivation already built, nothing is packed again for it (and no
-    // import-from-derivation took part).
+    // import-from-derivation took part). Its tag is this run's, so the
+    // image itself is not in the store yet, even on a machine that ran
+    // the suite before.
+    let tag = format!("t{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
     let file = dir.path().join("third.nix");
     std::fs::write(
         &file,
         format!(
-            "{{ helper }}: let nixery = import {}/lib.nix {{ inherit helper; }}; pkgs = import {}/tests/pkgs {{ }}; in nixery.buildNixeryImage {{ name = \"explicit\"; tag = \"v1\"; contents = [ pkgs.jq pkgs.bashInteractive ]; layers = [ [ pkgs.jq ] ]; }}",
+            "{{ helper }}: let nixery = import {}/lib.nix {{ inherit helper; }}; pkgs = import {}/tests/pkgs {{ }}; in nixery.buildNixeryImage {{ name = \"explicit\"; tag = \"{tag}\"; contents = [ pkgs.jq pkgs.bashInteractive ]; layers = [ [ pkgs.jq ] ]; }}",
             repo().display(),
             repo().display()
         ),
