@@ -114,7 +114,7 @@ fn write_archive<W: Write>(source: &Source, name: &str, out: W) -> Result<W, Pus
 }
 
 fn read_small(source: &Source, d: &Descriptor) -> Result<Vec<u8>, PushError> {
-    let mut bytes = Vec::with_capacity(d.size as usize);
+    let mut bytes = Vec::with_capacity(d.size.min(1 << 20) as usize);
     source.write_blob(&d.digest, &mut bytes)?;
     Ok(bytes)
 }
