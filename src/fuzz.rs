@@ -1,8 +1,10 @@
 //! The properties the fuzz targets check, on everything a client sends
 //! before the image service sees it: image names, references and digests,
 //! `Range` headers, and request routing. The targets under `fuzz/` (run
-//! with `cargo +nightly fuzz run TARGET`) call these functions, and the
-//! saved corpus is replayed by an ordinary test, so a finding stays fixed.
+//! with `cargo +nightly fuzz run TARGET`, or `scripts/fuzz`) call these
+//! functions; ordinary tests replay the saved corpus, so a finding stays
+//! fixed, and run a bounded, deterministic mutation of it (half a million
+//! inputs) on the stable toolchain, so every CI run fuzzes too.
 //!
 //! Each function panics when a property fails; on any input it must not
 //! panic otherwise.
@@ -89,6 +91,58 @@ pub fn request_routing(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    /// The corpus of a target.
+    fn corpus(target: &str) -> Vec<Vec<u8>> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect()
+    }
+
+    /// A bounded mutation run on the stable toolchain, so CI fuzzes on
+    /// every run (cargo-fuzz's coverage-guided runs need nightly and a
+    /// 14-minute instrumented build: `scripts/fuzz`). Deterministic: the
+    /// same inputs every time, so a failure reproduces.
+    #[test]
+    fn mutated_corpus_inputs_keep_the_properties() {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            // xorshift64*
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        const INTERESTING: &[&[u8]] = &[b"/", b":", b".", b"-", b"_", b"..", b"sha256:", b"/manifests/", b"/blobs/", b"/tags/list", b"bytes=", b",", b"\0", b"\xff", b"%2F", b"arm64", b"shell"];
+        for (target, check) in [("client_input", super::client_input as fn(&[u8])), ("request_routing", super::request_routing)] {
+            let seeds = corpus(target);
+            for _ in 0..250_000 {
+                let mut input = seeds[(next() as usize) % seeds.len()].clone();
+                for _ in 0..1 + next() % 4 {
+                    let at = if input.is_empty() { 0 } else { (next() as usize) % (input.len() + 1) };
+                    match next() % 5 {
+                        0 if !input.is_empty() => {
+                            let i = at.min(input.len() - 1);
+                            input[i] ^= 1 << (next() % 8);
+                        }
+                        1 if !input.is_empty() => {
+                            input.remove(at.min(input.len() - 1));
+                        }
+                        2 => input.insert(at, next() as u8),
+                        3 => {
+                            let piece = INTERESTING[(next() as usize) % INTERESTING.len()];
+                            input.splice(at..at, piece.iter().copied());
+                        }
+                        _ => {
+                            let other = &seeds[(next() as usize) % seeds.len()];
+                            input.truncate(at);
+                            input.extend_from_slice(&other[other.len() / 2..]);
+                        }
+                    }
+                }
+                check(&input);
+            }
+        }
+    }
+
     /// Every input saved under `fuzz/corpus/<target>/` (findings and the
     /// seeds) still holds.
     #[test]
