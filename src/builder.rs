@@ -558,8 +558,8 @@ pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
         let (image, _) = assembly::assemble(plan, &store).map_err(assembly_error)?;
         image::write_oci_layout(&image, name, &tag, &b.out)?;
         let recipes = store.recipes();
-        let doc = crate::push::StreamDoc { version: 1, compression: spec.pack.compression, level: spec.pack.level, layers: recipes };
-        let path = b.out.join(crate::push::STREAM_FILE);
+        let doc = crate::image::stream::StreamDoc { version: 1, compression: spec.pack.compression, level: spec.pack.level, layers: recipes };
+        let path = b.out.join(crate::image::stream::STREAM_FILE);
         fs::write(&path, serde_json::to_vec_pretty(&doc).expect("json")).map_err(|source| BuildError::Write { path: path.clone(), source })?;
         eprintln!("nixery: wrote stream image {name}:{tag} with {} layers ({} packed on push) to {}", image.layers.len(), doc.layers.len(), b.out.display());
         return Ok(());

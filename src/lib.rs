@@ -11,7 +11,8 @@
 //!   ↓
 //! packing     a layer's contents as a reproducible compressed tar
 //!   ↓
-//! image       config and manifests; OCI layout and docker-archive
+//! image       config and manifests; OCI layout, docker-archive, index,
+//!             and the stream image format (layers as recipes)
 //!   ↓
 //! assembly    THE one place an image is put together: plan the layers
 //!             (root layer included, one budget rule), get each from a
@@ -20,6 +21,10 @@
 //! builder     buildNixeryImage          shim       on-demand images, cached
 //!             inside nix-build          ↑ image_name, nix, storage
 //!                                       registry   the distribution API
+//! push        a built image out: to a registry, podman, docker, a layout
+//!
+//! scratch (temporary names a process owns) and fuzz (the properties the
+//! fuzz targets check) stand aside.
 //! ```
 //!
 //! Both entry points call [`assembly::plan`] and [`assembly::assemble`];

@@ -413,8 +413,8 @@ impl LayerStore for DirStore {
 #[derive(Debug)]
 pub struct StreamStore {
     dir: DirStore,
-    recipes: std::sync::Mutex<Vec<crate::push::LayerRecipe>>,
-    known: HashMap<LayerKey, (PackedLayer, crate::push::LayerRecipe)>,
+    recipes: std::sync::Mutex<Vec<crate::image::stream::LayerRecipe>>,
+    known: HashMap<LayerKey, (PackedLayer, crate::image::stream::LayerRecipe)>,
 }
 
 impl StreamStore {
@@ -426,12 +426,12 @@ impl StreamStore {
     /// Offers the digests of a layer a derivation of its own computed
     /// (the layer of a job with key `key`): it is not packed again.
     pub fn add_known(&mut self, key: LayerKey, packed: PackedLayer, store_paths: Vec<String>, perms: Vec<crate::packing::PermRule>) {
-        let recipe = crate::push::LayerRecipe { digest: packed.digest.clone(), size: packed.size, store_paths, perms };
+        let recipe = crate::image::stream::LayerRecipe { digest: packed.digest.clone(), size: packed.size, store_paths, perms };
         self.known.insert(key, (packed, recipe));
     }
 
     /// The recipes of the layers packed so far, sorted by digest.
-    pub fn recipes(&self) -> Vec<crate::push::LayerRecipe> {
+    pub fn recipes(&self) -> Vec<crate::image::stream::LayerRecipe> {
         let mut r = self.recipes.lock().unwrap_or_else(|e| e.into_inner()).clone();
         r.sort_by(|a, b| a.digest.cmp(&b.digest));
         r.dedup_by(|a, b| a.digest == b.digest);
@@ -452,7 +452,7 @@ impl LayerStore for StreamStore {
             return self.dir.pack(job, opts);
         }
         let packed = packing::pack_to_sink(c, opts)?;
-        let recipe = crate::push::LayerRecipe { digest: packed.digest.clone(), size: packed.size, store_paths: c.store_paths.clone(), perms: c.perms.clone() };
+        let recipe = crate::image::stream::LayerRecipe { digest: packed.digest.clone(), size: packed.size, store_paths: c.store_paths.clone(), perms: c.perms.clone() };
         self.recipes.lock().unwrap_or_else(|e| e.into_inner()).push(recipe);
         Ok(packed)
     }

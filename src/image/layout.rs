@@ -90,7 +90,7 @@ pub fn write_index_layout(images: &[PathBuf], name: &str, tag: &str, out: &Path)
     let blobs = out.join("blobs/sha256");
     fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
     let mut entries: Vec<Descriptor> = Vec::new();
-    let mut recipes: Option<crate::push::StreamDoc> = None;
+    let mut recipes: Option<crate::image::stream::StreamDoc> = None;
     for dir in images {
         let bad = |m: String| ImageError::Config(format!("{}: {m}", dir.display()));
         let index: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("index.json")).map_err(io_err(dir.join("index.json")))?).map_err(|e| bad(e.to_string()))?;
@@ -111,8 +111,8 @@ pub fn write_index_layout(images: &[PathBuf], name: &str, tag: &str, out: &Path)
                 std::os::unix::fs::symlink(&target, &link).map_err(io_err(&link))?;
             }
         }
-        if let Ok(bytes) = fs::read(dir.join(crate::push::STREAM_FILE)) {
-            let doc: crate::push::StreamDoc = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        if let Ok(bytes) = fs::read(dir.join(crate::image::stream::STREAM_FILE)) {
+            let doc: crate::image::stream::StreamDoc = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
             match &mut recipes {
                 None => recipes = Some(doc),
                 Some(r) if r.compression == doc.compression && r.level == doc.level => r.layers.extend(doc.layers),
@@ -143,7 +143,7 @@ pub fn write_index_layout(images: &[PathBuf], name: &str, tag: &str, out: &Path)
     let layout = out.join("oci-layout");
     fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io_err(layout))?;
     if let Some(r) = recipes {
-        let path = out.join(crate::push::STREAM_FILE);
+        let path = out.join(crate::image::stream::STREAM_FILE);
         fs::write(&path, serde_json::to_vec_pretty(&r).expect("json")).map_err(io_err(path))?;
     }
     Ok(digest)

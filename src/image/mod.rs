@@ -17,6 +17,7 @@ use crate::packing::PackedLayer;
 pub mod base;
 pub mod docker_archive;
 pub mod layout;
+pub mod stream;
 
 pub use docker_archive::{write_docker_archive, write_docker_archive_to};
 pub use layout::{read_oci_layout, write_oci_layout, LayoutImage, write_index_layout};

@@ -19,21 +19,18 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::digest::Digest;
 use crate::image::Descriptor;
-use crate::packing::{LayerContent, PackOptions, PermRule};
+use crate::packing::{LayerContent, PackOptions};
 
 pub mod client;
 pub mod credentials;
 pub mod load;
 
 pub use client::{Connection, Destination};
-
-/// The file of a stream image's layout that says how to pack the layers
-/// it does not hold.
-pub const STREAM_FILE: &str = "nixery-stream.json";
+pub use crate::image::stream::{LayerRecipe, StreamDoc, STREAM_FILE};
 
 /// Errors pushing.
 #[derive(Debug, thiserror::Error)]
@@ -95,34 +92,6 @@ pub enum PushError {
         /// What failed.
         detail: String,
     },
-}
-
-/// How a stream image's layer is packed again: store paths and the rules
-/// over them, under the image's pack options.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LayerRecipe {
-    /// The layer's digest, as the build computed it.
-    pub digest: Digest,
-    /// Its size.
-    pub size: u64,
-    /// Its store paths.
-    pub store_paths: Vec<String>,
-    /// Mode and ownership rules.
-    #[serde(default)]
-    pub perms: Vec<PermRule>,
-}
-
-/// What [`STREAM_FILE`] holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StreamDoc {
-    /// 1.
-    pub version: u32,
-    /// The compression of every layer.
-    pub compression: crate::packing::Compression,
-    /// Its level.
-    pub level: u32,
-    /// The layers packed on demand.
-    pub layers: Vec<LayerRecipe>,
 }
 
 /// An image to push: its manifest and where each blob comes from.
