@@ -133,16 +133,10 @@ fn explicit_layers_come_first_and_stay_the_same_when_the_rest_changes() {
     // image itself is not in the store yet, even on a machine that ran
     // the suite before.
     let tag = format!("t{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
-    let file = dir.path().join("third.nix");
-    std::fs::write(
-        &file,
-        format!(
-            "{{ helper }}: let nixery = import {}/lib.nix {{ inherit helper; }}; pkgs = import {}/tests/pkgs {{ }}; in nixery.buildNixeryImage {{ name = \"explicit\"; tag = \"{tag}\"; contents = [ pkgs.jq pkgs.bashInteractive ]; layers = [ [ pkgs.jq ] ]; }}",
-            repo().display(),
-            repo().display()
-        ),
-    )
-    .unwrap();
+    let file = expr_file(
+        dir.path(),
+        &format!(r#"nixery.buildNixeryImage {{ name = "explicit"; tag = "{tag}"; contents = [ pkgs.jq pkgs.bashInteractive ]; layers = [ [ pkgs.jq ] ]; }}"#),
+    );
     let out = run(&mut nix_build_cmd(&file));
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(!log.contains("nixery-explicit-layer.drv"), "the explicit layer is not packed again:\n{log}");

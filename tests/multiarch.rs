@@ -16,6 +16,22 @@ fn chroot(rootfs: &Path, program: &str, args: &[&str]) -> String {
     run_stdout(Command::new("chroot").arg(rootfs).arg(program).args(args))
 }
 
+/// Pulls the arm64 and the amd64 image of the index `image` (a
+/// `docker://` reference) with skopeo, and runs each one's hello: arm64
+/// through qemu, amd64 natively.
+fn each_platform_pulls_and_runs_hello(dir: &Path, image: &str, tag: &str) {
+    for (arch, file_says) in [("arm64", "aarch64"), ("amd64", "x86-64")] {
+        let layout = dir.join(format!("pulled-{arch}"));
+        run(skopeo().args(["copy", "--src-tls-verify=false", "--override-arch", arch]).arg(image).arg(format!("oci:{}:{tag}", layout.display())));
+        assert_eq!(layout_config(&layout)["architecture"], arch);
+        std::fs::create_dir_all(dir.join(format!("rootfs-{arch}"))).unwrap();
+        let rootfs = unpack(&layout, tag, &dir.join(format!("rootfs-{arch}")));
+        assert_eq!(chroot(&rootfs, "/bin/hello", &[]).trim(), "Hello, world!");
+        let file = run_stdout(Command::new("file").arg("-L").arg(rootfs.join("bin/hello")));
+        assert!(file.contains(file_says), "{file}");
+    }
+}
+
 #[test]
 fn arm64_names_build_arm64_images_that_run_through_qemu() {
     let dir = tempfile::tempdir().unwrap();
@@ -56,16 +72,7 @@ nixery.buildNixeryIndex {{ name = "hello"; tag = "v1"; images = [ (image pkgs) (
     archs.sort();
     assert_eq!(archs, ["amd64", "arm64"]);
     // Each platform pulls its own image, and it runs.
-    for (arch, file_says) in [("arm64", "aarch64"), ("amd64", "x86-64")] {
-        let layout = dir.path().join(format!("pulled-{arch}"));
-        run(skopeo().args(["copy", "--src-tls-verify=false", "--override-arch", arch]).arg(&dest).arg(format!("oci:{}:v1", layout.display())));
-        assert_eq!(layout_config(&layout)["architecture"], arch);
-        std::fs::create_dir_all(dir.path().join(format!("rootfs-{arch}"))).unwrap();
-        let rootfs = unpack(&layout, "v1", &dir.path().join(format!("rootfs-{arch}")));
-        assert_eq!(chroot(&rootfs, "/bin/hello", &[]).trim(), "Hello, world!");
-        let file = run_stdout(Command::new("file").arg("-L").arg(rootfs.join("bin/hello")));
-        assert!(file.contains(file_says), "{file}");
-    }
+    each_platform_pulls_and_runs_hello(dir.path(), &dest, "v1");
     // nixery push gives the registry the same index.
     let out = run_stdout(Command::new(helper()).arg("push").arg(&index).arg(format!("{}/pushed:v1", registry.host())));
     let pushed = run(skopeo().args(["inspect", "--raw", "--tls-verify=false"]).arg(format!("docker://{}/pushed:v1", registry.host()))).stdout;
@@ -92,16 +99,7 @@ fn with_platforms_a_name_is_an_index_each_client_pulls_its_own() {
     assert!(shim.log_text().contains("left out of the index"), "the unbuildable platform is logged");
 
     // Each platform's image runs: arm64 through qemu, amd64 natively.
-    for (arch, file_says) in [("arm64", "aarch64"), ("amd64", "x86-64")] {
-        let layout = dir.path().join(format!("pulled-{arch}"));
-        run(skopeo().args(["copy", "--src-tls-verify=false", "--override-arch", arch]).arg(&image).arg(format!("oci:{}:latest", layout.display())));
-        assert_eq!(layout_config(&layout)["architecture"], arch);
-        std::fs::create_dir_all(dir.path().join(format!("rootfs-{arch}"))).unwrap();
-        let rootfs = unpack(&layout, "latest", &dir.path().join(format!("rootfs-{arch}")));
-        assert_eq!(chroot(&rootfs, "/bin/hello", &[]).trim(), "Hello, world!");
-        let file = run_stdout(Command::new("file").arg("-L").arg(rootfs.join("bin/hello")));
-        assert!(file.contains(file_says), "{file}");
-    }
+    each_platform_pulls_and_runs_hello(dir.path(), &image, "latest");
     // podman picks the platform it is asked for.
     let root = dir.path().join("podman");
     run(podman(&root).args(["pull", "-q", "--tls-verify=false", "--platform", "linux/arm64"]).arg(format!("{}/hello/busybox", shim.host())));

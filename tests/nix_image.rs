@@ -122,16 +122,7 @@ fn bad_arguments_fail_with_the_image_name() {
         (r#"nixery.buildNixeryImage { name = "typo"; contents = [ pkgs.hello ]; config.Cmnd = [ "hello" ]; }"#, "in image typo: invalid image config: unknown field `Cmnd`"),
         (r#"nixery.buildNixeryImage { name = "fmt"; format = "tarball"; }"#, "in nixery image fmt: `format` must be"),
     ] {
-        let file = dir.path().join(format!("bad-{}.nix", unique()));
-        std::fs::write(
-            &file,
-            format!(
-                "{{ helper }}: let nixery = import {}/lib.nix {{ inherit helper; }}; pkgs = import {}/tests/pkgs {{ }}; in {body}",
-                repo().display(),
-                repo().display()
-            ),
-        )
-        .unwrap();
+        let file = expr_file(dir.path(), body);
         let out = nix_build_cmd(&file).output().unwrap();
         assert!(!out.status.success(), "{body} should fail");
         let err = String::from_utf8_lossy(&out.stderr);
@@ -213,20 +204,7 @@ fn incremental_builds_give_the_same_image_and_pack_only_new_layers() {
             r#"(derivation {{ name = "changing-{version}-{nonce}"; system = builtins.currentSystem; builder = "${{pkgs.busybox}}/bin/sh"; args = [ "-c" "echo {version} > $out" ]; }})"#
         )
     };
-    let write = |version: u32| {
-        let file = dir.path().join(format!("change-{version}.nix"));
-        std::fs::write(
-            &file,
-            format!(
-                "{{ helper }}: let nixery = import {}/lib.nix {{ inherit helper; }}; pkgs = import {}/tests/pkgs {{ }}; in {}",
-                repo().display(),
-                repo().display(),
-                image(&format!("pkgs.hello pkgs.jq {}", changing(version)), true)
-            ),
-        )
-        .unwrap();
-        file
-    };
+    let write = |version: u32| expr_file(dir.path(), &image(&format!("pkgs.hello pkgs.jq {}", changing(version)), true));
     run(&mut nix_build_cmd(&write(1)));
     let out = run(&mut nix_build_cmd(&write(2)));
     let log = String::from_utf8_lossy(&out.stderr);

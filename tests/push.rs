@@ -181,18 +181,16 @@ fn a_stream_image_adds_under_one_percent_of_its_closure_to_the_store() {
     let body = |f: &str| format!("nixery.{f} {{ name = \"big\"; tag = \"v1\"; contents = [ pkgs.bigdata pkgs.hello pkgs.jq ]; maxLayers = 10; }}");
     let stream = nix_build_expr(dir.path(), &body("streamNixeryImage"));
     let built = nix_build_expr(dir.path(), &body("buildNixeryImage"));
-    let size = |args: &[&str], path: &Path| -> u64 {
-        let out = run_stdout(Command::new("nix-store").args(args).arg(path));
-        out.trim().parse().unwrap()
-    };
-    let own = size(&["-q", "--size"], &stream);
+    // A store path's own size (its NAR).
+    let size = |path: &Path| -> u64 { run_stdout(Command::new("nix-store").args(["-q", "--size"]).arg(path)).trim().parse().unwrap() };
+    let own = size(&stream);
     // The closure of the contents: the stream output refers to them.
     let closure: u64 = run_stdout(Command::new("nix-store").args(["-q", "--requisites"]).arg(&stream))
         .lines()
         .filter(|p| Path::new(p) != stream)
-        .map(|p| size(&["-q", "--size"], Path::new(p)))
+        .map(|p| size(Path::new(p)))
         .sum();
-    let built_own = size(&["-q", "--size"], &built);
+    let built_own = size(&built);
     eprintln!("stream output {own} bytes, build output {built_own} bytes, closure {closure} bytes");
     assert!(own * 100 < closure, "the stream image holds {own} bytes of a {closure}-byte closure");
     assert!(built_own > 10 * own, "a built image holds its layers ({built_own} bytes)");
@@ -239,17 +237,7 @@ fn incremental_stream_images_hash_only_the_layers_that_changed() {
     let first = nix_build_expr(dir.path(), &image_expr_with("streamNixeryImage", &three, incremental));
     assert_eq!(layout_manifest(&first).1, layout_manifest(&built).1, "the same image as buildNixeryImage");
     // After one package changed, only its layer is hashed again.
-    let file = dir.path().join("changed.nix");
-    std::fs::write(
-        &file,
-        format!(
-            "{{ helper }}:\nlet\n  nixery = import {}/lib.nix {{ inherit helper; }};\n  pkgs = import {}/tests/pkgs {{ }};\nin\n{}\n",
-            repo().display(),
-            repo().display(),
-            image_expr_with("streamNixeryImage", &four, incremental)
-        ),
-    )
-    .unwrap();
+    let file = expr_file(dir.path(), &image_expr_with("streamNixeryImage", &four, incremental));
     let out = run(&mut nix_build_cmd(&file));
     let log = String::from_utf8_lossy(&out.stderr);
     let hashed = log.lines().filter(|l| l.starts_with("building '") && l.contains("nixery-layer-digest.drv")).count();
