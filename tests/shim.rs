@@ -299,6 +299,13 @@ fn popularity_from_a_url_and_a_static_web_dir() {
 
 #[test]
 fn s3_storage_serves_the_same_images_and_survives_a_restart() {
+    in_loopback_netns("shim::s3_storage_in_netns");
+}
+
+#[test]
+#[ignore = "run inside a loopback-only network namespace by s3_storage_serves_the_same_images_and_survives_a_restart"]
+fn s3_storage_in_netns() {
+    require_loopback_netns();
     use sha2::Digest as _;
     let dir = tempfile::tempdir().unwrap();
     let s3 = S3::start();
@@ -361,6 +368,13 @@ fn s3_storage_serves_the_same_images_and_survives_a_restart() {
 
 #[test]
 fn unreachable_object_storage_fails_at_start_with_a_clear_error() {
+    in_loopback_netns("shim::unreachable_object_storage_in_netns");
+}
+
+#[test]
+#[ignore = "run inside a loopback-only network namespace by unreachable_object_storage_fails_at_start_with_a_clear_error"]
+fn unreachable_object_storage_in_netns() {
+    require_loopback_netns();
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens on the endpoint.
     let out = Command::new(helper())

@@ -19,12 +19,6 @@ fn nix_builds_of(pid: u32) -> usize {
     builds.iter().filter(|p| parent(**p).is_none_or(|pp| !builds.contains(&pp))).count()
 }
 
-/// The parent of process `pid`.
-fn parent(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()
-}
-
 #[test]
 fn builds_are_bounded_queued_and_failures_remembered() {
     let dir = tempfile::tempdir().unwrap();
@@ -196,17 +190,7 @@ fn a_shim_killed_mid_build_leaves_no_build_and_two_shims_share_a_store() {
     let b = Shim::start(&store, &[]);
     let leftover = std::env::temp_dir().read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(&format!(".{pid}")));
     assert!(!leftover, "the next shim removes a dead one's prepare folder");
-    let oci = |shim: &Shim| {
-        let out = dir.path().join(format!("oci-{}", shim.port));
-        let src = format!("docker://{}/shell/jq", shim.host());
-        let dest = format!("oci:{}:latest", out.display());
-        std::thread::spawn(move || {
-            run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(src).arg(dest));
-            out
-        })
-    };
-    let (pa, pb) = (oci(&a), oci(&b));
-    let (la, lb) = (pa.join().unwrap(), pb.join().unwrap());
+    let (la, lb) = pull_from_both(dir.path(), &a, &b, "shell/jq");
     assert_eq!(layout_manifest(&la).1, layout_manifest(&lb).1, "both shims serve the same image");
     let staging: Vec<_> = std::fs::read_dir(store.join("staging")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(staging.is_empty(), "no staging file is left: {staging:?}");
@@ -216,9 +200,20 @@ fn a_shim_killed_mid_build_leaves_no_build_and_two_shims_share_a_store() {
     assert!(config["config"]["Env"].as_array().unwrap().iter().any(|e| e == "SSL_CERT_FILE=/etc/ssl/certs/ca-bundle.crt"), "{config}");
 }
 
-/// Whether process `pid` runs (and is not a zombie).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+/// Pulls `name` from two shims at the same moment (skopeo, into OCI
+/// layouts under `dir`); returns the two layouts.
+fn pull_from_both(dir: &Path, a: &Shim, b: &Shim, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let pull = |shim: &Shim| {
+        let out = dir.join(format!("oci-{}", shim.port));
+        let src = format!("docker://{}/{name}", shim.host());
+        let dest = format!("oci:{}:latest", out.display());
+        std::thread::spawn(move || {
+            run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(src).arg(dest));
+            out
+        })
+    };
+    let (pa, pb) = (pull(a), pull(b));
+    (pa.join().unwrap(), pb.join().unwrap())
 }
 
 /// Whether `pid` is one of `ancestors` or below one of them.
@@ -423,6 +418,13 @@ fn docker_push_fails_at_once_and_errors_name_no_host_path() {
 
 #[test]
 fn two_shims_on_one_bucket_build_the_same_cold_image_at_once() {
+    in_loopback_netns("shim_safety::two_shims_on_one_bucket_in_netns");
+}
+
+#[test]
+#[ignore = "run inside a loopback-only network namespace by two_shims_on_one_bucket_build_the_same_cold_image_at_once"]
+fn two_shims_on_one_bucket_in_netns() {
+    require_loopback_netns();
     let dir = tempfile::tempdir().unwrap();
     let s3 = S3::start();
     let env = s3.env();
@@ -430,17 +432,7 @@ fn two_shims_on_one_bucket_build_the_same_cold_image_at_once() {
     // Each shim has its own local folders; they share the bucket only.
     let a = Shim::start(&dir.path().join("a"), &env);
     let b = Shim::start(&dir.path().join("b"), &env);
-    let pull = |shim: &Shim| {
-        let out = dir.path().join(format!("oci-{}", shim.port));
-        let src = format!("docker://{}/shell/jq/hello", shim.host());
-        let dest = format!("oci:{}:latest", out.display());
-        std::thread::spawn(move || {
-            run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(src).arg(dest));
-            out
-        })
-    };
-    let (pa, pb) = (pull(&a), pull(&b));
-    let (la, lb) = (pa.join().unwrap(), pb.join().unwrap());
+    let (la, lb) = pull_from_both(dir.path(), &a, &b, "shell/jq/hello");
     assert_eq!(layout_manifest(&la).1, layout_manifest(&lb).1, "the same image from both");
     // A third shim serves it warm from the bucket, with no build; every
     // blob it streams from there is whole (its bytes have its digest).

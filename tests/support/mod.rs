@@ -58,9 +58,10 @@ pub fn nix_build(file: &Path, args: &[(&str, &str)]) -> PathBuf {
     PathBuf::from(run_stdout(&mut c).trim())
 }
 
-/// Builds a one-off expression written to a temporary file. The expression
-/// sees `helper`, `nixery` (lib.nix) and `pkgs` (tests/pkgs).
-pub fn nix_build_expr(dir: &Path, body: &str) -> PathBuf {
+/// Writes a one-off expression to a new file in `dir`: a function of
+/// `helper` in which `body` sees `nixery` (lib.nix) and `pkgs`
+/// (tests/pkgs). For `nix_build_cmd` and nix-instantiate.
+pub fn expr_file(dir: &Path, body: &str) -> PathBuf {
     let file = dir.join(format!("expr-{}.nix", unique()));
     let text = format!(
         "{{ helper }}:\nlet\n  nixery = import {}/lib.nix {{ inherit helper; }};\n  pkgs = import {}/tests/pkgs {{ }};\nin\n{body}\n",
@@ -68,6 +69,13 @@ pub fn nix_build_expr(dir: &Path, body: &str) -> PathBuf {
         repo().display()
     );
     std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// Builds a one-off expression written to a temporary file. The expression
+/// sees `helper`, `nixery` (lib.nix) and `pkgs` (tests/pkgs).
+pub fn nix_build_expr(dir: &Path, body: &str) -> PathBuf {
+    let file = expr_file(dir, body);
     nix_build(&file, &[])
 }
 
@@ -258,6 +266,23 @@ impl Shim {
     }
 }
 
+/// The fields of `/proc/PID/stat` after the command name: the state,
+/// then the parent's pid, …
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit(')').next()?.split_whitespace().map(str::to_string).collect())
+}
+
+/// Whether process `pid` runs (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    stat_fields(pid).is_some_and(|f| f.first().is_some_and(|state| state != "Z"))
+}
+
+/// The parent of process `pid`.
+pub fn parent(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
 /// The processes now running (not zombies) whose command line contains
 /// `needle`, as (pid, command line).
 pub fn processes_with(needle: &str) -> Vec<(u32, String)> {
@@ -266,8 +291,7 @@ pub fn processes_with(needle: &str) -> Vec<(u32, String)> {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let zombie = std::fs::read_to_string(e.path().join("stat")).ok().and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().starts_with('Z'))).unwrap_or(true);
-        if !zombie && cmdline.contains(needle) {
+        if alive(pid) && cmdline.contains(needle) {
             found.push((pid, cmdline));
         }
     }
@@ -336,6 +360,36 @@ impl Drop for S3 {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The variable the outer half of a network-namespace test sets for its
+/// inner half ([`in_loopback_netns`]).
+const NETNS_VAR: &str = "NIXERY_TEST_LOOPBACK_NETNS";
+
+/// Runs the test `inner` (the path libtest names it by, `shim::…`) of this
+/// test binary again inside a network namespace that has only loopback
+/// (`unshare --net`, then `ip link set lo up`): object-storage clients and
+/// servers then reach each other on 127.0.0.1, and nothing, a credential
+/// fallback to a cloud metadata address included, can leave the machine.
+/// The inner test is `#[ignore]`d so that only this runs it; it calls
+/// [`require_loopback_netns`] first.
+pub fn in_loopback_netns(inner: &str) {
+    let exe = std::env::current_exe().unwrap();
+    let out = run(Command::new("unshare")
+        .args(["--net", "sh", "-c", "ip link set lo up && exec \"$0\" --exact \"$1\" --ignored --test-threads=1"])
+        .arg(&exe)
+        .arg(inner)
+        .env(NETNS_VAR, "1"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("test result: ok. 1 passed"), "{inner} did not run:\n{stdout}");
+}
+
+/// Panics unless the test runs in the namespace [`in_loopback_netns`] made.
+pub fn require_loopback_netns() {
+    assert!(std::env::var_os(NETNS_VAR).is_some(), "this test runs inside a loopback-only network namespace: run the test that calls in_loopback_netns");
+    let links = std::fs::read_to_string("/proc/net/dev").unwrap();
+    let names: Vec<&str> = links.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).collect();
+    assert_eq!(names, ["lo"], "the namespace has only loopback");
 }
 
 /// An HTTP client for protocol tests.
@@ -445,16 +499,7 @@ pub fn layer_headers(layout: &Path, digest: &str) -> Vec<(String, u32, u64, u64,
 /// Runs `nix-build` on a one-off expression (as [`nix_build_expr`]) and
 /// returns its failure output; panics if it succeeds.
 pub fn nix_build_expr_fails(dir: &Path, body: &str) -> String {
-    let file = dir.join(format!("bad-{}.nix", unique()));
-    std::fs::write(
-        &file,
-        format!(
-            "{{ helper }}:\nlet\n  nixery = import {}/lib.nix {{ inherit helper; }};\n  pkgs = import {}/tests/pkgs {{ }};\nin\n{body}\n",
-            repo().display(),
-            repo().display()
-        ),
-    )
-    .unwrap();
+    let file = expr_file(dir, body);
     let out = nix_build_cmd(&file).output().unwrap();
     assert!(!out.status.success(), "{body} should fail");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -465,16 +510,7 @@ pub fn nix_build_expr_fails(dir: &Path, body: &str) -> String {
 /// Evaluates a one-off expression (seeing `helper`, `nixery` and `pkgs`)
 /// to JSON with nix-instantiate.
 pub fn nix_eval_expr(dir: &Path, body: &str) -> serde_json::Value {
-    let file = dir.join(format!("eval-{}.nix", unique()));
-    std::fs::write(
-        &file,
-        format!(
-            "{{ helper }}:\nlet\n  nixery = import {}/lib.nix {{ inherit helper; }};\n  pkgs = import {}/tests/pkgs {{ }};\nin\n{body}\n",
-            repo().display(),
-            repo().display()
-        ),
-    )
-    .unwrap();
+    let file = expr_file(dir, body);
     let mut c = Command::new("nix-instantiate");
     c.env("NIX_CONFIG", NIX_CONFIG).args(["--eval", "--strict", "--json"]).arg(&file).arg("--arg").arg("helper").arg(helper());
     serde_json::from_str(&run_stdout(&mut c)).unwrap()
