@@ -13,6 +13,9 @@ use crate::image_name::{is_digest_reference, valid_tag};
 use crate::nix::NixError;
 use crate::shim::{BuiltImage, ShimError, StoredManifest};
 
+/// The request id header ([`super::router`] sets it on every request).
+const REQUEST_ID: &str = "x-request-id";
+
 /// Picks the manifest for the client's `Accept` header: OCI when accepted
 /// or when nothing is said, Docker's flavour (schema 2, or a manifest list
 /// for an index) when only that is accepted.
@@ -78,7 +81,8 @@ pub async fn get_manifest(state: &AppState, method: &Method, headers: &HeaderMap
     if !valid_tag(reference) {
         return Err(ErrorCode::TagInvalid.with_detail(serde_json::json!({ "Tag": reference })));
     }
-    let image = state.shim.image(name, reference).await.map_err(|e| shim_error(&e, name, reference, state.debug_errors))?;
+    let request = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+    let image = state.shim.image(name, reference, request).await.map_err(|e| shim_error(&e, name, reference, state.debug_errors))?;
     let chosen = negotiate(headers, &image);
     let info = crate::storage::BlobInfo { size: chosen.size, media_type: chosen.media_type.clone() };
     match &chosen.bytes {

@@ -326,7 +326,8 @@ impl Shim {
     }
 
     /// The built image for `name:tag`, building it if needed.
-    pub async fn image(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<BuiltImage>, Arc<ShimError>> {
+    /// `request_id` names the request in the logs of a build it starts.
+    pub async fn image(self: &Arc<Self>, name: &str, tag: &str, request_id: &str) -> Result<Arc<BuiltImage>, Arc<ShimError>> {
         let source = self.resolve(tag).await.map_err(|e| {
             // A bad name is reported before a bad tag, as on the cold path.
             if let Err(name_error) = parse_image_name(name, &self.config.meta) {
@@ -344,7 +345,7 @@ impl Shim {
             }
         }
         let multi = self.config.platforms.len() > 1 && parse_image_name(name, &self.config.meta).is_ok_and(|r| r.system == self.config.meta.default_system);
-        let image = if multi { self.index_for(name, tag, source.clone()).await? } else { self.image_for(name, tag, source.clone(), None).await? };
+        let image = if multi { self.index_for(name, tag, source.clone(), request_id).await? } else { self.image_for(name, tag, source.clone(), None, request_id).await? };
         self.warm.insert(warm_key, Arc::new(WarmImage { source, image: image.clone() }));
         Ok(image)
     }
@@ -353,10 +354,10 @@ impl Shim {
     /// platform's image from the same caches as single images (built at
     /// once, side by side); a platform whose image fails is left out, with
     /// a log line, unless every one fails.
-    async fn index_for(self: &Arc<Self>, name: &str, tag: &str, source: Arc<ResolvedSource>) -> Result<Arc<BuiltImage>, Arc<ShimError>> {
+    async fn index_for(self: &Arc<Self>, name: &str, tag: &str, source: Arc<ResolvedSource>, request_id: &str) -> Result<Arc<BuiltImage>, Arc<ShimError>> {
         let builds = self.config.platforms.iter().map(|system| {
             let source = source.clone();
-            async move { (system, self.image_for(name, tag, source, Some(system)).await) }
+            async move { (system, self.image_for(name, tag, source, Some(system), request_id).await) }
         });
         let mut entries = Vec::new();
         let mut first_error = None;
@@ -379,7 +380,7 @@ impl Shim {
 
     /// The image for `name` at the pinned `source`: from the manifest cache
     /// (memory, then storage) or built; one load per image at a time.
-    async fn image_for(self: &Arc<Self>, name: &str, tag: &str, source: Arc<ResolvedSource>, system: Option<&str>) -> Result<Arc<BuiltImage>, Arc<ShimError>> {
+    async fn image_for(self: &Arc<Self>, name: &str, tag: &str, source: Arc<ResolvedSource>, system: Option<&str>, request_id: &str) -> Result<Arc<BuiltImage>, Arc<ShimError>> {
         let mut request = parse_image_name(name, &self.config.meta).map_err(|e| Arc::new(e.into()))?;
         if let Some(s) = system {
             request.system = s.to_string();
@@ -405,9 +406,11 @@ impl Shim {
             Some(s) => format!("{name}:{tag} ({s})"),
             None => format!("{name}:{tag}"),
         };
-        // The build runs in the span of the request that started it, so
-        // its log lines carry that request's id.
+        // The build runs in a span of the request that started it, so its
+        // log lines carry that request's id (made here, on the cold path
+        // only: warm requests pay for no span).
         use tracing::Instrument;
+        let span = tracing::info_span!("request", id = %request_id);
         let task = tokio::spawn(async move {
             let loader = this.clone();
             let loading_key = key.clone();
@@ -421,7 +424,7 @@ impl Shim {
                 }
             }
             result
-        }.instrument(tracing::Span::current()));
+        }.instrument(span));
         match task.await {
             Ok(result) => result,
             Err(e) => Err(Arc::new(ShimError::Task(e))),
