@@ -253,9 +253,25 @@ struct ServeArgs {
     /// The bucket of the gcs backend.
     #[arg(long, env = "GCS_BUCKET")]
     gcs_bucket: Option<String>,
-    /// Service account credentials of the gcs backend.
+    /// Service account credentials of the gcs backend (else Application
+    /// Default Credentials: the metadata server on Google's machines).
     #[arg(long, env = "GOOGLE_APPLICATION_CREDENTIALS")]
     google_application_credentials: Option<PathBuf>,
+    /// A GCS emulator (host:port or URL) for the gcs backend; no tokens are
+    /// asked for.
+    #[arg(long, env = "STORAGE_EMULATOR_HOST")]
+    storage_emulator_host: Option<String>,
+    /// A PEM file (PKCS#8) with the private key that signs blob URLs of
+    /// the gcs backend (with --gcs-signing-account).
+    #[arg(long, env = "GCS_SIGNING_KEY", requires = "gcs_signing_account")]
+    gcs_signing_key: Option<PathBuf>,
+    /// The email of the service account whose key GCS_SIGNING_KEY is.
+    #[arg(long, env = "GCS_SIGNING_ACCOUNT", requires = "gcs_signing_key")]
+    gcs_signing_account: Option<String>,
+    /// Scheme and host that signed GCS URLs point at (a bucket-bound
+    /// hostname or a proxy); by default the endpoint's.
+    #[arg(long, env = "NIXERY_GCS_SIGNED_URL_BASE")]
+    gcs_signed_url_base: Option<String>,
     /// The bucket of the s3 backend (credentials, region and endpoint come
     /// from the AWS_* variables).
     #[arg(long, env = "NIXERY_S3_BUCKET")]
@@ -264,6 +280,9 @@ struct ServeArgs {
     /// (true), or stream blobs through the shim (false).
     #[arg(long, env = "NIXERY_BLOB_REDIRECT", default_value_t = true, action = clap::ArgAction::Set)]
     blob_redirect: bool,
+    /// Seconds a signed blob URL stays valid.
+    #[arg(long, env = "NIXERY_SIGNED_URL_EXPIRY", default_value_t = nixery::storage::object::SIGNED_URL_LIFETIME.as_secs(), value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    signed_url_expiry: u64,
     /// Seconds a nix-build may take before it is stopped.
     #[arg(long, env = "NIX_TIMEOUT", default_value_t = 60)]
     nix_timeout: u64,
@@ -368,6 +387,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (None, None, None) => (PackageSource::Channel("nixos-unstable".into()), "nixpkgs nixos-unstable".to_string()),
     };
     let rt = tokio::runtime::Runtime::new()?;
+    let redirect = args.blob_redirect.then(|| std::time::Duration::from_secs(args.signed_url_expiry));
     let storage: Arc<dyn nixery::storage::Storage> = match args.storage_backend.as_str() {
         "filesystem" => {
             let path = args.storage_path.as_ref().context("the filesystem storage backend needs STORAGE_PATH (--storage-path)")?;
@@ -375,15 +395,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         "gcs" => {
             let bucket = args.gcs_bucket.as_deref().context("the gcs storage backend needs GCS_BUCKET (--gcs-bucket)")?;
-            let credentials = args.google_application_credentials.as_ref().map(|p| p.display().to_string());
-            Arc::new(
-                nixery::storage::object::ObjectStorage::gcs(bucket, credentials.as_deref(), args.blob_redirect, rt.handle().clone())
-                    .with_context(|| format!("cannot use the GCS bucket {bucket}"))?,
-            )
+            let config = nixery::storage::gcs::GcsConfig {
+                bucket: bucket.to_string(),
+                emulator_host: args.storage_emulator_host.clone(),
+                credentials: args.google_application_credentials.clone(),
+                signing_key: args.gcs_signing_key.clone(),
+                signing_account: args.gcs_signing_account.clone(),
+                signed_url_base: args.gcs_signed_url_base.clone(),
+            };
+            let gcs = rt.block_on(nixery::storage::gcs::GcsBucket::connect(&config)).with_context(|| format!("cannot use the GCS bucket {bucket}"))?;
+            Arc::new(nixery::storage::object::ObjectStorage::new("gcs", Arc::new(gcs), redirect, rt.handle().clone()))
         }
         "s3" => {
             let bucket = args.s3_bucket.as_deref().context("the s3 storage backend needs NIXERY_S3_BUCKET (--s3-bucket)")?;
-            Arc::new(nixery::storage::object::ObjectStorage::s3(bucket, args.blob_redirect, rt.handle().clone()).with_context(|| format!("cannot use the S3 bucket {bucket}"))?)
+            let s3 = nixery::storage::s3::StoreBucket::s3(bucket).with_context(|| format!("cannot use the S3 bucket {bucket}"))?;
+            Arc::new(nixery::storage::object::ObjectStorage::new("s3", Arc::new(s3), redirect, rt.handle().clone()))
         }
         other => anyhow::bail!("unknown NIXERY_STORAGE_BACKEND {other:?} (expected filesystem, gcs or s3)"),
     };

@@ -367,6 +367,88 @@ fn s3_storage_in_netns() {
 }
 
 #[test]
+fn gcs_storage_redirects_to_signed_urls_that_expire_and_serves_a_second_shim_warm() {
+    in_loopback_netns("shim::gcs_storage_in_netns");
+}
+
+#[test]
+#[ignore = "run inside a loopback-only network namespace by gcs_storage_redirects_to_signed_urls_that_expire_and_serves_a_second_shim_warm"]
+fn gcs_storage_in_netns() {
+    require_loopback_netns();
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let gcs = Gcs::start();
+    // Signed URLs last 5 s: long enough for a client that follows the
+    // redirect at once, short enough to see one expire.
+    let expiry = 5;
+    let env = gcs.env(expiry);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let unused = dir.path().join("unused");
+    let shim = Shim::start(&unused, &env);
+    // A real client pulls through signed redirects and runs the image.
+    let root = tempfile::tempdir().unwrap();
+    let image = format!("{}/shell/hello", shim.host());
+    run(podman(root.path()).args(["pull", "-q", "--tls-verify=false"]).arg(&image));
+    assert_eq!(run_stdout(podman(root.path()).args(PODMAN_RUN).arg(&image).arg("hello")), "Hello, world!\n");
+    let (m, head) = manifest(&shim, "shell/hello", "latest", OCI);
+    let layers = layer_digests(&m);
+    let checks = gcs.checks();
+    assert!(checks["verified"].as_u64().unwrap() > layers.len() as u64, "every layer and the config came through a checked signed URL: {checks}");
+    assert_eq!(checks["refused"], serde_json::json!({}), "{checks}");
+    // The same manifest as from filesystem storage: same layers, bit for bit.
+    let fs_shim = Shim::start(&dir.path().join("fs"), &[]);
+    assert_eq!(manifest(&fs_shim, "shell/hello", "latest", OCI).0, m);
+    let keys = gcs.keys();
+    assert!(keys.contains(&format!("blobs/sha256/{}", layers[0].trim_start_matches("sha256:"))), "{keys:?}");
+    assert!(keys.iter().any(|k| k.starts_with("meta/manifests/")), "{keys:?}");
+    assert!(!unused.exists(), "nothing on the local filesystem");
+
+    // A signed URL works until it expires, and a tampered one never does.
+    let no_follow = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let blob_url = shim.url(&format!("/v2/shell/hello/blobs/{}", layers[0]));
+    let redirect = no_follow.get(&blob_url).send().unwrap();
+    assert_eq!(redirect.status(), 307);
+    let location = redirect.headers()["location"].to_str().unwrap().to_string();
+    let signed_at = std::time::Instant::now();
+    assert!(location.starts_with(&format!("http://127.0.0.1:{}/{}/blobs/sha256/", gcs.checker_port, gcs.bucket)), "{location}");
+    assert!(location.contains(&format!("X-Goog-Expires={expiry}&")), "{location}");
+    let whole = http().get(&location).send().unwrap();
+    assert_eq!(whole.status(), 200);
+    assert_eq!(format!("sha256:{:x}", sha2::Sha256::digest(whole.bytes().unwrap())), layers[0]);
+    let part = http().get(&location).header("Range", "bytes=10-19").send().unwrap();
+    assert_eq!(part.status(), 206);
+    let other = format!("{}/blobs/sha256/{}", gcs.bucket, layers[1].trim_start_matches("sha256:"));
+    let tampered = location.replacen(&format!("{}/blobs/sha256/{}", gcs.bucket, layers[0].trim_start_matches("sha256:")), &other, 1);
+    assert_eq!(http().get(&tampered).send().unwrap().status(), 403, "a URL signed for one blob does not open another");
+    std::thread::sleep(std::time::Duration::from_secs(expiry + 1).saturating_sub(signed_at.elapsed()));
+    let expired = http().get(&location).send().unwrap();
+    assert_eq!(expired.status(), 400);
+    assert!(expired.text().unwrap().contains("ExpiredToken"));
+    assert_eq!(gcs.checks()["refused"], serde_json::json!({ "SignatureDoesNotMatch": 1, "ExpiredToken": 1 }));
+    // The shim signs a fresh URL for the next request.
+    let again = no_follow.get(&blob_url).send().unwrap();
+    assert_eq!(http().get(again.headers()["location"].to_str().unwrap()).send().unwrap().status(), 200);
+
+    // A second shim on the bucket, signing with the key of a service
+    // account file instead: a warm pull runs no nix-build.
+    let second_env: Vec<(&str, String)> = gcs
+        .env(expiry)
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("GCS_SIGNING_"))
+        .chain([("GOOGLE_APPLICATION_CREDENTIALS", gcs.service_account.display().to_string())])
+        .collect();
+    let second_env: Vec<(&str, &str)> = second_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let second = Shim::start(&unused, &second_env);
+    let root = tempfile::tempdir().unwrap();
+    let image = format!("{}/shell/hello", second.host());
+    run(podman(root.path()).args(["pull", "-q", "--tls-verify=false"]).arg(&image));
+    let (_, second_head) = manifest(&second, "shell/hello", "latest", OCI);
+    assert_eq!(second_head.headers()["docker-content-digest"], head.headers()["docker-content-digest"]);
+    assert_eq!(second.nix_builds(), 0, "{}", second.log_text());
+    assert_eq!(gcs.checks()["refused"], serde_json::json!({ "SignatureDoesNotMatch": 1, "ExpiredToken": 1 }), "the second shim's URLs pass too");
+}
+
+#[test]
 fn unreachable_object_storage_fails_at_start_with_a_clear_error() {
     in_loopback_netns("shim::unreachable_object_storage_in_netns");
 }
@@ -391,23 +473,16 @@ fn unreachable_object_storage_in_netns() {
     let out = Command::new(helper()).arg("serve").env("NIXERY_STORAGE_BACKEND", "gcs").env_remove("GCS_BUCKET").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("GCS_BUCKET"));
-    // gcs with a service account file (one that points the client at a
-    // local endpoint, as GCS emulators are used): the bucket and the file
-    // are taken, and the endpoint is checked at start.
-    let key = dir.path().join("service-account.json");
-    let endpoint = format!("http://127.0.0.1:{}", free_port());
-    std::fs::write(
-        &key,
-        serde_json::json!({ "gcs_base_url": endpoint, "disable_oauth": true, "client_email": "", "private_key": "", "private_key_id": "" }).to_string(),
-    )
-    .unwrap();
+    // gcs on an emulator endpoint (STORAGE_EMULATOR_HOST) where nothing
+    // listens: the endpoint is checked at start.
+    let endpoint = format!("127.0.0.1:{}", free_port());
     let out = Command::new(helper())
         .arg("serve")
         .env("NIXERY_PKGS_PATH", repo().join("tests/pkgs"))
         .env("PORT", free_port().to_string())
         .env("NIXERY_STORAGE_BACKEND", "gcs")
         .env("GCS_BUCKET", "nixery-test")
-        .env("GOOGLE_APPLICATION_CREDENTIALS", &key)
+        .env("STORAGE_EMULATOR_HOST", &endpoint)
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -26,7 +26,9 @@ use futures::Stream;
 use crate::digest::Digest;
 
 pub mod filesystem;
+pub mod gcs;
 pub mod object;
+pub mod s3;
 
 /// Errors from a storage backend.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,8 @@
-//! The object storage backends (`NIXERY_STORAGE_BACKEND=gcs` with
-//! `GCS_BUCKET`, or `s3` with `NIXERY_S3_BUCKET`), through the
-//! `object_store` crate. Blob GETs are redirected to signed URLs of the
-//! bucket (valid for [`SIGNED_URL_LIFETIME`]), unless redirects are off,
-//! in which case the shim streams them.
+//! Object storage: blobs and caches in a bucket (`NIXERY_STORAGE_BACKEND=gcs`
+//! with `GCS_BUCKET`, or `s3` with `NIXERY_S3_BUCKET`). This module owns
+//! what every bucket backend shares: the layout of the bucket, spooling and
+//! digest checks, and redirects to signed URLs. What differs per service
+//! is behind [`Bucket`] ([`super::gcs`], [`super::s3`]).
 //!
 //! ```text
 //! <bucket>/
@@ -13,23 +13,19 @@
 //!
 //! A blob being written is spooled to a local temporary file while it is
 //! hashed. `commit` checks the digest first and uploads only then, so no
-//! object ever has a blob's name without its bytes (large blobs go up as
-//! multipart uploads in 16 MiB parts, never whole in memory). Credentials
-//! and endpoints come from the usual environment: `GOOGLE_APPLICATION_CREDENTIALS`
-//! (or the metadata server) for GCS; `AWS_ACCESS_KEY_ID`,
-//! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`
-//! for S3 and S3-compatible stores.
+//! object ever has a blob's name without its bytes (the upload streams
+//! from the spool file, never whole in memory). Blob GETs are redirected
+//! to signed URLs of the bucket, valid for the configured lifetime, when
+//! the bucket can sign; otherwise the shim streams them.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Seek, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::{StreamExt, TryStreamExt};
-use object_store::path::Path as ObjectPath;
-use object_store::{Attribute, Attributes, GetOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload, WriteMultipart};
 
 use super::{check_key, BlobInfo, BlobWriter, ByteStream, Storage, StorageError};
 
@@ -39,13 +35,31 @@ use super::{check_key, BlobInfo, BlobWriter, ByteStream, Storage, StorageError};
 const SPOOL_PREFIX: &str = "nixery-spool";
 use crate::digest::{Digest, HashingWriter};
 
-/// How long a signed blob URL is valid: a client starts its download
-/// right after the redirect.
-pub const SIGNED_URL_LIFETIME: std::time::Duration = std::time::Duration::from_secs(600);
-/// Blobs up to this size are uploaded in one request.
-const SINGLE_PUT_MAX: u64 = 16 << 20;
-/// The part size of multipart uploads.
-const PART_SIZE: usize = 16 << 20;
+/// How long a signed blob URL is valid by default
+/// (`NIXERY_SIGNED_URL_EXPIRY`): a client starts its download right after
+/// the redirect.
+pub const SIGNED_URL_LIFETIME: Duration = Duration::from_secs(600);
+
+/// One object storage service, as [`ObjectStorage`] uses it. Keys are
+/// object names in the bucket; errors are I/O errors that name the
+/// service's complaint.
+#[async_trait]
+pub trait Bucket: Send + Sync + std::fmt::Debug + 'static {
+    /// Size and Content-Type of an object, or `None` when there is none.
+    async fn head(&self, key: &str) -> io::Result<Option<BlobInfo>>;
+    /// `len` bytes of an object from `offset` (`len` > 0, in range).
+    async fn read_range(&self, key: &str, offset: u64, len: u64) -> io::Result<ByteStream>;
+    /// A whole small object, or `None`.
+    async fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>>;
+    /// Writes a small object, replacing any earlier one.
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> io::Result<()>;
+    /// Writes an object from `file` (read from its start, `size` bytes),
+    /// streaming; the object appears whole or not at all.
+    async fn put_file(&self, key: &str, file: File, size: u64, content_type: &str) -> io::Result<()>;
+    /// A URL anyone holding it can GET the object from for `lifetime`, or
+    /// `None` when this bucket has no way to sign.
+    async fn signed_url(&self, key: &str, lifetime: Duration) -> io::Result<Option<String>>;
+}
 
 /// Blobs and caches in an object store bucket.
 #[derive(Debug, Clone)]
@@ -56,10 +70,10 @@ pub struct ObjectStorage {
 #[derive(Debug)]
 struct Inner {
     name: &'static str,
-    store: Arc<dyn ObjectStore>,
-    /// Signs blob URLs for clients to fetch directly; `None`: the shim
-    /// streams blobs itself.
-    signer: Option<Arc<dyn object_store::signer::Signer>>,
+    bucket: Arc<dyn Bucket>,
+    /// How long signed blob URLs last; `None`: the shim streams blobs
+    /// itself.
+    redirect: Option<Duration>,
     /// What runs uploads for the synchronous `commit`.
     runtime: tokio::runtime::Handle,
     /// Where blobs are spooled before upload.
@@ -73,54 +87,23 @@ impl Drop for Inner {
     }
 }
 
-/// Transient failures are retried for seconds, not the crate's default of
-/// minutes: a registry client is waiting.
-fn retry() -> object_store::RetryConfig {
-    object_store::RetryConfig { max_retries: 4, retry_timeout: std::time::Duration::from_secs(15), ..Default::default() }
-}
-
-fn store_err(what: impl std::fmt::Display, e: object_store::Error) -> StorageError {
-    StorageError::Io { path: what.to_string(), source: io::Error::other(e) }
+fn bucket_err(what: impl std::fmt::Display, e: io::Error) -> StorageError {
+    StorageError::Io { path: what.to_string(), source: e }
 }
 
 impl ObjectStorage {
-    /// A backend on `store`, redirecting blob GETs to URLs signed by
-    /// `signer` when there is one; `runtime` runs uploads for blob writers.
-    pub fn new(
-        name: &'static str,
-        store: Arc<dyn ObjectStore>,
-        signer: Option<Arc<dyn object_store::signer::Signer>>,
-        runtime: tokio::runtime::Handle,
-    ) -> ObjectStorage {
+    /// A backend named `name` on `bucket`. With `redirect`, blob GETs go
+    /// to URLs signed for that long, when the bucket can sign; `runtime`
+    /// runs uploads for blob writers.
+    pub fn new(name: &'static str, bucket: Arc<dyn Bucket>, redirect: Option<Duration>, runtime: tokio::runtime::Handle) -> ObjectStorage {
         let temp = std::env::temp_dir();
         crate::scratch::remove_leftovers(&temp, SPOOL_PREFIX);
         let spool = temp.join(crate::scratch::owned(SPOOL_PREFIX, None));
-        ObjectStorage { inner: Arc::new(Inner { name, store, signer, runtime, spool, counter: AtomicU64::new(0) }) }
+        ObjectStorage { inner: Arc::new(Inner { name, bucket, redirect, runtime, spool, counter: AtomicU64::new(0) }) }
     }
 
-    /// Google Cloud Storage: `bucket`, with credentials from the service
-    /// account file `credentials` when given, else from the environment.
-    /// With `redirect`, blob GETs go to signed URLs.
-    pub fn gcs(bucket: &str, credentials: Option<&str>, redirect: bool, runtime: tokio::runtime::Handle) -> Result<ObjectStorage, object_store::Error> {
-        let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket).with_retry(retry());
-        if let Some(c) = credentials {
-            b = b.with_service_account_path(c);
-        }
-        let store = Arc::new(b.build()?);
-        Ok(ObjectStorage::new("gcs", store.clone(), redirect.then_some(store as _), runtime))
-    }
-
-    /// Amazon S3 or an S3-compatible store: `bucket`, with the rest
-    /// (credentials, region, endpoint) from `AWS_*` variables. With
-    /// `redirect`, blob GETs go to signed URLs.
-    pub fn s3(bucket: &str, redirect: bool, runtime: tokio::runtime::Handle) -> Result<ObjectStorage, object_store::Error> {
-        let b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry());
-        let store = Arc::new(b.build()?);
-        Ok(ObjectStorage::new("s3", store.clone(), redirect.then_some(store as _), runtime))
-    }
-
-    fn blob_path(digest: &Digest) -> ObjectPath {
-        ObjectPath::from(format!("blobs/sha256/{}", digest.hex()))
+    fn blob_key(digest: &Digest) -> String {
+        format!("blobs/sha256/{}", digest.hex())
     }
 
     /// Runs `f` to completion from synchronous code: on the backend's
@@ -131,43 +114,6 @@ impl ObjectStorage {
         } else {
             self.inner.runtime.block_on(f)
         }
-    }
-
-    async fn upload(&self, path: &ObjectPath, mut file: File, size: u64, media_type: &str) -> Result<(), StorageError> {
-        let mut attributes = Attributes::new();
-        attributes.insert(Attribute::ContentType, media_type.to_string().into());
-        let io = |e: io::Error| StorageError::Io { path: format!("spooled blob for {path}"), source: e };
-        file.rewind().map_err(io)?;
-        if size <= SINGLE_PUT_MAX {
-            let mut buf = Vec::with_capacity(size as usize);
-            file.read_to_end(&mut buf).map_err(io)?;
-            let opts = PutOptions { attributes, ..Default::default() };
-            self.inner.store.put_opts(path, PutPayload::from(buf), opts).await.map_err(|e| store_err(path, e))?;
-            return Ok(());
-        }
-        let opts = object_store::PutMultipartOptions { attributes, ..Default::default() };
-        let upload = self.inner.store.put_multipart_opts(path, opts).await.map_err(|e| store_err(path, e))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-        let mut buf = vec![0u8; PART_SIZE];
-        loop {
-            let n = match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let _ = writer.abort().await;
-                    return Err(io(e));
-                }
-            };
-            // At most two parts in flight: memory stays bounded.
-            if let Err(e) = writer.wait_for_capacity(2).await {
-                let _ = writer.abort().await;
-                return Err(store_err(path, e));
-            }
-            writer.write(&buf[..n]);
-        }
-        writer.finish().await.map_err(|e| store_err(path, e))?;
-        Ok(())
     }
 }
 
@@ -203,13 +149,13 @@ impl BlobWriter for ObjectBlobWriter {
             return Err(StorageError::DigestMismatch { expected: expected.clone(), actual });
         }
         let storage = self.storage.clone();
-        let path = ObjectStorage::blob_path(expected);
+        let key = ObjectStorage::blob_key(expected);
         storage.block_on(async {
             // Blobs are immutable: one that is there already is these bytes.
             if storage.stat_blob(expected).await?.is_some() {
                 return Ok(());
             }
-            storage.upload(&path, file, size, media_type).await
+            storage.inner.bucket.put_file(&key, file, size, media_type).await.map_err(|e| bucket_err(&key, e))
         })
         // Drop removes the spool file.
     }
@@ -235,78 +181,42 @@ impl Storage for ObjectStorage {
     }
 
     async fn stat_blob(&self, digest: &Digest) -> Result<Option<BlobInfo>, StorageError> {
-        let path = ObjectStorage::blob_path(digest);
-        match self.inner.store.get_opts(&path, GetOptions { head: true, ..Default::default() }).await {
-            Ok(r) => {
-                let media_type = r.attributes.get(&Attribute::ContentType).map(|v| v.to_string()).unwrap_or_else(|| "application/octet-stream".into());
-                Ok(Some(BlobInfo { size: r.meta.size, media_type }))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(store_err(&path, e)),
-        }
+        let key = ObjectStorage::blob_key(digest);
+        self.inner.bucket.head(&key).await.map_err(|e| bucket_err(&key, e))
     }
 
     async fn read_blob(&self, digest: &Digest, offset: u64, len: u64) -> Result<ByteStream, StorageError> {
         if len == 0 {
             return Ok(Box::pin(futures::stream::empty()));
         }
-        let path = ObjectStorage::blob_path(digest);
-        let opts = GetOptions { range: Some((offset..offset + len).into()), ..Default::default() };
-        let r = self.inner.store.get_opts(&path, opts).await.map_err(|e| store_err(&path, e))?;
-        Ok(Box::pin(r.into_stream().map_err(io::Error::other).boxed()))
+        let key = ObjectStorage::blob_key(digest);
+        self.inner.bucket.read_range(&key, offset, len).await.map_err(|e| bucket_err(&key, e))
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         check_key(key)?;
-        let path = ObjectPath::from(format!("meta/{key}"));
-        match self.inner.store.get(&path).await {
-            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| store_err(&path, e))?.to_vec())),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(store_err(&path, e)),
-        }
+        let key = format!("meta/{key}");
+        self.inner.bucket.get(&key).await.map_err(|e| bucket_err(&key, e))
     }
 
     async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
         check_key(key)?;
-        let path = ObjectPath::from(format!("meta/{key}"));
-        self.inner.store.put(&path, PutPayload::from(value.to_vec())).await.map_err(|e| store_err(&path, e))?;
-        Ok(())
+        let key = format!("meta/{key}");
+        self.inner.bucket.put(&key, value.to_vec()).await.map_err(|e| bucket_err(&key, e))
     }
 
     async fn blob_url(&self, digest: &Digest) -> Result<Option<String>, StorageError> {
-        let Some(signer) = &self.inner.signer else { return Ok(None) };
-        let path = ObjectStorage::blob_path(digest);
-        let url = signer.signed_url(axum::http::Method::GET, &path, SIGNED_URL_LIFETIME).await.map_err(|e| store_err(&path, e))?;
-        Ok(Some(url.to_string()))
+        let Some(lifetime) = self.inner.redirect else { return Ok(None) };
+        let key = ObjectStorage::blob_key(digest);
+        self.inner.bucket.signed_url(&key, lifetime).await.map_err(|e| bucket_err(&key, e))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn conformance_in_memory() {
-        let store = Arc::new(object_store::memory::InMemory::new());
-        let storage = ObjectStorage::new("memory", store, None, tokio::runtime::Handle::current());
-        crate::storage::conformance(&storage).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn large_blobs_go_up_in_parts_and_read_back_in_ranges() {
-        let store = Arc::new(object_store::memory::InMemory::new());
-        let storage = ObjectStorage::new("memory", store, None, tokio::runtime::Handle::current());
-        let data: Vec<u8> = (0..(SINGLE_PUT_MAX as usize + PART_SIZE + 12_345)).map(|i| (i % 253) as u8).collect();
-        let digest = Digest::of(&data);
-        let mut w = storage.blob_writer().unwrap();
-        for chunk in data.chunks(1 << 20) {
-            w.write_all(chunk).unwrap();
-        }
-        w.commit(&digest, "application/octet-stream").unwrap();
-        assert_eq!(storage.stat_blob(&digest).await.unwrap().unwrap().size, data.len() as u64);
-        let mid = PART_SIZE as u64 - 10;
-        let got = crate::storage::collect(storage.read_blob(&digest, mid, 20).await.unwrap()).await.unwrap();
-        assert_eq!(got, &data[mid as usize..mid as usize + 20]);
-        assert!(std::fs::read_dir(&storage.inner.spool).unwrap().next().is_none(), "the spool is empty again");
+impl ObjectStorage {
+    /// Whether no blob is being spooled (tests check that commits and
+    /// cancels leave nothing).
+    pub(crate) fn spool_is_empty(&self) -> bool {
+        std::fs::read_dir(&self.inner.spool).map(|mut d| d.next().is_none()).unwrap_or(true)
     }
 }

