@@ -13,3 +13,4 @@ mod shim;
 mod shim_safety;
 mod push;
 mod multiarch;
+mod binary_cache;

@@ -213,9 +213,22 @@ pub struct Shim {
 impl Shim {
     /// Starts the shim on `storage` with the given extra environment.
     pub fn start(storage: &Path, env: &[(&str, &str)]) -> Shim {
+        Shim::spawn(Command::new(helper()), storage, env)
+    }
+
+    /// Starts the shim with a Nix store of its own: in a mount namespace
+    /// where `nix_root` (an empty directory at first) is mounted on /nix,
+    /// as a shim on another machine would have.
+    pub fn start_with_own_store(nix_root: &Path, storage: &Path, env: &[(&str, &str)]) -> Shim {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c", "mount --bind \"$0\" /nix && exec \"$@\""]).arg(nix_root).arg(helper());
+        Shim::spawn(cmd, storage, env)
+    }
+
+    /// Runs `cmd serve` (`cmd` runs the helper).
+    fn spawn(mut cmd: Command, storage: &Path, env: &[(&str, &str)]) -> Shim {
         let port = free_port();
         let log = storage.with_extension(format!("log-{port}"));
-        let mut cmd = Command::new(helper());
         cmd.arg("serve")
             .env("NIX_CONFIG", NIX_CONFIG)
             .env("PORT", port.to_string())
