@@ -12,9 +12,16 @@
     {
       # The helper (nixery), built with nixpkgs' rustPlatform and linked
       # against the store's glibc, which the sandbox has.
-      packages = forAllSystems (system: {
+      # nixery-image: the registry shim as a container image, built by
+      # buildNixeryImage (nix/nixery-image.nix).
+      packages = forAllSystems (system: rec {
         default = (pkgsFor system).callPackage ./nix/helper.nix { };
+        nixery-image = import ./nix/nixery-image.nix { pkgs = pkgsFor system; helper = default; };
       });
+
+      # A NixOS service for the registry shim (nix/module.nix):
+      #   services.nixery = { enable = true; settings.NIXERY_CHANNEL = "nixos-unstable"; };
+      nixosModules.default = import ./nix/module.nix { helperFor = pkgs: pkgs.callPackage ./nix/helper.nix { }; };
 
       # The library, for any system, independent of this flake's nixpkgs:
       #   nixery.lib.forPkgs pkgs              the helper built from `pkgs`

@@ -14,3 +14,4 @@ mod shim_safety;
 mod push;
 mod multiarch;
 mod binary_cache;
+mod deploy;

@@ -16,6 +16,7 @@
 #                    what the original Nixery's `shell` meta-package names,
 #                    built on busybox
 #   cacert, iana-etc the usual base packages
+#   nix              Debian's Nix 2.8, for the shim's own container image
 #   bigdata          a package over 100 MB, for size thresholds
 #
 # Host files are imported by content (builtins.path), so store paths change
@@ -148,6 +149,45 @@ let
     program = true;
   };
 
+  # Nix itself (Debian's nix-bin, 2.8): what the registry shim's container
+  # image runs its builds with. One program for every nix-* command, and
+  # every library it loads but glibc's, each pointed at the others.
+  nix = let
+    nixLibs = hostFiles "host-nix-libs" (fromHost "/usr/lib/nix") [ "libnix" ];
+    libs = hostFiles "host-nix-deps" libDir [
+      "libhistory.so.8" "libreadline.so.8" "libgc.so.1" "libstdc++.so.6" "libgcc_s.so.1" "libtinfo.so.6"
+      "libboost_context.so.1.74.0" "libsqlite3.so.0" "libcurl-gnutls.so.4" "libsodium.so.23" "libseccomp.so.2"
+      "libcrypto.so.3" "libbrotlienc.so.1" "libbrotlidec.so.1" "libbrotlicommon.so.1" "libarchive.so.13"
+      "libcpuid.so.16" "libbsd.so.0" "libnghttp2.so.14" "libidn2.so.0" "librtmp.so.1" "libssh2.so.1" "libpsl.so.5"
+      "libnettle.so.8" "libhogweed.so.6" "libgnutls.so.30" "libgssapi_krb5.so.2" "libldap-2.5.so.0"
+      "liblber-2.5.so.0" "libzstd.so.1" "libz.so.1" "libacl.so.1" "liblzma.so.5" "liblz4.so.1" "libbz2.so.1.0"
+      "libxml2.so.2" "libmd.so.0" "libunistring.so.2" "libgmp.so.10" "libp11-kit.so.0" "libtasn1.so.6"
+      "libkrb5.so.3" "libk5crypto.so.3" "libcom_err.so.2" "libkrb5support.so.0" "libsasl2.so.2"
+      "libicuuc.so.72" "libicudata.so.72" "libffi.so.8" "libkeyutils.so.1"
+    ];
+    program = hostFiles "host-nix" binDir [ "nix" ];
+  in runBusybox "nix-2.8.0" { } ''
+    mkdir -p $out/bin $out/lib
+    for f in ${nixLibs}/* ${libs}/*; do
+      [ -f "$f" ] && cp -L "$f" $out/lib/
+    done
+    cp -L ${program}/nix $out/bin/nix
+    chmod u+w $out/bin/nix $out/lib/*
+    ${patchelf} --set-interpreter ${glibc}/lib/${host.loader} $out/bin/nix
+    for f in $out/bin/nix $out/lib/*; do
+      ${patchelf} --set-rpath $out/lib:${glibc}/lib "$f"
+    done
+    chmod 555 $out/bin/nix $out/lib/*
+    for c in nix-build nix-store nix-instantiate nix-env nix-hash nix-channel nix-collect-garbage nix-copy-closure nix-daemon; do
+      ln -s nix $out/bin/$c
+    done
+    # Debian's Nix runs its build hook from /usr/libexec/nix/build-remote
+    # (nixpkgs' Nix from its own store path): an image root that links
+    # this package's usr has it there.
+    mkdir -p $out/usr/libexec/nix
+    ln -s $out/bin/nix $out/usr/libexec/nix/build-remote
+  '';
+
   # Links to busybox applets under the names a package would provide.
   applets = name: names: runBusybox name { } ''
     mkdir -p $out/bin
@@ -220,7 +260,7 @@ let
   '';
 
 in {
-  inherit busybox glibc hello oniguruma libjq jq bashInteractive coreutils moreutils nano cacert iana-etc bigdata;
+  inherit busybox glibc hello oniguruma libjq jq bashInteractive coreutils moreutils nano cacert iana-etc bigdata nix;
 
   xorg = { xev = script "xev-1.2.5" "echo xev: no display here"; };
   haskellPackages = { stylish-haskell = script "stylish-haskell-0.14" "echo stylish-haskell"; };
