@@ -16,6 +16,10 @@ use crate::support::*;
 /// forks, which keep its command line until they exec.
 fn nix_builds_of(pid: u32) -> usize {
     let builds: Vec<u32> = processes_with(&format!(".{pid}/prepare-image.nix")).into_iter().filter(|(_, cmd)| cmd.starts_with("nix-build ")).map(|(p, _)| p).collect();
+    // A scan of /proc is not a snapshot: a build that ended while it ran
+    // and the one started after it would both be counted. Those still
+    // alive once it is done were alive together.
+    let builds: Vec<u32> = builds.into_iter().filter(|p| alive(*p)).collect();
     builds.iter().filter(|p| parent(**p).is_none_or(|pp| !builds.contains(&pp))).count()
 }
 

@@ -197,26 +197,22 @@ impl Client {
         }
     }
 
-    fn request(&self, method: &str, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
-        let mut req = match method {
-            "HEAD" => self.agent.head(url),
-            _ => self.agent.get(url),
-        };
-        if let Some(a) = &self.authorization {
-            req = req.header("Authorization", a);
+    /// `req` with the credentials the challenge gave, if any.
+    fn authorized<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.authorization {
+            Some(a) => req.header("Authorization", a),
+            None => req,
         }
-        req
     }
 
+    /// A HEAD or GET request.
+    fn request(&self, method: &str, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        self.authorized(if method == "HEAD" { self.agent.head(url) } else { self.agent.get(url) })
+    }
+
+    /// A PUT or POST request.
     fn with_body(&self, method: &str, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
-        let mut req = match method {
-            "PUT" => self.agent.put(url),
-            _ => self.agent.post(url),
-        };
-        if let Some(a) = &self.authorization {
-            req = req.header("Authorization", a);
-        }
-        req
+        self.authorized(if method == "PUT" { self.agent.put(url) } else { self.agent.post(url) })
     }
 
     fn call(&self, req: ureq::RequestBuilder<ureq::typestate::WithoutBody>) -> Result<Reply, PushError> {
