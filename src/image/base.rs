@@ -112,14 +112,18 @@ fn compression_of(media: &str) -> Option<Compression> {
     }
 }
 
+/// A layout reader's error, said of the base image (its messages start
+/// with the layout's path).
+fn base_error(e: ImageError) -> ImageError {
+    match e {
+        ImageError::Config(m) => ImageError::Config(format!("the base image {m}")),
+        other => other,
+    }
+}
+
 fn from_oci_layout(dir: &Path, tag: Option<&str>, platform: &Platform) -> Result<BaseImage, ImageError> {
-    let index = read_json(&dir.join("index.json"))?;
-    let manifests: Vec<Descriptor> = serde_json::from_value(index["manifests"].clone()).map_err(|e| bad(dir, format!("index.json: {e}")))?;
-    let named = |d: &Descriptor| d.annotations.get("org.opencontainers.image.ref.name").cloned();
-    let mut chosen: Vec<&Descriptor> = match tag {
-        Some(t) => manifests.iter().filter(|d| named(d).as_deref() == Some(t)).collect(),
-        None => manifests.iter().collect(),
-    };
+    let layout = super::OciLayout::open(dir).map_err(base_error)?;
+    let mut chosen = layout.tagged(tag);
     if chosen.len() > 1 {
         let on_platform: Vec<&Descriptor> = chosen.iter().copied().filter(|d| d.platform.as_ref() == Some(platform)).collect();
         if !on_platform.is_empty() {
@@ -129,12 +133,9 @@ fn from_oci_layout(dir: &Path, tag: Option<&str>, platform: &Platform) -> Result
     let desc = match chosen.as_slice() {
         [one] => (*one).clone(),
         [] => return Err(bad(dir, format!("has no image tagged {:?}", tag.unwrap_or("")))),
-        _ => {
-            let tags: Vec<String> = manifests.iter().filter_map(named).collect();
-            return Err(bad(dir, format!("holds several images; choose one with fromImageTag (tags: {})", tags.join(", "))));
-        }
+        _ => return Err(bad(dir, format!("holds several images; choose one with fromImageTag (tags: {})", layout.tags()))),
     };
-    let mut manifest = read_json(&blob_path(dir, &desc.digest))?;
+    let mut manifest = layout.read_json(&desc.digest).map_err(base_error)?;
     // An index of platforms: the one asked for.
     if manifest["mediaType"] == media_type::OCI_INDEX || manifest["mediaType"] == media_type::DOCKER_MANIFEST_LIST {
         let entries: Vec<Descriptor> = serde_json::from_value(manifest["manifests"].clone()).map_err(|e| bad(dir, e))?;
@@ -142,11 +143,10 @@ fn from_oci_layout(dir: &Path, tag: Option<&str>, platform: &Platform) -> Result
             .iter()
             .find(|d| d.platform.as_ref() == Some(platform))
             .ok_or_else(|| bad(dir, format!("has no image for {}/{}", platform.os, platform.architecture)))?;
-        manifest = read_json(&blob_path(dir, &entry.digest))?;
+        manifest = layout.read_json(&entry.digest).map_err(base_error)?;
     }
-    let config_desc: Descriptor = serde_json::from_value(manifest["config"].clone()).map_err(|e| bad(dir, format!("manifest config: {e}")))?;
-    let layers: Vec<Descriptor> = serde_json::from_value(manifest["layers"].clone()).map_err(|e| bad(dir, format!("manifest layers: {e}")))?;
-    let config = read_json(&blob_path(dir, &config_desc.digest))?;
+    let (config_desc, layers) = layout.manifest_parts(&manifest).map_err(base_error)?;
+    let config = layout.read_json(&config_desc.digest).map_err(base_error)?;
     let with_blobs = layers
         .iter()
         .map(|l| {

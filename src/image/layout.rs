@@ -64,22 +64,87 @@ pub struct LayoutImage {
     pub ref_name: Option<String>,
 }
 
-/// Reads the single image of an OCI layout written by [`write_oci_layout`].
-pub fn read_oci_layout(dir: &Path) -> Result<LayoutImage, ImageError> {
-    let bad = |m: &str| ImageError::Config(format!("{}: {m}", dir.display()));
-    let read = |p: PathBuf| fs::read(&p).map_err(io_err(p));
-    let index: serde_json::Value =
-        serde_json::from_slice(&read(dir.join("index.json"))?).map_err(|e| bad(&format!("index.json: {e}")))?;
-    let desc: Descriptor = serde_json::from_value(index["manifests"][0].clone()).map_err(|_| bad("index.json names no manifest"))?;
-    let ref_name = desc.annotations.get("org.opencontainers.image.ref.name").cloned();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&read(dir.join("blobs/sha256").join(desc.digest.hex()))?).map_err(|e| bad(&format!("manifest: {e}")))?;
-    let config_desc: Descriptor = serde_json::from_value(manifest["config"].clone()).map_err(|_| bad("manifest has no config"))?;
-    let layers: Vec<Descriptor> = serde_json::from_value(manifest["layers"].clone()).map_err(|_| bad("manifest has no layers"))?;
-    let config = read(dir.join("blobs/sha256").join(config_desc.digest.hex()))?;
-    Ok(LayoutImage { dir: dir.to_path_buf(), config, config_digest: config_desc.digest, layers, ref_name })
+/// An OCI layout on disk, opened: the entries of its `index.json` (image
+/// manifests or indexes, each perhaps tagged), and its blobs, read with
+/// their digests checked. The one reader of layouts: images read back,
+/// base images, and what `nixery push` sends.
+#[derive(Debug, Clone)]
+pub struct OciLayout {
+    /// The layout directory.
+    pub dir: PathBuf,
+    /// The entries of `index.json`.
+    pub entries: Vec<Descriptor>,
 }
 
+/// The annotation that tags an entry of `index.json`.
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+impl OciLayout {
+    /// Reads `dir/index.json`.
+    pub fn open(dir: &Path) -> Result<OciLayout, ImageError> {
+        let path = dir.join("index.json");
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        let index: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| layout_error(dir, format!("index.json: {e}")))?;
+        let entries = serde_json::from_value(index["manifests"].clone()).map_err(|e| layout_error(dir, format!("index.json: {e}")))?;
+        Ok(OciLayout { dir: dir.to_path_buf(), entries })
+    }
+
+    /// The tag of an entry, if it has one.
+    pub fn tag_of(entry: &Descriptor) -> Option<&str> {
+        entry.annotations.get(REF_NAME).map(String::as_str)
+    }
+
+    /// The tags of the entries, for messages.
+    pub fn tags(&self) -> String {
+        self.entries.iter().filter_map(OciLayout::tag_of).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The entries tagged `tag`; all of them without one.
+    pub fn tagged(&self, tag: Option<&str>) -> Vec<&Descriptor> {
+        self.entries.iter().filter(|d| tag.is_none() || OciLayout::tag_of(d) == tag).collect()
+    }
+
+    /// Where a blob is.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// A blob's bytes, refused when they are not the digest's.
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, ImageError> {
+        let path = self.blob_path(digest);
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        if Digest::of(&bytes) != *digest {
+            return Err(layout_error(&self.dir, format!("the blob {digest} does not hold the bytes it is named by")));
+        }
+        Ok(bytes)
+    }
+
+    /// A JSON blob (a manifest, an index, a config), its digest checked.
+    pub fn read_json(&self, digest: &Digest) -> Result<serde_json::Value, ImageError> {
+        serde_json::from_slice(&self.read_blob(digest)?).map_err(|e| layout_error(&self.dir, format!("{digest}: {e}")))
+    }
+
+    /// The config and layer descriptors of an image manifest.
+    pub fn manifest_parts(&self, manifest: &serde_json::Value) -> Result<(Descriptor, Vec<Descriptor>), ImageError> {
+        let config = serde_json::from_value(manifest["config"].clone()).map_err(|e| layout_error(&self.dir, format!("manifest config: {e}")))?;
+        let layers = serde_json::from_value(manifest["layers"].clone()).map_err(|e| layout_error(&self.dir, format!("manifest layers: {e}")))?;
+        Ok((config, layers))
+    }
+}
+
+fn layout_error(dir: &Path, message: impl std::fmt::Display) -> ImageError {
+    ImageError::Config(format!("{}: {message}", dir.display()))
+}
+
+/// Reads the first image of an OCI layout written by [`write_oci_layout`].
+pub fn read_oci_layout(dir: &Path) -> Result<LayoutImage, ImageError> {
+    let layout = OciLayout::open(dir)?;
+    let desc = layout.entries.first().ok_or_else(|| layout_error(dir, "index.json names no manifest"))?;
+    let ref_name = OciLayout::tag_of(desc).map(str::to_string);
+    let (config_desc, layers) = layout.manifest_parts(&layout.read_json(&desc.digest)?)?;
+    let config = layout.read_blob(&config_desc.digest)?;
+    Ok(LayoutImage { dir: dir.to_path_buf(), config, config_digest: config_desc.digest, layers, ref_name })
+}
 
 /// Writes an OCI layout at `out` whose one entry, tagged `tag`, is an
 /// image index of the images of the layouts `images` (one per platform,

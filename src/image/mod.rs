@@ -20,7 +20,7 @@ pub mod layout;
 pub mod stream;
 
 pub use docker_archive::{write_docker_archive, write_docker_archive_to};
-pub use layout::{read_oci_layout, write_oci_layout, LayoutImage, write_index_layout};
+pub use layout::{read_oci_layout, write_oci_layout, LayoutImage, OciLayout, write_index_layout};
 
 /// OCI media types.
 pub mod media_type {
@@ -459,6 +459,7 @@ impl Image {
 mod tests {
     use super::*;
     use std::fs::{self, File};
+    use std::os::unix::fs::PermissionsExt;
 
     fn layer(n: u8) -> ImageLayer {
         ImageLayer {
@@ -576,5 +577,17 @@ mod tests {
         let names: Vec<String> = ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect();
         assert!(names.contains(&"manifest.json".to_string()));
         assert!(names.contains(&format!("{}.json", docs.config_digest.hex())));
+
+        // The layout reader picks entries by tag, and refuses a blob whose
+        // bytes are not its digest's.
+        let layout = OciLayout::open(tmp.path()).unwrap();
+        assert_eq!(layout.tagged(Some("v1")).len(), 1);
+        assert!(layout.tagged(Some("v2")).is_empty());
+        assert_eq!(layout.tags(), "v1");
+        let config = blobs.join(docs.config_digest.hex());
+        fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&config, b"{}").unwrap();
+        let err = read_oci_layout(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("does not hold the bytes it is named by"), "{err}");
     }
 }

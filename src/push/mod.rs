@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::digest::Digest;
-use crate::image::Descriptor;
+use crate::image::{Descriptor, OciLayout};
 use crate::packing::{LayerContent, PackOptions};
 
 pub mod client;
@@ -117,6 +117,18 @@ fn source_error(path: &Path, detail: impl Into<String>) -> PushError {
     PushError::Source { path: path.display().to_string(), detail: detail.into() }
 }
 
+/// The layout reader's error, as a push error about the source `dir`.
+fn from_image_error(dir: &Path, e: crate::image::ImageError) -> PushError {
+    match e {
+        crate::image::ImageError::Io { path, source } => PushError::Io { path: path.display().to_string(), source },
+        other => {
+            let message = other.to_string();
+            let prefix = format!("{}: ", dir.display());
+            source_error(dir, message.strip_prefix(&prefix).unwrap_or(&message))
+        }
+    }
+}
+
 impl Source {
     /// Opens `SOURCE[:TAG]`: an OCI layout directory (a `buildNixeryImage`
     /// or `streamNixeryImage` result). The tag picks an image when the
@@ -126,35 +138,23 @@ impl Source {
             Some((d, t)) if !t.contains('/') && Path::new(d).is_dir() => (PathBuf::from(d), Some(t)),
             _ => (PathBuf::from(spec), None),
         };
-        let read = |p: PathBuf| std::fs::read(&p).map_err(|source| PushError::Io { path: p.display().to_string(), source });
         if dir.is_file() {
             return Err(source_error(&dir, "a file, not an OCI layout directory (build with format = \"oci-dir\", the default)"));
         }
-        let index: serde_json::Value = serde_json::from_slice(&read(dir.join("index.json"))?).map_err(|e| source_error(&dir, format!("index.json: {e}")))?;
-        let manifests: Vec<Descriptor> = serde_json::from_value(index["manifests"].clone()).map_err(|e| source_error(&dir, format!("index.json: {e}")))?;
-        let ref_name = |d: &Descriptor| d.annotations.get("org.opencontainers.image.ref.name").cloned().unwrap_or_default();
-        let chosen = match tag {
-            Some(t) => manifests.iter().find(|d| ref_name(d) == t).ok_or_else(|| {
-                source_error(&dir, format!("no image tagged {t:?} (it has {})", manifests.iter().map(ref_name).collect::<Vec<_>>().join(", ")))
-            })?,
-            None => match manifests.as_slice() {
-                [one] => one,
-                [] => return Err(source_error(&dir, "index.json lists no image")),
-                many => return Err(source_error(&dir, format!("several images: name one as SOURCE:TAG ({})", many.iter().map(ref_name).collect::<Vec<_>>().join(", ")))),
-            },
+        let image_err = |e: crate::image::ImageError| from_image_error(&dir, e);
+        let layout = OciLayout::open(&dir).map_err(image_err)?;
+        let chosen = match (tag, layout.tagged(tag).as_slice()) {
+            (_, [one]) => (*one).clone(),
+            (Some(t), []) => return Err(source_error(&dir, format!("no image tagged {t:?} (it has {})", layout.tags()))),
+            (Some(_), [first, ..]) => (*first).clone(),
+            (None, []) => return Err(source_error(&dir, "index.json lists no image")),
+            (None, many) => return Err(source_error(&dir, format!("several images: name one as SOURCE:TAG ({})", many.iter().map(|d| OciLayout::tag_of(d).unwrap_or_default()).collect::<Vec<_>>().join(", ")))),
         };
-        let blob_path = |d: &Digest| dir.join("blobs/sha256").join(d.hex());
-        let manifest = read(blob_path(&chosen.digest))?;
-        if Digest::of(&manifest) != chosen.digest {
-            return Err(source_error(&dir, format!("the manifest's bytes do not match {}", chosen.digest)));
-        }
+        let manifest = layout.read_blob(&chosen.digest).map_err(image_err)?;
         let image_blobs = |manifest: &[u8]| -> Result<Vec<Descriptor>, PushError> {
             let doc: serde_json::Value = serde_json::from_slice(manifest).map_err(|e| source_error(&dir, format!("manifest: {e}")))?;
-            let config: Descriptor = serde_json::from_value(doc["config"].clone()).map_err(|e| source_error(&dir, format!("manifest config: {e}")))?;
-            let layers: Vec<Descriptor> = serde_json::from_value(doc["layers"].clone()).map_err(|e| source_error(&dir, format!("manifest layers: {e}")))?;
-            let mut blobs = vec![config];
-            blobs.extend(layers);
-            Ok(blobs)
+            let (config, layers) = layout.manifest_parts(&doc).map_err(image_err)?;
+            Ok(std::iter::once(config).chain(layers).collect())
         };
         let mut children = Vec::new();
         let blobs = if chosen.media_type == crate::image::media_type::OCI_INDEX {
@@ -163,10 +163,7 @@ impl Source {
             let entries: Vec<Descriptor> = serde_json::from_value(doc["manifests"].clone()).map_err(|e| source_error(&dir, format!("index: {e}")))?;
             let mut all: Vec<Descriptor> = Vec::new();
             for e in entries {
-                let bytes = read(blob_path(&e.digest))?;
-                if Digest::of(&bytes) != e.digest {
-                    return Err(source_error(&dir, format!("the manifest's bytes do not match {}", e.digest)));
-                }
+                let bytes = layout.read_blob(&e.digest).map_err(image_err)?;
                 for b in image_blobs(&bytes)? {
                     if !all.iter().any(|a| a.digest == b.digest) {
                         all.push(b);
