@@ -11,7 +11,7 @@ use crate::support::*;
 
 /// The documents of deploy/kubernetes/nixery.yaml, as JSON.
 fn kubernetes() -> Vec<serde_json::Value> {
-    let out = run_stdout(Command::new("python3").args(["-c", "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))"]).arg(repo().join("deploy/kubernetes/nixery.yaml")));
+    let out = run_stdout(Command::new(SYSTEM_PYTHON).args(["-c", "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))"]).arg(repo().join("deploy/kubernetes/nixery.yaml")));
     serde_json::from_str(&out).unwrap()
 }
 

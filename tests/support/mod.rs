@@ -18,6 +18,10 @@ pub fn helper() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_nixery"))
 }
 
+/// Debian's Python, which has the modules scripts/setup installs
+/// (python3-cryptography, python3-yaml), whatever `python3` is first on PATH.
+pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
 /// Nix settings for an offline, single-user machine: no substituters (every
 /// build would otherwise wait on an unreachable cache), builds as root.
 pub const NIX_CONFIG: &str = "substituters =\nbuild-users-group =\nsandbox = true\nextra-platforms = aarch64-linux\n";
@@ -430,7 +434,7 @@ impl Gcs {
         });
         std::fs::write(&service_account, sa.to_string()).unwrap();
         let checker_port = free_port();
-        let mut checker = Command::new("python3")
+        let mut checker = Command::new(SYSTEM_PYTHON)
             .arg(repo().join("tests/support/gcs_signed_urls.py"))
             .arg(checker_port.to_string())
             .arg(format!("http://127.0.0.1:{port}"))
