@@ -28,12 +28,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{check_key, BlobInfo, BlobWriter, ByteStream, Storage, StorageError};
+use crate::digest::{Digest, HashingWriter};
 
 /// The name prefix of spool folders in the temporary directory
 /// ([`crate::scratch::owned`]): a shim removes the ones of processes that
 /// are gone when it starts, and its own when it stops.
 const SPOOL_PREFIX: &str = "nixery-spool";
-use crate::digest::{Digest, HashingWriter};
 
 /// How long a signed blob URL is valid by default
 /// (`NIXERY_SIGNED_URL_EXPIRY`): a client starts its download right after
