@@ -25,12 +25,6 @@ fn built(nix_root: &Path) -> Vec<String> {
     names
 }
 
-fn manifest_digest(shim: &Shim) -> String {
-    let resp = http().get(shim.url("/v2/shell/hello/manifests/latest")).header("Accept", "application/vnd.oci.image.manifest.v1+json").send().unwrap();
-    assert_eq!(resp.status(), 200, "{}", shim.log_text());
-    resp.headers()["docker-content-digest"].to_str().unwrap().to_string()
-}
-
 #[test]
 fn a_shim_with_its_own_store_substitutes_from_a_binary_cache_another_shim_filled() {
     let dir = tempfile::tempdir().unwrap();
@@ -52,7 +46,7 @@ fn a_shim_with_its_own_store_substitutes_from_a_binary_cache_another_shim_filled
         secret.display()
     );
     let first = Shim::start_with_own_store(&roots[0], &d.join("storage-a"), &[("NIX_CONFIG", &config), ("NIX_UPLOAD_CACHE", &cache)]);
-    let digest = manifest_digest(&first);
+    let digest = manifest_digest(&first.host(), "shell/hello");
     let built_first = built(&roots[0]);
     for package in ["hello-2.10", "bash-interactive-5.2", "glibc-2.36"] {
         assert!(built_first.iter().any(|b| b == package), "{package} in {built_first:?}");
@@ -63,7 +57,7 @@ fn a_shim_with_its_own_store_substitutes_from_a_binary_cache_another_shim_filled
     // false: it is cheap and local by design), and gives the same image.
     let reader = format!("{NIX_CONFIG}substituters = {cache}\ntrusted-public-keys = {}\n", public_key.trim());
     let second = Shim::start_with_own_store(&roots[1], &d.join("storage-b"), &[("NIX_CONFIG", &reader)]);
-    assert_eq!(manifest_digest(&second), digest);
+    assert_eq!(manifest_digest(&second.host(), "shell/hello"), digest);
     assert_eq!(built(&roots[1]), ["nixery-image-graph"], "everything else was substituted");
     assert!(std::fs::read_dir(roots[1].join("store")).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with("-hello-2.10")));
 
@@ -71,6 +65,6 @@ fn a_shim_with_its_own_store_substitutes_from_a_binary_cache_another_shim_filled
     // builds them, so it is the cache that saved the builds above.
     let untrusting = format!("{NIX_CONFIG}substituters = {cache}\n");
     let third = Shim::start_with_own_store(&roots[2], &d.join("storage-c"), &[("NIX_CONFIG", &untrusting)]);
-    assert_eq!(manifest_digest(&third), digest);
+    assert_eq!(manifest_digest(&third.host(), "shell/hello"), digest);
     assert_eq!(built(&roots[2]), built_first);
 }

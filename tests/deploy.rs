@@ -116,12 +116,7 @@ fn the_shim_image_serves_images_its_own_nix_builds() {
     // The same image, bit for bit, as a shim outside the container builds
     // from the same store paths.
     let outside = Shim::start(&dir.path().join("storage"), &[]);
-    let digest = |host: &str| {
-        let resp = http().get(format!("http://{host}/v2/shell/hello/manifests/latest")).header("Accept", "application/vnd.oci.image.manifest.v1+json").send().unwrap();
-        assert_eq!(resp.status(), 200);
-        resp.headers()["docker-content-digest"].to_str().unwrap().to_string()
-    };
-    assert_eq!(digest(&format!("127.0.0.1:{port}")), digest(&outside.host()));
+    assert_eq!(manifest_digest(&format!("127.0.0.1:{port}"), "shell/hello"), manifest_digest(&outside.host(), "shell/hello"));
 }
 
 #[test]

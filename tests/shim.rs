@@ -310,7 +310,7 @@ fn s3_storage_in_netns() {
     let dir = tempfile::tempdir().unwrap();
     let s3 = S3::start();
     let env = s3.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env = env_refs(&env);
     let unused = dir.path().join("unused");
     let digest = {
         let shim = Shim::start(&unused, &env);
@@ -328,7 +328,7 @@ fn s3_storage_in_netns() {
         // answered by the shim); the bytes and ranges come from there.
         let layer = &layer_digests(&m)[0];
         let blob_url = shim.url(&format!("/v2/shell/hello/blobs/{layer}"));
-        let no_follow = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let no_follow = no_redirects();
         let redirect = no_follow.get(&blob_url).send().unwrap();
         assert_eq!(redirect.status(), 307);
         let location = redirect.headers()["location"].to_str().unwrap();
@@ -360,7 +360,7 @@ fn s3_storage_in_netns() {
     assert_eq!(head.headers()["docker-content-digest"].to_str().unwrap(), digest);
     assert_eq!(shim.nix_builds(), 0, "{}", shim.log_text());
     let layer = &layer_digests(&m)[0];
-    let no_follow = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let no_follow = no_redirects();
     let resp = no_follow.get(shim.url(&format!("/v2/shell/hello/blobs/{layer}"))).send().unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(format!("sha256:{:x}", sha2::Sha256::digest(resp.bytes().unwrap())), *layer);
@@ -382,7 +382,7 @@ fn gcs_storage_in_netns() {
     // redirect at once, short enough to see one expire.
     let expiry = 5;
     let env = gcs.env(expiry);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env = env_refs(&env);
     let unused = dir.path().join("unused");
     let shim = Shim::start(&unused, &env);
     // A real client pulls through signed redirects and runs the image.
@@ -404,7 +404,7 @@ fn gcs_storage_in_netns() {
     assert!(!unused.exists(), "nothing on the local filesystem");
 
     // A signed URL works until it expires, and a tampered one never does.
-    let no_follow = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let no_follow = no_redirects();
     let blob_url = shim.url(&format!("/v2/shell/hello/blobs/{}", layers[0]));
     let redirect = no_follow.get(&blob_url).send().unwrap();
     assert_eq!(redirect.status(), 307);
@@ -437,7 +437,7 @@ fn gcs_storage_in_netns() {
         .filter(|(k, _)| !k.starts_with("GCS_SIGNING_"))
         .chain([("GOOGLE_APPLICATION_CREDENTIALS", gcs.service_account.display().to_string())])
         .collect();
-    let second_env: Vec<(&str, &str)> = second_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let second_env = env_refs(&second_env);
     let second = Shim::start(&unused, &second_env);
     let root = tempfile::tempdir().unwrap();
     let image = format!("{}/shell/hello", second.host());

@@ -432,7 +432,7 @@ fn two_shims_on_one_bucket_in_netns() {
     let dir = tempfile::tempdir().unwrap();
     let s3 = S3::start();
     let env = s3.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env = env_refs(&env);
     // Each shim has its own local folders; they share the bucket only.
     let a = Shim::start(&dir.path().join("a"), &env);
     let b = Shim::start(&dir.path().join("b"), &env);

@@ -513,6 +513,25 @@ pub fn require_loopback_netns() {
     assert_eq!(names, ["lo"], "the namespace has only loopback");
 }
 
+/// An environment of owned values (`S3::env`, `Gcs::env`) as `Shim::start`
+/// takes it.
+pub fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// An HTTP client that does not follow redirects (to see a blob's
+/// signed-URL redirect itself).
+pub fn no_redirects() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+/// The digest of `name:latest`'s OCI manifest from the registry at `host`.
+pub fn manifest_digest(host: &str, name: &str) -> String {
+    let resp = http().get(format!("http://{host}/v2/{name}/manifests/latest")).header("Accept", "application/vnd.oci.image.manifest.v1+json").send().unwrap();
+    assert_eq!(resp.status(), 200, "{name} from {host}");
+    resp.headers()["docker-content-digest"].to_str().unwrap().to_string()
+}
+
 /// An HTTP client for protocol tests.
 pub fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
