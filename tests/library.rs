@@ -11,232 +11,242 @@ fn config_of(layout: &std::path::Path) -> serde_json::Value {
     layout_config(layout)
 }
 
-#[test]
-fn images_built_in_the_sandbox_are_identical_outside_it() {
-    let image = nix_build(&repo().join("examples/hello.nix"), &[]);
-    // Rebuild with the sandbox off and compare byte for byte.
-    let mut c = nix_build_cmd(&repo().join("examples/hello.nix"));
-    c.args(["--check", "--option", "sandbox", "false"]);
-    run(&mut c);
-    assert!(image.join("index.json").exists());
-}
-
-#[test]
-fn store_paths_named_only_in_config_are_in_the_image() {
-    let dir = tempfile::tempdir().unwrap();
-    // jq is not in contents: only the entrypoint names it.
-    let image = nix_build_expr(
-        dir.path(),
-        r#"nixery.buildNixeryImage {
-             name = "entry"; tag = "v1"; contents = [ ];
-             config = { Entrypoint = [ "${pkgs.jq}/bin/jq" "-n" ]; Env = [ "GREETER=${pkgs.hello}/bin/hello" ]; };
-           }"#,
-    );
-    let root = tempfile::tempdir().unwrap();
-    assert_eq!(podman_run(root.path(), &image, "v1", &["1 + 1"]), "2\n");
-    let rootfs = unpack(&image, "v1", dir.path());
-    let greeter = config_of(&image)["config"]["Env"].as_array().unwrap().iter().find_map(|e| e.as_str()?.strip_prefix("GREETER=").map(str::to_string)).unwrap();
-    assert_eq!(run_stdout(Command::new("chroot").arg(&rootfs).arg(&greeter)), "Hello, world!\n", "hello's closure came along");
-}
-
-#[test]
-fn registry_qualified_names_build_and_bad_names_fail_at_evaluation() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = nix_build_expr(dir.path(), r#"nixery.buildNixeryImage { name = "ghcr.io/acme/app"; tag = "v1.0"; contents = [ pkgs.hello ]; }"#);
-    assert!(image.file_name().unwrap().to_str().unwrap().ends_with("-ghcr.io-acme-app"), "{}", image.display());
-    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(image.join("index.json")).unwrap()).unwrap();
-    assert_eq!(index["manifests"][0]["annotations"]["io.containerd.image.name"], "ghcr.io/acme/app:v1.0");
-    let port = nix_build_expr(dir.path(), r#"(nixery.buildNixeryImage { name = "localhost:5000/x"; tag = "t"; contents = [ pkgs.hello ]; format = "docker-archive"; })"#);
-    let mut ar = tar::Archive::new(std::fs::File::open(&port).unwrap());
-    let entry = ar.entries().unwrap().map(|e| e.unwrap()).find(|e| e.path().unwrap().to_str() == Some("manifest.json")).unwrap();
-    let archive_manifest: serde_json::Value = serde_json::from_reader(entry).unwrap();
-    assert_eq!(archive_manifest[0]["RepoTags"], serde_json::json!(["localhost:5000/x:t"]));
-    run(skopeo().arg("inspect").arg(format!("docker-archive:{}", port.display())));
-    for (name, tag, needle) in [
-        ("Acme/App", "\"v1\"", "`name` must be a registry name"),
-        ("app/", "\"v1\"", "`name` must be a registry name"),
-        ("app", "\"-v1\"", "`tag` must be null or a registry tag"),
-        ("app", "\"v1/x\"", "`tag` must be null or a registry tag"),
-    ] {
-        let err = nix_build_expr_fails(dir.path(), &format!(r#"nixery.buildNixeryImage {{ name = "{name}"; tag = {tag}; }}"#));
-        assert!(err.contains(&format!("in nixery image {name}: {needle}")), "{name}:{tag}: {err}");
+in_both_worlds! {
+    fn images_built_in_the_sandbox_are_identical_outside_it() {
+        let image = nix_build(&repo().join("examples/hello.nix"), &[]);
+        // Rebuild with the sandbox off and compare byte for byte.
+        let mut c = nix_build_cmd(&repo().join("examples/hello.nix"));
+        c.args(["--check", "--option", "sandbox", "false"]);
+        run(&mut c);
+        assert!(image.join("index.json").exists());
     }
 }
 
-#[test]
-fn users_own_their_home_and_the_image_runs_as_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = nix_build_expr(
-        dir.path(),
-        r#"nixery.buildNixeryImage {
-             name = "users"; tag = "v1"; contents = [ pkgs.bashInteractive pkgs.coreutils ];
-             users = [ { name = "app"; uid = 1000; groups = [ "staff" ]; } ];
-             groups = [ { name = "staff"; gid = 50; } ];
-             config = { User = "app"; WorkingDir = "/home/app"; };
-           }"#,
-    );
-    let root = tempfile::tempdir().unwrap();
-    let out = podman_run(root.path(), &image, "v1", &["sh", "-c", "id -u; id -g; whoami; echo written > notes && cat /home/app/notes; id -G"]);
-    assert_eq!(out, "1000\n1000\napp\nwritten\n1000 50\n");
-    let passwd = run_stdout(Command::new("cat").arg(unpack(&image, "v1", dir.path()).join("etc/passwd")));
-    assert!(passwd.contains("app:x:1000:1000::/home/app:/bin/sh\n"), "{passwd}");
-}
-
-#[test]
-fn perms_set_mode_and_owner_in_the_layers() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = nix_build_expr(
-        dir.path(),
-        r#"nixery.buildNixeryImage {
-             name = "perms"; tag = "v1"; contents = [ pkgs.hello pkgs.bashInteractive pkgs.coreutils ];
-             perms = [ { path = pkgs.hello; regex = "/bin/hello$"; mode = "0750"; uid = 1000; gid = 100; uname = "app"; gname = "users"; } ];
-           }"#,
-    );
-    // In the layer: the file has its mode and owner in the tar header.
-    let (manifest, _) = layout_manifest(&image);
-    let headers: Vec<_> = manifest["layers"].as_array().unwrap().iter().flat_map(|l| layer_headers(&image, l["digest"].as_str().unwrap())).collect();
-    let hello = headers.iter().find(|h| h.0.ends_with("-hello-2.10/bin/hello")).expect("hello in a layer");
-    assert_eq!((hello.1, hello.2, hello.3, hello.4.as_str()), (0o750, 1000, 100, "app"));
-    let bin = headers.iter().find(|h| h.0.ends_with("-hello-2.10/bin")).unwrap();
-    assert_eq!((bin.2, bin.4.as_str()), (0, ""), "what the regex does not match keeps root");
-    // And in a running container.
-    let root = tempfile::tempdir().unwrap();
-    let out = podman_run(root.path(), &image, "v1", &["sh", "-c", "stat -L -c '%a %u %g' /bin/hello"]);
-    assert_eq!(out, "750 1000 100\n");
-    let err = nix_build_expr_fails(dir.path(), r#"nixery.buildNixeryImage { name = "perms"; contents = [ pkgs.hello ]; perms = [ { path = pkgs.hello; mode = 750; } ]; }"#);
-    assert!(err.contains("`mode` must be an octal string"), "{err}");
-}
-
-#[test]
-fn copy_to_root_copies_files_instead_of_linking_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = nix_build_expr(
-        dir.path(),
-        r#"nixery.buildNixeryImage { name = "copies"; tag = "v1"; contents = [ pkgs.bashInteractive pkgs.coreutils ]; copyToRoot = [ pkgs.hello pkgs.cacert ]; }"#,
-    );
-    let root = tempfile::tempdir().unwrap();
-    let out = podman_run(root.path(), &image, "v1", &["sh", "-c", "stat -c %F /bin/hello /etc/ssl/certs/ca-bundle.crt /bin/ls; hello"]);
-    assert_eq!(out, "regular file\nregular file\nsymbolic link\nHello, world!\n");
-}
-
-#[test]
-fn explicit_layers_come_first_and_stay_the_same_when_the_rest_changes() {
-    let dir = tempfile::tempdir().unwrap();
-    let build = |contents: &str| {
-        nix_build_expr(dir.path(), &format!(r#"nixery.buildNixeryImage {{ name = "explicit"; tag = "v1"; contents = [ {contents} ]; layers = [ [ pkgs.jq ] ]; }}"#))
-    };
-    let a = build("pkgs.jq pkgs.hello");
-    let b = build("pkgs.jq pkgs.coreutils");
-    // A third image with the same group: its explicit layer is the
-    // derivation already built, nothing is packed again for it (and no
-    // import-from-derivation took part). Its tag is this run's, so the
-    // image itself is not in the store yet, even on a machine that ran
-    // the suite before.
-    let tag = format!("t{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
-    let file = expr_file(
-        dir.path(),
-        &format!(r#"nixery.buildNixeryImage {{ name = "explicit"; tag = "{tag}"; contents = [ pkgs.jq pkgs.bashInteractive ]; layers = [ [ pkgs.jq ] ]; }}"#),
-    );
-    let out = run(&mut nix_build_cmd(&file));
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(!log.contains("nixery-explicit-layer.drv"), "the explicit layer is not packed again:\n{log}");
-    assert!(log.contains("building"), "the image itself is built:\n{log}");
-    let first = |image: &std::path::Path| {
-        let (m, _) = layout_manifest(image);
-        m["layers"][0]["digest"].as_str().unwrap().to_string()
-    };
-    assert_eq!(first(&a), first(&b));
-    let names: Vec<String> = layer_entries(&a, &first(&a)).into_iter().filter(|e| e.matches('/').count() == 2).collect();
-    for want in ["-jq-1.6", "-libjq-1.6", "-oniguruma-6.9.8", "-glibc-2.36"] {
-        assert!(names.iter().any(|n| n.ends_with(want)), "{want} in {names:?}");
-    }
-    assert_eq!(names.len(), 4, "jq's closure and nothing else: {names:?}");
-    let config = config_of(&a);
-    assert!(config["history"][0]["comment"].as_str().unwrap().starts_with("explicit layer: "));
-}
-
-#[test]
-fn from_image_layers_come_first_and_the_base_programs_run_beside_the_new_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let base_expr = r#"nixery.buildNixeryImage { name = "base"; tag = "v1"; contents = [ pkgs.bashInteractive pkgs.coreutils ]; config = { Env = [ "FROM_BASE=1" ]; Cmd = [ "sh" ]; }; }"#;
-    let base = nix_build_expr(dir.path(), base_expr);
-    let (base_manifest, _) = layout_manifest(&base);
-    let base_layers = base_manifest["layers"].as_array().unwrap().clone();
-    let base_diff_ids = config_of(&base)["rootfs"]["diff_ids"].as_array().unwrap().clone();
-
-    // A docker-archive of the base, fetched as a fixed-output path, as
-    // a `docker save` tarball from elsewhere would be.
-    let archive = dir.path().join("base.tar");
-    run(skopeo().arg("copy").arg(format!("oci:{}:v1", base.display())).arg(format!("docker-archive:{}:base:v1", archive.display())));
-    let hash = run_stdout(Command::new("nix-hash").args(["--type", "sha256", "--flat", "--base32"]).arg(&archive));
-    // An OCI layout written by another tool.
-    let oci = dir.path().join("base-oci");
-    run(skopeo().arg("copy").arg(format!("oci:{}:v1", base.display())).arg(format!("oci:{}:v1", oci.display())));
-
-    // skopeo's docker-archive holds the layers uncompressed: the same
-    // tars (diff_ids), other blobs.
-    for (what, from, same_blobs) in [
-        ("an image built by buildNixeryImage", format!("({base_expr})"), true),
-        ("a fetched docker-archive", format!(r#"(builtins.fetchurl {{ url = "file://{}"; sha256 = "{}"; }})"#, archive.display(), hash.trim()), false),
-        ("an OCI layout from elsewhere", format!("{}", oci.display()), true),
-    ] {
+in_both_worlds! {
+    fn store_paths_named_only_in_config_are_in_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        // jq is not in contents: only the entrypoint names it.
         let image = nix_build_expr(
             dir.path(),
-            &format!(r#"nixery.buildNixeryImage {{ name = "child"; tag = "v1"; fromImage = {from}; contents = [ pkgs.hello ]; config.Env = [ "FROM_CHILD=1" ]; maxLayers = 10; }}"#),
+            r#"nixery.buildNixeryImage {
+                 name = "entry"; tag = "v1"; contents = [ ];
+                 config = { Entrypoint = [ "${pkgs.jq}/bin/jq" "-n" ]; Env = [ "GREETER=${pkgs.hello}/bin/hello" ]; };
+               }"#,
         );
-        let (m, _) = layout_manifest(&image);
-        let layers = m["layers"].as_array().unwrap();
-        let config = config_of(&image);
-        assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap()[..base_diff_ids.len()], base_diff_ids[..], "{what}: the base layers first");
-        if same_blobs {
-            assert_eq!(layers[..base_layers.len()], base_layers[..], "{what}: the base layers unchanged");
-        }
-        assert!(layers.len() <= 10, "{what}: the base layers count against maxLayers");
-        assert_eq!(config["config"]["Cmd"], serde_json::json!(["sh"]), "{what}: the base's config is the default");
         let root = tempfile::tempdir().unwrap();
-        let out = podman_run(root.path(), &image, "v1", &["sh", "-c", "hello && ls /bin/ls >/dev/null && echo $FROM_BASE$FROM_CHILD"]);
-        assert_eq!(out, "Hello, world!\n11\n", "{what}");
+        assert_eq!(podman_run(root.path(), &image, "v1", &["1 + 1"]), "2\n");
+        let rootfs = unpack(&image, "v1", dir.path());
+        let greeter = config_of(&image)["config"]["Env"].as_array().unwrap().iter().find_map(|e| e.as_str()?.strip_prefix("GREETER=").map(str::to_string)).unwrap();
+        assert_eq!(run_stdout(Command::new("chroot").arg(&rootfs).arg(&greeter)), "Hello, world!\n", "hello's closure came along");
     }
-    // Over budget with the base's layers: a clear error.
-    let err = nix_build_expr_fails(dir.path(), &format!(r#"nixery.buildNixeryImage {{ name = "child"; fromImage = ({base_expr}); contents = [ pkgs.hello ]; maxLayers = {}; }}"#, base_layers.len() + 1));
-    assert!(err.contains("maxLayers must be at least"), "{err}");
 }
 
-#[test]
-fn a_nix_database_registers_the_closure() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = nix_build_expr(dir.path(), r#"nixery.buildNixeryImage { name = "nixdb"; tag = "v1"; contents = [ pkgs.jq ]; initializeNixDatabase = true; }"#);
-    let rootfs = unpack(&image, "v1", dir.path());
-    assert_eq!(std::fs::read_to_string(rootfs.join("nix/var/nix/db/schema")).unwrap(), "10");
-    // The host's Nix reads the image's store and database as a chroot store.
-    let store = format!("local?root={}", rootfs.display());
-    let paths = run_stdout(Command::new("nix-store").env("NIX_CONFIG", NIX_CONFIG).args(["--store", &store, "--query", "--requisites"]).arg(
-        std::fs::read_dir(rootfs.join("nix/store")).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_str().unwrap().ends_with("-jq-1.6")).map(|p| format!("/nix/store/{}", p.file_name().unwrap().to_str().unwrap())).unwrap(),
-    ));
-    assert_eq!(paths.lines().count(), 4, "jq, libjq, oniguruma, glibc: {paths}");
-    let verify = Command::new("nix-store").env("NIX_CONFIG", NIX_CONFIG).args(["--store", &store, "--verify", "--check-contents"]).output().unwrap();
-    let err = String::from_utf8_lossy(&verify.stderr);
-    assert!(verify.status.success() && !err.contains("modified") && !err.contains("invalid"), "{err}");
+in_both_worlds! {
+    fn registry_qualified_names_build_and_bad_names_fail_at_evaluation() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = nix_build_expr(dir.path(), r#"nixery.buildNixeryImage { name = "ghcr.io/acme/app"; tag = "v1.0"; contents = [ pkgs.hello ]; }"#);
+        assert!(image.file_name().unwrap().to_str().unwrap().ends_with("-ghcr.io-acme-app"), "{}", image.display());
+        let index: serde_json::Value = serde_json::from_slice(&std::fs::read(image.join("index.json")).unwrap()).unwrap();
+        assert_eq!(index["manifests"][0]["annotations"]["io.containerd.image.name"], "ghcr.io/acme/app:v1.0");
+        let port = nix_build_expr(dir.path(), r#"(nixery.buildNixeryImage { name = "localhost:5000/x"; tag = "t"; contents = [ pkgs.hello ]; format = "docker-archive"; })"#);
+        let mut ar = tar::Archive::new(std::fs::File::open(&port).unwrap());
+        let entry = ar.entries().unwrap().map(|e| e.unwrap()).find(|e| e.path().unwrap().to_str() == Some("manifest.json")).unwrap();
+        let archive_manifest: serde_json::Value = serde_json::from_reader(entry).unwrap();
+        assert_eq!(archive_manifest[0]["RepoTags"], serde_json::json!(["localhost:5000/x:t"]));
+        run(skopeo().arg("inspect").arg(format!("docker-archive:{}", port.display())));
+        for (name, tag, needle) in [
+            ("Acme/App", "\"v1\"", "`name` must be a registry name"),
+            ("app/", "\"v1\"", "`name` must be a registry name"),
+            ("app", "\"-v1\"", "`tag` must be null or a registry tag"),
+            ("app", "\"v1/x\"", "`tag` must be null or a registry tag"),
+        ] {
+            let err = nix_build_expr_fails(dir.path(), &format!(r#"nixery.buildNixeryImage {{ name = "{name}"; tag = {tag}; }}"#));
+            assert!(err.contains(&format!("in nixery image {name}: {needle}")), "{name}:{tag}: {err}");
+        }
+    }
 }
 
-#[test]
-fn architecture_created_meta_and_passthru() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = nix_build_expr(
-        dir.path(),
-        r#"nixery.buildNixeryImage { name = "arch"; tag = "v1"; contents = [ pkgs.hello ]; architecture = "arm64"; variant = "v8"; created = "now"; }"#,
-    );
-    let config = config_of(&image);
-    assert_eq!((config["architecture"].as_str(), config["variant"].as_str(), config["os"].as_str()), (Some("arm64"), Some("v8"), Some("linux")));
-    let created = humantime::parse_rfc3339(config["created"].as_str().unwrap()).unwrap();
-    let age = std::time::SystemTime::now().duration_since(created).unwrap();
-    assert!(age.as_secs() < 3600, "created is the build's time: {:?}", config["created"]);
-    let v = nix_eval_expr(
-        dir.path(),
-        r#"let i = nixery.buildNixeryImage { name = "x"; tag = "v1"; contents = [ pkgs.hello ]; meta.description = "an image"; passthru.extra = 7; };
-           in { tag = i.out.imageTag; extra = i.out.extra; description = i.meta.description; same = i.out.outPath == i.outPath; name = i.imageName; }"#,
-    );
-    assert_eq!(v, serde_json::json!({"tag": "v1", "extra": 7, "description": "an image", "same": true, "name": "x"}));
+in_both_worlds! {
+    fn users_own_their_home_and_the_image_runs_as_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = nix_build_expr(
+            dir.path(),
+            r#"nixery.buildNixeryImage {
+                 name = "users"; tag = "v1"; contents = [ pkgs.bashInteractive pkgs.coreutils ];
+                 users = [ { name = "app"; uid = 1000; groups = [ "staff" ]; } ];
+                 groups = [ { name = "staff"; gid = 50; } ];
+                 config = { User = "app"; WorkingDir = "/home/app"; };
+               }"#,
+        );
+        let root = tempfile::tempdir().unwrap();
+        let out = podman_run(root.path(), &image, "v1", &["sh", "-c", "id -u; id -g; whoami; echo written > notes && cat /home/app/notes; id -G"]);
+        assert_eq!(out, "1000\n1000\napp\nwritten\n1000 50\n");
+        let passwd = run_stdout(Command::new("cat").arg(unpack(&image, "v1", dir.path()).join("etc/passwd")));
+        assert!(passwd.contains("app:x:1000:1000::/home/app:/bin/sh\n"), "{passwd}");
+    }
+}
+
+in_both_worlds! {
+    fn perms_set_mode_and_owner_in_the_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = nix_build_expr(
+            dir.path(),
+            r#"nixery.buildNixeryImage {
+                 name = "perms"; tag = "v1"; contents = [ pkgs.hello pkgs.bashInteractive pkgs.coreutils ];
+                 perms = [ { path = pkgs.hello; regex = "/bin/hello$"; mode = "0750"; uid = 1000; gid = 100; uname = "app"; gname = "users"; } ];
+               }"#,
+        );
+        // In the layer: the file has its mode and owner in the tar header.
+        let (manifest, _) = layout_manifest(&image);
+        let headers: Vec<_> = manifest["layers"].as_array().unwrap().iter().flat_map(|l| layer_headers(&image, l["digest"].as_str().unwrap())).collect();
+        let hello = headers.iter().find(|h| h.0.ends_with("-hello-2.10/bin/hello")).expect("hello in a layer");
+        assert_eq!((hello.1, hello.2, hello.3, hello.4.as_str()), (0o750, 1000, 100, "app"));
+        let bin = headers.iter().find(|h| h.0.ends_with("-hello-2.10/bin")).unwrap();
+        assert_eq!((bin.2, bin.4.as_str()), (0, ""), "what the regex does not match keeps root");
+        // And in a running container.
+        let root = tempfile::tempdir().unwrap();
+        let out = podman_run(root.path(), &image, "v1", &["sh", "-c", "stat -L -c '%a %u %g' /bin/hello"]);
+        assert_eq!(out, "750 1000 100\n");
+        let err = nix_build_expr_fails(dir.path(), r#"nixery.buildNixeryImage { name = "perms"; contents = [ pkgs.hello ]; perms = [ { path = pkgs.hello; mode = 750; } ]; }"#);
+        assert!(err.contains("`mode` must be an octal string"), "{err}");
+    }
+}
+
+in_both_worlds! {
+    fn copy_to_root_copies_files_instead_of_linking_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = nix_build_expr(
+            dir.path(),
+            r#"nixery.buildNixeryImage { name = "copies"; tag = "v1"; contents = [ pkgs.bashInteractive pkgs.coreutils ]; copyToRoot = [ pkgs.hello pkgs.cacert ]; }"#,
+        );
+        let root = tempfile::tempdir().unwrap();
+        let out = podman_run(root.path(), &image, "v1", &["sh", "-c", "stat -c %F /bin/hello /etc/ssl/certs/ca-bundle.crt /bin/ls; hello"]);
+        assert_eq!(out, "regular file\nregular file\nsymbolic link\nHello, world!\n");
+    }
+}
+
+in_both_worlds! {
+    fn explicit_layers_come_first_and_stay_the_same_when_the_rest_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let build = |contents: &str| {
+            nix_build_expr(dir.path(), &format!(r#"nixery.buildNixeryImage {{ name = "explicit"; tag = "v1"; contents = [ {contents} ]; layers = [ [ pkgs.jq ] ]; }}"#))
+        };
+        let a = build("pkgs.jq pkgs.hello");
+        let b = build("pkgs.jq pkgs.coreutils");
+        // A third image with the same group: its explicit layer is the
+        // derivation already built, nothing is packed again for it (and no
+        // import-from-derivation took part). Its tag is this run's, so the
+        // image itself is not in the store yet, even on a machine that ran
+        // the suite before.
+        let tag = format!("t{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+        let file = expr_file(
+            dir.path(),
+            &format!(r#"nixery.buildNixeryImage {{ name = "explicit"; tag = "{tag}"; contents = [ pkgs.jq pkgs.bashInteractive ]; layers = [ [ pkgs.jq ] ]; }}"#),
+        );
+        let out = run(&mut nix_build_cmd(&file));
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(!log.contains("nixery-explicit-layer.drv"), "the explicit layer is not packed again:\n{log}");
+        assert!(log.contains("building"), "the image itself is built:\n{log}");
+        let first = |image: &std::path::Path| {
+            let (m, _) = layout_manifest(image);
+            m["layers"][0]["digest"].as_str().unwrap().to_string()
+        };
+        assert_eq!(first(&a), first(&b));
+        let names: Vec<String> = layer_entries(&a, &first(&a)).into_iter().filter(|e| e.matches('/').count() == 2).collect();
+        for want in ["-jq-1.6", "-libjq-1.6", "-oniguruma-6.9.8", "-glibc-2.36"] {
+            assert!(names.iter().any(|n| n.ends_with(want)), "{want} in {names:?}");
+        }
+        assert_eq!(names.len(), 4, "jq's closure and nothing else: {names:?}");
+        let config = config_of(&a);
+        assert!(config["history"][0]["comment"].as_str().unwrap().starts_with("explicit layer: "));
+    }
+}
+
+in_both_worlds! {
+    fn from_image_layers_come_first_and_the_base_programs_run_beside_the_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let base_expr = r#"nixery.buildNixeryImage { name = "base"; tag = "v1"; contents = [ pkgs.bashInteractive pkgs.coreutils ]; config = { Env = [ "FROM_BASE=1" ]; Cmd = [ "sh" ]; }; }"#;
+        let base = nix_build_expr(dir.path(), base_expr);
+        let (base_manifest, _) = layout_manifest(&base);
+        let base_layers = base_manifest["layers"].as_array().unwrap().clone();
+        let base_diff_ids = config_of(&base)["rootfs"]["diff_ids"].as_array().unwrap().clone();
+
+        // A docker-archive of the base, fetched as a fixed-output path, as
+        // a `docker save` tarball from elsewhere would be.
+        let archive = dir.path().join("base.tar");
+        run(skopeo().arg("copy").arg(format!("oci:{}:v1", base.display())).arg(format!("docker-archive:{}:base:v1", archive.display())));
+        let hash = run_stdout(Command::new("nix-hash").args(["--type", "sha256", "--flat", "--base32"]).arg(&archive));
+        // An OCI layout written by another tool.
+        let oci = dir.path().join("base-oci");
+        run(skopeo().arg("copy").arg(format!("oci:{}:v1", base.display())).arg(format!("oci:{}:v1", oci.display())));
+
+        // skopeo's docker-archive holds the layers uncompressed: the same
+        // tars (diff_ids), other blobs.
+        for (what, from, same_blobs) in [
+            ("an image built by buildNixeryImage", format!("({base_expr})"), true),
+            ("a fetched docker-archive", format!(r#"(builtins.fetchurl {{ url = "file://{}"; sha256 = "{}"; }})"#, archive.display(), hash.trim()), false),
+            ("an OCI layout from elsewhere", format!("{}", oci.display()), true),
+        ] {
+            let image = nix_build_expr(
+                dir.path(),
+                &format!(r#"nixery.buildNixeryImage {{ name = "child"; tag = "v1"; fromImage = {from}; contents = [ pkgs.hello ]; config.Env = [ "FROM_CHILD=1" ]; maxLayers = 10; }}"#),
+            );
+            let (m, _) = layout_manifest(&image);
+            let layers = m["layers"].as_array().unwrap();
+            let config = config_of(&image);
+            assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap()[..base_diff_ids.len()], base_diff_ids[..], "{what}: the base layers first");
+            if same_blobs {
+                assert_eq!(layers[..base_layers.len()], base_layers[..], "{what}: the base layers unchanged");
+            }
+            assert!(layers.len() <= 10, "{what}: the base layers count against maxLayers");
+            assert_eq!(config["config"]["Cmd"], serde_json::json!(["sh"]), "{what}: the base's config is the default");
+            let root = tempfile::tempdir().unwrap();
+            let out = podman_run(root.path(), &image, "v1", &["sh", "-c", "hello && ls /bin/ls >/dev/null && echo $FROM_BASE$FROM_CHILD"]);
+            assert_eq!(out, "Hello, world!\n11\n", "{what}");
+        }
+        // Over budget with the base's layers: a clear error.
+        let err = nix_build_expr_fails(dir.path(), &format!(r#"nixery.buildNixeryImage {{ name = "child"; fromImage = ({base_expr}); contents = [ pkgs.hello ]; maxLayers = {}; }}"#, base_layers.len() + 1));
+        assert!(err.contains("maxLayers must be at least"), "{err}");
+    }
+}
+
+in_both_worlds! {
+    fn a_nix_database_registers_the_closure() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = nix_build_expr(dir.path(), r#"nixery.buildNixeryImage { name = "nixdb"; tag = "v1"; contents = [ pkgs.jq ]; initializeNixDatabase = true; }"#);
+        let rootfs = unpack(&image, "v1", dir.path());
+        assert_eq!(std::fs::read_to_string(rootfs.join("nix/var/nix/db/schema")).unwrap(), "10");
+        // The host's Nix reads the image's store and database as a chroot store.
+        let store = format!("local?root={}", rootfs.display());
+        let paths = run_stdout(Command::new("nix-store").env("NIX_CONFIG", NIX_CONFIG).args(["--store", &store, "--query", "--requisites"]).arg(
+            std::fs::read_dir(rootfs.join("nix/store")).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_str().unwrap().ends_with("-jq-1.6")).map(|p| format!("/nix/store/{}", p.file_name().unwrap().to_str().unwrap())).unwrap(),
+        ));
+        assert_eq!(paths.lines().count(), 4, "jq, libjq, oniguruma, glibc: {paths}");
+        let verify = Command::new("nix-store").env("NIX_CONFIG", NIX_CONFIG).args(["--store", &store, "--verify", "--check-contents"]).output().unwrap();
+        let err = String::from_utf8_lossy(&verify.stderr);
+        assert!(verify.status.success() && !err.contains("modified") && !err.contains("invalid"), "{err}");
+    }
+}
+
+in_both_worlds! {
+    fn architecture_created_meta_and_passthru() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = nix_build_expr(
+            dir.path(),
+            r#"nixery.buildNixeryImage { name = "arch"; tag = "v1"; contents = [ pkgs.hello ]; architecture = "arm64"; variant = "v8"; created = "now"; }"#,
+        );
+        let config = config_of(&image);
+        assert_eq!((config["architecture"].as_str(), config["variant"].as_str(), config["os"].as_str()), (Some("arm64"), Some("v8"), Some("linux")));
+        let created = humantime::parse_rfc3339(config["created"].as_str().unwrap()).unwrap();
+        let age = std::time::SystemTime::now().duration_since(created).unwrap();
+        assert!(age.as_secs() < 3600, "created is the build's time: {:?}", config["created"]);
+        let v = nix_eval_expr(
+            dir.path(),
+            r#"let i = nixery.buildNixeryImage { name = "x"; tag = "v1"; contents = [ pkgs.hello ]; meta.description = "an image"; passthru.extra = 7; };
+               in { tag = i.out.imageTag; extra = i.out.extra; description = i.meta.description; same = i.out.outPath == i.outPath; name = i.imageName; }"#,
+        );
+        assert_eq!(v, serde_json::json!({"tag": "v1", "extra": 7, "description": "an image", "same": true, "name": "x"}));
+    }
 }
 
 /// A directory holding copies of the host files tests/pkgs reads, to be a
@@ -247,67 +257,70 @@ fn host_files(dir: &std::path::Path) -> std::path::PathBuf {
     for d in ["usr/bin", lib, "etc/ssl/certs"] {
         std::fs::create_dir_all(host.join(d)).unwrap();
     }
+    // This machine's files, seen from the world the test runs in.
+    let machine = World::this().host_root();
     for f in ["usr/bin/busybox", "usr/bin/hello", "usr/bin/jq", "usr/bin/patchelf", "etc/ssl/certs/ca-certificates.crt", "etc/services", "etc/protocols"] {
-        std::fs::copy(std::path::Path::new("/").join(f), host.join(f)).unwrap();
+        std::fs::copy(machine.join(f), host.join(f)).unwrap();
     }
-    for entry in std::fs::read_dir(std::path::Path::new("/").join(lib)).unwrap() {
+    for entry in std::fs::read_dir(machine.join(lib)).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         if ["ld-linux", "libc.so", "libm.so", "libpthread", "libdl.so", "librt.so", "libresolv.so", "libstdc++", "libgcc_s", "libonig", "libjq"].iter().any(|p| name.starts_with(p)) {
-            run(Command::new("cp").arg("-P").arg(std::path::Path::new("/").join(lib).join(&name)).arg(host.join(lib)));
+            run(Command::new("cp").arg("-P").arg(machine.join(lib).join(&name)).arg(host.join(lib)));
         }
     }
     host
 }
 
-#[test]
-fn flakes_evaluate_everything_in_pure_mode_incremental_included() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = host_files(dir.path());
-    // nixery's own nixpkgs input is not needed for its library: a stand-in.
-    let fake = dir.path().join("fake-nixpkgs");
-    std::fs::create_dir_all(&fake).unwrap();
-    std::fs::write(fake.join("flake.nix"), "{ outputs = _: { }; }").unwrap();
-    let flake = dir.path().join("flake");
-    std::fs::create_dir_all(&flake).unwrap();
-    std::fs::copy(helper(), flake.join("nixery")).unwrap();
-    std::fs::write(
-        flake.join("flake.nix"),
-        format!(
-            r#"{{
-  inputs.nixery.url = "git+file://{repo}";
-  inputs.nixery.inputs.nixpkgs.url = "path:{fake}";
-  inputs.host = {{ url = "path:{host}"; flake = false; }};
-  outputs = {{ self, nixery, host }}:
-    let
-      system = "x86_64-linux";
-      pkgs = import "${{nixery}}/tests/pkgs" {{ inherit system; hostRoot = "${{host}}"; }};
-      lib = nixery.lib.withHelper {{ helper = ./nixery; inherit system; }};
-      image = incremental: lib.buildNixeryImage {{ name = "pure"; tag = "v1"; contents = [ pkgs.hello pkgs.jq ]; inherit incremental; config.Cmd = [ "hello" ]; }};
-    in {{
-      packages.${{system}} = {{ default = image false; incremental = image true; }};
-      noSystem = (nixery.lib.withHelper {{ helper = ./nixery; }}).buildNixeryImage {{ name = "x"; contents = [ pkgs.hello ]; }};
-    }};
-}}"#,
-            repo = repo().display(),
-            fake = fake.display(),
-            host = host.display()
-        ),
-    )
-    .unwrap();
-    let build = |attr: &str| -> std::path::PathBuf {
-        let out = run_stdout(&mut nix_cmd(&flake, &["build", "--no-link", "--json", attr]));
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v[0]["outputs"]["out"].as_str().unwrap().into()
-    };
-    let nix = |args: &[&str]| nix_cmd(&flake, args);
-    let plain = build(".#default");
-    let incremental = build(".#incremental");
-    let (_, a) = layout_manifest(&plain);
-    let (_, b) = layout_manifest(&incremental);
-    assert_eq!(a, b, "the same image either way, both evaluated in pure mode");
-    let out = nix(&["eval", ".#noSystem.drvPath"]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("pure evaluation does not know the build machine"), "{err}");
+in_both_worlds! {
+    fn flakes_evaluate_everything_in_pure_mode_incremental_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host_files(dir.path());
+        // nixery's own nixpkgs input is not needed for its library: a stand-in.
+        let fake = dir.path().join("fake-nixpkgs");
+        std::fs::create_dir_all(&fake).unwrap();
+        std::fs::write(fake.join("flake.nix"), "{ outputs = _: { }; }").unwrap();
+        let flake = dir.path().join("flake");
+        std::fs::create_dir_all(&flake).unwrap();
+        std::fs::copy(helper(), flake.join("nixery")).unwrap();
+        std::fs::write(
+            flake.join("flake.nix"),
+            format!(
+                r#"{{
+      inputs.nixery.url = "git+file://{repo}";
+      inputs.nixery.inputs.nixpkgs.url = "path:{fake}";
+      inputs.host = {{ url = "path:{host}"; flake = false; }};
+      outputs = {{ self, nixery, host }}:
+        let
+          system = "x86_64-linux";
+          pkgs = import "${{nixery}}/tests/pkgs" {{ inherit system; hostRoot = "${{host}}"; }};
+          lib = nixery.lib.withHelper {{ helper = ./nixery; inherit system; }};
+          image = incremental: lib.buildNixeryImage {{ name = "pure"; tag = "v1"; contents = [ pkgs.hello pkgs.jq ]; inherit incremental; config.Cmd = [ "hello" ]; }};
+        in {{
+          packages.${{system}} = {{ default = image false; incremental = image true; }};
+          noSystem = (nixery.lib.withHelper {{ helper = ./nixery; }}).buildNixeryImage {{ name = "x"; contents = [ pkgs.hello ]; }};
+        }};
+    }}"#,
+                repo = repo().display(),
+                fake = fake.display(),
+                host = host.display()
+            ),
+        )
+        .unwrap();
+        let build = |attr: &str| -> std::path::PathBuf {
+            let out = run_stdout(&mut nix_cmd(&flake, &["build", "--no-link", "--json", attr]));
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            v[0]["outputs"]["out"].as_str().unwrap().into()
+        };
+        let nix = |args: &[&str]| nix_cmd(&flake, args);
+        let plain = build(".#default");
+        let incremental = build(".#incremental");
+        let (_, a) = layout_manifest(&plain);
+        let (_, b) = layout_manifest(&incremental);
+        assert_eq!(a, b, "the same image either way, both evaluated in pure mode");
+        let out = nix(&["eval", ".#noSystem.drvPath"]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("pure evaluation does not know the build machine"), "{err}");
+    }
 }
 
 /// A `nix` command (flakes on) in `dir`.
@@ -317,14 +330,15 @@ fn nix_cmd(dir: &std::path::Path, args: &[&str]) -> Command {
     c
 }
 
-#[test]
-fn the_app_example_runs_as_its_user_with_an_entrypoint_named_only_in_config() {
-    let image = nix_build(&repo().join("examples/app.nix"), &[]);
-    let root = tempfile::tempdir().unwrap();
-    let out = podman_run(root.path(), &image, "v1", &[]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v, serde_json::json!({"user": "app", "home": "/home/app", "certificates": true}));
-    // The explicit layer (jq's closure) is the first.
-    let config = layout_config(&image);
-    assert!(config["history"][0]["comment"].as_str().unwrap().contains("jq-1.6"), "{}", config["history"][0]);
+in_both_worlds! {
+    fn the_app_example_runs_as_its_user_with_an_entrypoint_named_only_in_config() {
+        let image = nix_build(&repo().join("examples/app.nix"), &[]);
+        let root = tempfile::tempdir().unwrap();
+        let out = podman_run(root.path(), &image, "v1", &[]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v, serde_json::json!({"user": "app", "home": "/home/app", "certificates": true}));
+        // The explicit layer (jq's closure) is the first.
+        let config = layout_config(&image);
+        assert!(config["history"][0]["comment"].as_str().unwrap().contains("jq-1.6"), "{}", config["history"][0]);
+    }
 }

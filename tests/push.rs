@@ -107,142 +107,146 @@ fn blob_digests(layout: &Path) -> Vec<String> {
     d
 }
 
-#[test]
-fn push_uploads_only_what_the_registry_lacks_and_streams_give_the_same_digest() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = AuthRegistry::start();
-    let first = nix_build_expr(dir.path(), &image_expr("buildNixeryImage", "one"));
-    let second = nix_build_expr(dir.path(), &image_expr("buildNixeryImage", "two"));
-    let dest = format!("{}/acme/app:v1", registry.host());
+in_both_worlds! {
+    fn push_uploads_only_what_the_registry_lacks_and_streams_give_the_same_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = AuthRegistry::start();
+        let first = nix_build_expr(dir.path(), &image_expr("buildNixeryImage", "one"));
+        let second = nix_build_expr(dir.path(), &image_expr("buildNixeryImage", "two"));
+        let dest = format!("{}/acme/app:v1", registry.host());
 
-    // Without credentials: a clear error, nothing pushed.
-    let out = push_cmd(&first, &dest).output().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not authorized") && err.contains("--creds"), "{err}");
-    assert_eq!(registry.uploads(), 0);
+        // Without credentials: a clear error, nothing pushed.
+        let out = push_cmd(&first, &dest).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not authorized") && err.contains("--creds"), "{err}");
+        assert_eq!(registry.uploads(), 0);
 
-    // With them: every blob, then the manifest; the digest printed is the
-    // one skopeo reads back.
-    let digest = run_stdout(push_cmd(&first, &dest).args(["--creds", "ci:s3cret"])).trim().to_string();
-    assert_eq!(registry.uploads(), blob_digests(&first).len());
-    let raw = run(skopeo().args(["inspect", "--raw", "--tls-verify=false", "--creds", "ci:s3cret"]).arg(format!("docker://{dest}"))).stdout;
-    assert_eq!(nixery::digest::Digest::of(&raw).to_string(), digest);
-    assert_eq!(raw, layout_manifest(&first).1, "the registry has the layout's manifest bytes");
+        // With them: every blob, then the manifest; the digest printed is the
+        // one skopeo reads back.
+        let digest = run_stdout(push_cmd(&first, &dest).args(["--creds", "ci:s3cret"])).trim().to_string();
+        assert_eq!(registry.uploads(), blob_digests(&first).len());
+        let raw = run(skopeo().args(["inspect", "--raw", "--tls-verify=false", "--creds", "ci:s3cret"]).arg(format!("docker://{dest}"))).stdout;
+        assert_eq!(nixery::digest::Digest::of(&raw).to_string(), digest);
+        assert_eq!(raw, layout_manifest(&first).1, "the registry has the layout's manifest bytes");
 
-    // One package changed: only its layer, the root layer and the config
-    // are uploaded; credentials from a Docker config file this time.
-    let docker_config = dir.path().join("docker");
-    std::fs::create_dir_all(&docker_config).unwrap();
-    use base64::Engine;
-    let auth = base64::engine::general_purpose::STANDARD.encode("ci:s3cret");
-    std::fs::write(docker_config.join("config.json"), format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.host())).unwrap();
-    let before = registry.uploads();
-    let changed: Vec<String> = {
-        let old = blob_digests(&first);
-        blob_digests(&second).into_iter().filter(|d| !old.contains(d)).collect()
-    };
-    assert!(changed.len() < blob_digests(&second).len() / 2, "most layers are shared: {changed:?}");
-    let dest2 = format!("{}/acme/app:v2", registry.host());
-    let digest2 = run_stdout(push_cmd(&second, &dest2).env("DOCKER_CONFIG", &docker_config)).trim().to_string();
-    assert_eq!(registry.uploads() - before, changed.len(), "only the changed blobs are uploaded");
+        // One package changed: only its layer, the root layer and the config
+        // are uploaded; credentials from a Docker config file this time.
+        let docker_config = dir.path().join("docker");
+        std::fs::create_dir_all(&docker_config).unwrap();
+        use base64::Engine;
+        let auth = base64::engine::general_purpose::STANDARD.encode("ci:s3cret");
+        std::fs::write(docker_config.join("config.json"), format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.host())).unwrap();
+        let before = registry.uploads();
+        let changed: Vec<String> = {
+            let old = blob_digests(&first);
+            blob_digests(&second).into_iter().filter(|d| !old.contains(d)).collect()
+        };
+        assert!(changed.len() < blob_digests(&second).len() / 2, "most layers are shared: {changed:?}");
+        let dest2 = format!("{}/acme/app:v2", registry.host());
+        let digest2 = run_stdout(push_cmd(&second, &dest2).env("DOCKER_CONFIG", &docker_config)).trim().to_string();
+        assert_eq!(registry.uploads() - before, changed.len(), "only the changed blobs are uploaded");
 
-    // The stream image of the same arguments: the same manifest digest,
-    // its changed layer packed on the fly, nothing uploaded that the
-    // registry has.
-    let stream = nix_build_expr(dir.path(), &image_expr("streamNixeryImage", "two"));
-    assert!(stream.join(nixery::push::STREAM_FILE).exists());
-    let before = registry.uploads();
-    let dest3 = format!("{}/acme/streamed:v2", registry.host());
-    let digest3 = run_stdout(push_cmd(&stream, &dest3).args(["--creds", "ci:s3cret", "--mount-from", "acme/app"])).trim().to_string();
-    assert_eq!(digest3, digest2, "stream and build give the same image");
-    assert_eq!(registry.uploads() - before, 0, "every blob was mounted from acme/app");
-    // Into an empty repository with no mount: every layer is packed on
-    // the fly, and the registry checks each digest.
-    let registry2 = AuthRegistry::start();
-    let dest4 = format!("{}/fresh/streamed:v2", registry2.host());
-    let digest4 = run_stdout(push_cmd(&stream, &dest4).args(["--creds", "ci:s3cret"])).trim().to_string();
-    assert_eq!(digest4, digest2);
-    assert_eq!(registry2.uploads(), blob_digests(&second).len());
-    let copy = dir.path().join("copy");
-    run(skopeo().args(["copy", "--src-tls-verify=false", "--src-creds", "ci:s3cret"]).arg(format!("docker://{dest4}")).arg(format!("oci:{}:v2", copy.display())));
-    assert_eq!(layout_manifest(&copy).1, layout_manifest(&second).1);
+        // The stream image of the same arguments: the same manifest digest,
+        // its changed layer packed on the fly, nothing uploaded that the
+        // registry has.
+        let stream = nix_build_expr(dir.path(), &image_expr("streamNixeryImage", "two"));
+        assert!(stream.join(nixery::push::STREAM_FILE).exists());
+        let before = registry.uploads();
+        let dest3 = format!("{}/acme/streamed:v2", registry.host());
+        let digest3 = run_stdout(push_cmd(&stream, &dest3).args(["--creds", "ci:s3cret", "--mount-from", "acme/app"])).trim().to_string();
+        assert_eq!(digest3, digest2, "stream and build give the same image");
+        assert_eq!(registry.uploads() - before, 0, "every blob was mounted from acme/app");
+        // Into an empty repository with no mount: every layer is packed on
+        // the fly, and the registry checks each digest.
+        let registry2 = AuthRegistry::start();
+        let dest4 = format!("{}/fresh/streamed:v2", registry2.host());
+        let digest4 = run_stdout(push_cmd(&stream, &dest4).args(["--creds", "ci:s3cret"])).trim().to_string();
+        assert_eq!(digest4, digest2);
+        assert_eq!(registry2.uploads(), blob_digests(&second).len());
+        let copy = dir.path().join("copy");
+        run(skopeo().args(["copy", "--src-tls-verify=false", "--src-creds", "ci:s3cret"]).arg(format!("docker://{dest4}")).arg(format!("oci:{}:v2", copy.display())));
+        assert_eq!(layout_manifest(&copy).1, layout_manifest(&second).1);
 
-    // The copyToRegistry passthru: a program the helper interprets.
-    let program = nix_build_expr(dir.path(), &format!("({}).copyToRegistry", image_expr("streamNixeryImage", "two")));
-    let dest5 = format!("{}/acme/program:v2", registry.host());
-    let digest5 = run_stdout(Command::new(program.join("bin/copy-to-registry")).arg(&dest5).args(["--creds", "ci:s3cret"])).trim().to_string();
-    assert_eq!(digest5, digest2);
-}
-
-#[test]
-fn a_stream_image_adds_under_one_percent_of_its_closure_to_the_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let body = |f: &str| format!("nixery.{f} {{ name = \"big\"; tag = \"v1\"; contents = [ pkgs.bigdata pkgs.hello pkgs.jq ]; maxLayers = 10; }}");
-    let stream = nix_build_expr(dir.path(), &body("streamNixeryImage"));
-    let built = nix_build_expr(dir.path(), &body("buildNixeryImage"));
-    // A store path's own size (its NAR).
-    let size = |path: &Path| -> u64 { run_stdout(Command::new("nix-store").args(["-q", "--size"]).arg(path)).trim().parse().unwrap() };
-    let own = size(&stream);
-    // The closure of the contents: the stream output refers to them.
-    let closure: u64 = run_stdout(Command::new("nix-store").args(["-q", "--requisites"]).arg(&stream))
-        .lines()
-        .filter(|p| Path::new(p) != stream)
-        .map(|p| size(Path::new(p)))
-        .sum();
-    let built_own = size(&built);
-    eprintln!("stream output {own} bytes, build output {built_own} bytes, closure {closure} bytes");
-    assert!(own * 100 < closure, "the stream image holds {own} bytes of a {closure}-byte closure");
-    assert!(built_own > 10 * own, "a built image holds its layers ({built_own} bytes)");
-    assert_eq!(layout_manifest(&stream).1, layout_manifest(&built).1, "the same image");
-}
-
-#[test]
-fn stream_images_load_into_oci_layouts_and_podman() {
-    let dir = tempfile::tempdir().unwrap();
-    let body = |f: &str| format!("nixery.{f} {{ name = \"hello\"; tag = \"v1\"; contents = [ pkgs.hello ]; config.Cmd = [ \"hello\" ]; }}");
-    let stream = nix_build_expr(dir.path(), &body("streamNixeryImage"));
-    let built = nix_build_expr(dir.path(), &body("buildNixeryImage"));
-    // Into an OCI layout: the same manifest as the built image, every
-    // blob there.
-    let layout = dir.path().join("layout");
-    run(Command::new(helper()).arg("load").arg(&stream).arg(format!("oci:{}:v1", layout.display())));
-    assert_eq!(layout_manifest(&layout).1, layout_manifest(&built).1);
-    for d in blob_digests(&layout) {
-        let bytes = std::fs::read(layout.join("blobs/sha256").join(d.strip_prefix("sha256:").unwrap())).unwrap();
-        assert_eq!(nixery::digest::Digest::of(&bytes).to_string(), d);
+        // The copyToRegistry passthru: a program the helper interprets.
+        let program = nix_build_expr(dir.path(), &format!("({}).copyToRegistry", image_expr("streamNixeryImage", "two")));
+        let dest5 = format!("{}/acme/program:v2", registry.host());
+        let digest5 = run_stdout(Command::new(program.join("bin/copy-to-registry")).arg(&dest5).args(["--creds", "ci:s3cret"])).trim().to_string();
+        assert_eq!(digest5, digest2);
     }
-    // Into a docker-archive, as podman and docker load it: it runs.
-    let archive = dir.path().join("hello.tar");
-    run(Command::new(helper()).arg("load").arg(&stream).arg(format!("docker-archive:{}", archive.display())));
-    let root = dir.path().join("podman");
-    run(podman(&root).args(["load", "-q", "-i"]).arg(&archive));
-    let out = run_stdout(podman(&root).args(PODMAN_RUN).arg("localhost/hello:v1"));
-    assert_eq!(out.trim(), "Hello, world!");
-    // A bad target is a clear error.
-    let out = Command::new(helper()).arg("load").arg(&stream).arg("nowhere").output().unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expected podman, docker, oci:DIR[:TAG] or docker-archive:FILE"));
 }
 
-#[test]
-fn incremental_stream_images_hash_only_the_layers_that_changed() {
-    let dir = tempfile::tempdir().unwrap();
-    // Markers of this run only: nothing of them is built yet.
-    let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let (three, four) = (format!("three-{run_id}"), format!("four-{run_id}"));
-    let built = nix_build_expr(dir.path(), &image_expr("buildNixeryImage", &three));
-    let incremental = "incremental = true;";
-    // The first build hashes every layer in a derivation of its own.
-    let first = nix_build_expr(dir.path(), &image_expr_with("streamNixeryImage", &three, incremental));
-    assert_eq!(layout_manifest(&first).1, layout_manifest(&built).1, "the same image as buildNixeryImage");
-    // After one package changed, only its layer is hashed again.
-    let file = expr_file(dir.path(), &image_expr_with("streamNixeryImage", &four, incremental));
-    let out = run(&mut nix_build_cmd(&file));
-    let log = String::from_utf8_lossy(&out.stderr);
-    let hashed = log.lines().filter(|l| l.starts_with("building '") && l.contains("nixery-layer-digest.drv")).count();
-    assert_eq!(hashed, 1, "one layer hashed again:\n{log}");
-    let second = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    assert!(second.join(nixery::push::STREAM_FILE).exists());
-    assert_ne!(layout_manifest(&second).1, layout_manifest(&first).1);
+in_both_worlds! {
+    fn a_stream_image_adds_under_one_percent_of_its_closure_to_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = |f: &str| format!("nixery.{f} {{ name = \"big\"; tag = \"v1\"; contents = [ pkgs.bigdata pkgs.hello pkgs.jq ]; maxLayers = 10; }}");
+        let stream = nix_build_expr(dir.path(), &body("streamNixeryImage"));
+        let built = nix_build_expr(dir.path(), &body("buildNixeryImage"));
+        // A store path's own size (its NAR).
+        let size = |path: &Path| -> u64 { run_stdout(Command::new("nix-store").args(["-q", "--size"]).arg(path)).trim().parse().unwrap() };
+        let own = size(&stream);
+        // The closure of the contents: the stream output refers to them.
+        let closure: u64 = run_stdout(Command::new("nix-store").args(["-q", "--requisites"]).arg(&stream))
+            .lines()
+            .filter(|p| Path::new(p) != stream)
+            .map(|p| size(Path::new(p)))
+            .sum();
+        let built_own = size(&built);
+        eprintln!("stream output {own} bytes, build output {built_own} bytes, closure {closure} bytes");
+        assert!(own * 100 < closure, "the stream image holds {own} bytes of a {closure}-byte closure");
+        assert!(built_own > 10 * own, "a built image holds its layers ({built_own} bytes)");
+        assert_eq!(layout_manifest(&stream).1, layout_manifest(&built).1, "the same image");
+    }
+}
+
+in_both_worlds! {
+    fn stream_images_load_into_oci_layouts_and_podman() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = |f: &str| format!("nixery.{f} {{ name = \"hello\"; tag = \"v1\"; contents = [ pkgs.hello ]; config.Cmd = [ \"hello\" ]; }}");
+        let stream = nix_build_expr(dir.path(), &body("streamNixeryImage"));
+        let built = nix_build_expr(dir.path(), &body("buildNixeryImage"));
+        // Into an OCI layout: the same manifest as the built image, every
+        // blob there.
+        let layout = dir.path().join("layout");
+        run(Command::new(helper()).arg("load").arg(&stream).arg(format!("oci:{}:v1", layout.display())));
+        assert_eq!(layout_manifest(&layout).1, layout_manifest(&built).1);
+        for d in blob_digests(&layout) {
+            let bytes = std::fs::read(layout.join("blobs/sha256").join(d.strip_prefix("sha256:").unwrap())).unwrap();
+            assert_eq!(nixery::digest::Digest::of(&bytes).to_string(), d);
+        }
+        // Into a docker-archive, as podman and docker load it: it runs.
+        let archive = dir.path().join("hello.tar");
+        run(Command::new(helper()).arg("load").arg(&stream).arg(format!("docker-archive:{}", archive.display())));
+        let root = dir.path().join("podman");
+        run(podman(&root).args(["load", "-q", "-i"]).arg(&archive));
+        let out = run_stdout(podman(&root).args(PODMAN_RUN).arg("localhost/hello:v1"));
+        assert_eq!(out.trim(), "Hello, world!");
+        // A bad target is a clear error.
+        let out = Command::new(helper()).arg("load").arg(&stream).arg("nowhere").output().unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("expected podman, docker, oci:DIR[:TAG] or docker-archive:FILE"));
+    }
+}
+
+in_both_worlds! {
+    fn incremental_stream_images_hash_only_the_layers_that_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        // Markers of this run only: nothing of them is built yet.
+        let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let (three, four) = (format!("three-{run_id}"), format!("four-{run_id}"));
+        let built = nix_build_expr(dir.path(), &image_expr("buildNixeryImage", &three));
+        let incremental = "incremental = true;";
+        // The first build hashes every layer in a derivation of its own.
+        let first = nix_build_expr(dir.path(), &image_expr_with("streamNixeryImage", &three, incremental));
+        assert_eq!(layout_manifest(&first).1, layout_manifest(&built).1, "the same image as buildNixeryImage");
+        // After one package changed, only its layer is hashed again.
+        let file = expr_file(dir.path(), &image_expr_with("streamNixeryImage", &four, incremental));
+        let out = run(&mut nix_build_cmd(&file));
+        let log = String::from_utf8_lossy(&out.stderr);
+        let hashed = log.lines().filter(|l| l.starts_with("building '") && l.contains("nixery-layer-digest.drv")).count();
+        assert_eq!(hashed, 1, "one layer hashed again:\n{log}");
+        let second = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        assert!(second.join(nixery::push::STREAM_FILE).exists());
+        assert_ne!(layout_manifest(&second).1, layout_manifest(&first).1);
+    }
 }

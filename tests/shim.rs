@@ -19,35 +19,36 @@ fn layer_digests(m: &serde_json::Value) -> Vec<String> {
     m["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect()
 }
 
-#[test]
-fn real_clients_pull_and_run_images_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let shim = Shim::start(&dir.path().join("store"), &[]);
-    let host = shim.host();
+in_both_worlds! {
+    fn real_clients_pull_and_run_images_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let shim = Shim::start(&dir.path().join("store"), &[]);
+        let host = shim.host();
 
-    // skopeo: inspect, copy to an OCI layout and to a docker-archive.
-    let inspect: serde_json::Value =
-        serde_json::from_str(&run_stdout(skopeo().args(["inspect", "--tls-verify=false"]).arg(format!("docker://{host}/shell/hello")))).unwrap();
-    assert_eq!(inspect["Architecture"], "amd64");
-    let oci = dir.path().join("oci");
-    run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{host}/shell/hello:latest")).arg(format!("oci:{}:latest", oci.display())));
-    let archive = dir.path().join("image.tar");
-    run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{host}/hello/shell:latest")).arg(format!("docker-archive:{}", archive.display())));
-    assert!(std::fs::metadata(&archive).unwrap().len() > 1000);
-    assert_eq!(shim.nix_builds(), 1, "shell/hello and hello/shell are one image, built once:\n{}", shim.log_text());
+        // skopeo: inspect, copy to an OCI layout and to a docker-archive.
+        let inspect: serde_json::Value =
+            serde_json::from_str(&run_stdout(skopeo().args(["inspect", "--tls-verify=false"]).arg(format!("docker://{host}/shell/hello")))).unwrap();
+        assert_eq!(inspect["Architecture"], "amd64");
+        let oci = dir.path().join("oci");
+        run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{host}/shell/hello:latest")).arg(format!("oci:{}:latest", oci.display())));
+        let archive = dir.path().join("image.tar");
+        run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{host}/hello/shell:latest")).arg(format!("docker-archive:{}", archive.display())));
+        assert!(std::fs::metadata(&archive).unwrap().len() > 1000);
+        assert_eq!(shim.nix_builds(), 1, "shell/hello and hello/shell are one image, built once:\n{}", shim.log_text());
 
-    // podman pulls and runs it.
-    let root = tempfile::tempdir().unwrap();
-    run(podman(root.path()).args(["pull", "-q", "--tls-verify=false"]).arg(format!("{host}/shell/hello")));
-    let out = run_stdout(podman(root.path()).args(PODMAN_RUN).arg(format!("{host}/shell/hello")).args(["sh", "-c", "hello && bash -c 'echo from bash' && ls /etc/ssl/certs"]));
-    assert_eq!(out, "Hello, world!\nfrom bash\nca-bundle.crt\nca-certificates.crt\n");
+        // podman pulls and runs it.
+        let root = tempfile::tempdir().unwrap();
+        run(podman(root.path()).args(["pull", "-q", "--tls-verify=false"]).arg(format!("{host}/shell/hello")));
+        let out = run_stdout(podman(root.path()).args(PODMAN_RUN).arg(format!("{host}/shell/hello")).args(["sh", "-c", "hello && bash -c 'echo from bash' && ls /etc/ssl/certs"]));
+        assert_eq!(out, "Hello, world!\nfrom bash\nca-bundle.crt\nca-certificates.crt\n");
 
-    // containerd, as Kubernetes pulls, and runs it.
-    let ctrd_dir = tempfile::tempdir().unwrap();
-    let ctrd = Containerd::start(ctrd_dir.path());
-    run(ctrd.ctr().args(["images", "pull", "--plain-http"]).arg(format!("{host}/shell/hello:latest")));
-    let out = run_stdout(ctrd.ctr().args(["run", "--rm"]).arg(format!("{host}/shell/hello:latest")).arg(format!("nixery-test-{}", std::process::id())).arg("hello"));
-    assert_eq!(out.trim_end_matches('\r').trim(), "Hello, world!");
+        // containerd, as Kubernetes pulls, and runs it.
+        let ctrd_dir = tempfile::tempdir().unwrap();
+        let ctrd = Containerd::start(ctrd_dir.path());
+        run(ctrd.ctr().args(["images", "pull", "--plain-http"]).arg(format!("{host}/shell/hello:latest")));
+        let out = run_stdout(ctrd.ctr().args(["run", "--rm"]).arg(format!("{host}/shell/hello:latest")).arg(format!("nixery-test-{}", std::process::id())).arg("hello"));
+        assert_eq!(out.trim_end_matches('\r').trim(), "Hello, world!");
+    }
 }
 
 #[test]

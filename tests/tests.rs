@@ -15,3 +15,4 @@ mod push;
 mod multiarch;
 mod binary_cache;
 mod deploy;
+mod worlds;

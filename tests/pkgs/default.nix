@@ -32,13 +32,19 @@
 # x86_64 machine), the default is the root of that system's Debian
 # programs that scripts/setup downloads; the kernel runs them (and the
 # builds, busybox being the builder) through qemu.
+#
+# In the Debian 13 world that scripts/world enters, this machine's root is
+# at /run/host and NIXERY_TESTS_HOST_ROOT says so: both worlds then import
+# the same files and get the same store paths (pure evaluation reads no
+# variables, and passes `hostRoot`).
 { system ? builtins.currentSystem, nonce ? null, hostRoot ? null }:
 
 let
-  foreignRoots = { "aarch64-linux" = /opt/nixery-tools/arm64-root; };
+  machineRoot = let r = builtins.getEnv "NIXERY_TESTS_HOST_ROOT"; in if r == "" then /. else /. + r;
+  foreignRoots = { "aarch64-linux" = machineRoot + "/opt/nixery-tools/arm64-root"; };
   root =
     if hostRoot != null then hostRoot
-    else if system == builtins.currentSystem then /.
+    else if system == builtins.currentSystem then machineRoot
     else foreignRoots.${system} or (throw "tests/pkgs: no root of ${system} programs known; pass hostRoot");
 
   host = {

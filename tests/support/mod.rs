@@ -3,6 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod world;
+
+pub(crate) use world::{in_both_worlds, World};
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
