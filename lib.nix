@@ -76,6 +76,39 @@ let
 
   fail = name: msg: throw "in nixery image ${name}: ${msg}";
 
+  # A derivation name for an image name ("ghcr.io/acme/app" →
+  # "ghcr.io-acme-app", "127.0.0.1:5000/app" → "127.0.0.1_5000-app"): `/`
+  # becomes `-` and `:` becomes `_`, and no `-` is left before a digit or
+  # another `-`, where Nix would see a version begin (`nix run`, `nix-env`
+  # and the build log's `NAME>` prefix would cut the name there).
+  storeName = name:
+    let
+      digits = [ "0" "1" "2" "3" "4" "5" "6" "7" "8" "9" ];
+      step = replaceStrings
+        (map (d: "/${d}") digits ++ map (d: "-${d}") digits ++ [ "--" "/" ":" ])
+        (map (d: "_${d}") digits ++ map (d: "_${d}") digits ++ [ "_-" "-" "_" ]);
+      fix = s: let t = step s; in if t == s then s else fix t;
+    in
+    fix name;
+
+  # Nix refuses a derivation whose name is longer than this (211, a store
+  # path name's limit, less ".drv").
+  maxDrvName = 207;
+
+  # Checks that `drvName` with each of `suffixes` (the derivations made
+  # for an image or an index) stays within Nix's limit.
+  checkDrvNames = what: name: drvName: suffixes:
+    let
+      longest = builtins.foldl' (a: b: if stringLength b > stringLength a then b else a) "" suffixes;
+      length = stringLength drvName + stringLength longest;
+    in
+    if length <= maxDrvName then true
+    else throw "in nixery ${what} ${name}: `name` is too long (${toString (stringLength name)} characters): Nix limits derivation names to ${toString maxDrvName} characters, and its derivation named ${toJSON "…${longest}"} would have ${toString length}; use a name of at most ${toString (maxDrvName - stringLength longest)} characters";
+
+  # The derivations an image makes besides itself, by their name's end.
+  imageDrvSuffixes = [ "" "-layer-plan" "-docker-archive.tar" "-copy-to-podman" "-copy-to-docker" "-copy-to-registry" ];
+  indexDrvSuffixes = [ "-index" "-copy-to-podman" "-copy-to-docker" "-copy-to-registry" ];
+
   # Checks the arguments and computes everything both image functions need.
   prepare = args@{
     # Name of the image, as recorded in index.json and the docker-archive
@@ -256,10 +289,9 @@ let
         else if !(elem layering [ "sharing" "nixery" "popularity-contest" ]) then
           fail name "`layering` must be \"sharing\", \"nixery\" or \"popularity-contest\", got ${toJSON layering}"
         else if !(isString created) then fail name "`created` must be an RFC 3339 time or \"now\""
-        else true;
+        else checkDrvNames "image" name drvName imageDrvSuffixes;
 
-      # A store-safe name for the derivations ("ghcr.io/acme/app" → "ghcr.io-acme-app").
-      drvName = replaceStrings [ "/" ":" ] [ "-" "-" ] name;
+      drvName = storeName name;
 
       # The image's platform: the contents' system, unless given.
       imageSystem = let systems = filter (s: s != null) (map systemOf (contents ++ copyToRoot)); in
@@ -468,7 +500,7 @@ let
   # client pulls its platform.
   buildNixeryIndex = { name, tag ? "latest", images }:
     let
-      drvName = replaceStrings [ "/" ":" ] [ "-" "-" ] name;
+      drvName = storeName name;
       image = derivation {
         name = "${drvName}-index";
         system = buildSystem;
@@ -483,7 +515,10 @@ let
         all = [ self ];
       } // copyPrograms { inherit name drvName image; imageTag = tag; };
     in
-    if images == [ ] then throw "in nixery index ${name}: `images` is empty"
+    if !(isString name) || match nameRegex name == null then
+      throw "in nixery index ${toJSON name}: `name` must be a registry name such as \"app\", \"acme/app\" or \"ghcr.io/acme/app\""
+    else if images == [ ] then throw "in nixery index ${name}: `images` is empty"
+    else if !(checkDrvNames "index" name drvName indexDrvSuffixes) then throw "unreachable"
     else if builtins.match "[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}" tag == null then throw "in nixery index ${name}: `tag` ${builtins.toJSON tag} is not a valid tag"
     else self;
 in

@@ -128,25 +128,8 @@ enum Command {
         source: String,
         /// Where to: `REGISTRY/REPOSITORY[:TAG]` (tag: latest).
         dest: String,
-        /// Credentials, `USER:PASSWORD`; by default from
-        /// `REGISTRY_AUTH_FILE`, the containers auth file, or
-        /// `~/.docker/config.json`.
-        #[arg(long)]
-        creds: Option<String>,
-        /// A repository of the same registry that has some of the blobs:
-        /// they are mounted from it instead of uploaded.
-        #[arg(long)]
-        mount_from: Option<String>,
-        /// Plain HTTP to a registry that is not on a loopback address
-        /// (loopback addresses always get plain HTTP, as with docker).
-        #[arg(long)]
-        plain_http: bool,
-        /// A PEM file of CA certificates to trust instead of the bundled roots.
-        #[arg(long)]
-        ca_file: Option<PathBuf>,
-        /// Uploads at once.
-        #[arg(long, default_value_t = 4)]
-        jobs: usize,
+        #[command(flatten)]
+        flags: PushFlags,
     },
     /// Write an OCI layout whose entry is an image index of several images
     /// (one per platform; the builder of buildNixeryIndex).
@@ -200,7 +183,7 @@ enum Command {
     },
     /// Run a program `write-script` wrote (its interpreter line names this
     /// subcommand): `nixery push IMAGE [DEST] [flags]`.
-    #[command(hide = true)]
+    #[command(hide = true, disable_help_flag = true, disable_version_flag = true)]
     RunScript {
         /// The program.
         script: PathBuf,
@@ -220,6 +203,49 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// How `nixery push` (and a `copyToRegistry` program) talks to the registry.
+#[derive(clap::Args)]
+struct PushFlags {
+    /// Credentials, `USER:PASSWORD`; by default from
+    /// `REGISTRY_AUTH_FILE`, the containers auth file, or
+    /// `~/.docker/config.json`.
+    #[arg(long)]
+    creds: Option<String>,
+    /// A repository of the same registry that has some of the blobs:
+    /// they are mounted from it instead of uploaded.
+    #[arg(long)]
+    mount_from: Option<String>,
+    /// Plain HTTP to a registry that is not on a loopback address
+    /// (loopback addresses always get plain HTTP, as with docker).
+    #[arg(long)]
+    plain_http: bool,
+    /// A PEM file of CA certificates to trust instead of the bundled roots.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Uploads at once.
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+}
+
+/// The command line of a `copyToRegistry` program: `copy-to-registry
+/// [DEST] [FLAGS]`.
+#[derive(Parser)]
+struct PushProgram {
+    /// Where to: `REGISTRY/REPOSITORY[:TAG]` (tag: latest); by default the
+    /// image's own name, when it names a registry.
+    dest: Option<String>,
+    #[command(flatten)]
+    flags: PushFlags,
+}
+
+/// The command line of a `copyToPodman` or `copyToDockerDaemon` program.
+#[derive(Parser)]
+struct LoadProgram {
+    /// `podman`, `docker`, `docker-archive:FILE` or `oci:DIR[:TAG]`; by
+    /// default the program's own.
+    target: Option<String>,
 }
 
 /// `nixery serve` settings: every flag also reads the original Nixery's
@@ -529,6 +555,49 @@ fn path_info_references(text: &str) -> anyhow::Result<std::collections::BTreeMap
     })
 }
 
+/// `nixery push SOURCE DEST`.
+fn push(source: &str, dest: &str, flags: PushFlags) -> anyhow::Result<()> {
+    use nixery::push;
+    let dest: push::Destination = dest.parse()?;
+    let login = match flags.creds {
+        Some(c) => Some(push::credentials::Login::parse(&c).context("--creds is USER:PASSWORD")?),
+        None => push::credentials::find(&dest.registry),
+    };
+    let source = push::Source::open(source)?;
+    let opts = push::PushOptions { connection: push::Connection { plain_http: flags.plain_http, ca_file: flags.ca_file, login }, mount_from: flags.mount_from, jobs: flags.jobs };
+    let report = push::push(&source, &dest, &opts)?;
+    eprintln!(
+        "nixery: pushed {}/{}:{}: {} blobs uploaded ({} bytes), {} mounted, {} already there",
+        dest.registry, dest.repository, dest.tag, report.uploaded, report.uploaded_bytes, report.mounted, report.present
+    );
+    println!("{}", report.digest.map(|d| d.to_string()).unwrap_or_default());
+    Ok(())
+}
+
+/// Runs a program `write-script` wrote, with its own name and command
+/// line: `copy-to-registry [DEST] [FLAGS]`, `copy-to-podman [TARGET]`.
+fn run_script(script: &std::path::Path, args: Vec<String>) -> anyhow::Result<()> {
+    use clap::{CommandFactory, FromArgMatches};
+    let text = read(&script.to_path_buf())?;
+    let doc: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap_or("")).with_context(|| format!("{} is not a program write-script wrote", script.display()))?;
+    let image = doc["image"].as_str().context("the program names no image")?;
+    let default_dest = doc["defaultDest"].as_str();
+    let name = script.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "copy".into());
+    let argv = std::iter::once(name.clone()).chain(args);
+    if doc["action"].as_str() == Some("load") {
+        let command = LoadProgram::command().bin_name(name).about(format!("Load {image} into podman or docker (nixery load)"));
+        let program = LoadProgram::from_arg_matches(&command.try_get_matches_from(argv).unwrap_or_else(|e| e.exit()))?;
+        let target = program.target.or(default_dest.map(str::to_string)).context("give the target: podman, docker, docker-archive:FILE or oci:DIR[:TAG]")?;
+        let target: nixery::push::load::Target = target.parse()?;
+        let source = nixery::push::Source::open(image)?;
+        return Ok(nixery::push::load::load(&source, &target)?);
+    }
+    let command = PushProgram::command().bin_name(name).about(format!("Push {image} to a registry (nixery push)"));
+    let program = PushProgram::from_arg_matches(&command.try_get_matches_from(argv).unwrap_or_else(|e| e.exit()))?;
+    let dest = program.dest.or(default_dest.map(str::to_string)).context("give the destination: REGISTRY/REPOSITORY[:TAG] (the image's name names no registry)")?;
+    push(image, &dest, program.flags)
+}
+
 fn read(path: &PathBuf) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
@@ -585,22 +654,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             println!("{}", serde_json::to_string_pretty(&pop.0)?);
         }
-        Command::Push { source, dest, creds, mount_from, plain_http, ca_file, jobs } => {
-            use nixery::push;
-            let dest: push::Destination = dest.parse()?;
-            let login = match creds {
-                Some(c) => Some(push::credentials::Login::parse(&c).context("--creds is USER:PASSWORD")?),
-                None => push::credentials::find(&dest.registry),
-            };
-            let source = push::Source::open(&source)?;
-            let opts = push::PushOptions { connection: push::Connection { plain_http, ca_file, login }, mount_from, jobs };
-            let report = push::push(&source, &dest, &opts)?;
-            eprintln!(
-                "nixery: pushed {}/{}:{}: {} blobs uploaded ({} bytes), {} mounted, {} already there",
-                dest.registry, dest.repository, dest.tag, report.uploaded, report.uploaded_bytes, report.mounted, report.present
-            );
-            println!("{}", report.digest.map(|d| d.to_string()).unwrap_or_default());
-        }
+        Command::Push { source, dest, flags } => push(&source, &dest, flags)?,
         Command::BuildIndex { name, tag, out, images } => {
             let digest = image::write_index_layout(&images, &name, &tag, &out)?;
             eprintln!("nixery: wrote index {name}:{tag} ({digest}) of {} images to {}", images.len(), out.display());
@@ -619,22 +673,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o555)).with_context(|| path.display().to_string())?;
         }
-        Command::RunScript { script, args } => {
-            let text = read(&script)?;
-            let doc: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap_or("")).with_context(|| format!("{} is not a program write-script wrote", script.display()))?;
-            let image = doc["image"].as_str().context("the program names no image")?;
-            let action = doc["action"].as_str().unwrap_or("push");
-            let mut argv = vec!["nixery".to_string(), action.to_string(), image.to_string()];
-            let has_dest = args.first().is_some_and(|a| !a.starts_with('-'));
-            if has_dest {
-                argv.extend(args);
-            } else {
-                let dest = doc["defaultDest"].as_str().context("give the destination: REGISTRY/REPOSITORY[:TAG] (the image's name names no registry)")?;
-                argv.push(dest.to_string());
-                argv.extend(args);
-            }
-            return run(Cli::try_parse_from(argv)?);
-        }
+        Command::RunScript { script, args } => run_script(&script, args)?,
         Command::DockerArchive { oci, repo_tag, out } => {
             let layout = image::read_oci_layout(&oci)?;
             image::write_docker_archive(&layout, &repo_tag, &out)?;

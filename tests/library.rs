@@ -63,6 +63,30 @@ in_both_worlds! {
             let err = nix_build_expr_fails(dir.path(), &format!(r#"nixery.buildNixeryImage {{ name = "{name}"; tag = {tag}; }}"#));
             assert!(err.contains(&format!("in nixery image {name}: {needle}")), "{name}:{tag}: {err}");
         }
+        // Derivation names: a name whose every derivation Nix takes
+        // (the longest is NAME-docker-archive.tar) builds them all; one
+        // character more fails at evaluation, saying the limit.
+        let longest = format!("ghcr.io/{}", "a".repeat(188 - 8));
+        let archive = nix_build_expr(dir.path(), &format!(r#"(nixery.buildNixeryImage {{ name = "{longest}"; tag = "v1"; contents = [ pkgs.hello ]; }}).dockerArchive"#));
+        assert!(archive.to_str().unwrap().ends_with("-docker-archive.tar"), "{}", archive.display());
+        let program = nix_build_expr(dir.path(), &format!(r#"(nixery.buildNixeryImage {{ name = "{longest}"; tag = "v1"; contents = [ pkgs.hello ]; }}).copyToRegistry"#));
+        assert!(program.join("bin/copy-to-registry").exists());
+        let too_long = format!("ghcr.io/{}", "a".repeat(189 - 8));
+        for function in ["buildNixeryImage", "streamNixeryImage"] {
+            let err = nix_build_expr_fails(dir.path(), &format!(r#"nixery.{function} {{ name = "{too_long}"; tag = "v1"; }}"#));
+            assert!(err.contains(&format!("in nixery image {too_long}: `name` is too long (189 characters): Nix limits derivation names to 207 characters")) && err.contains("at most 188 characters"), "{err}");
+        }
+        // Names Nix would cut at a digit after a dash keep their whole
+        // name in derivation names (nix run, nix-env, the build log's prefix).
+        let v = nix_eval_expr(
+            dir.path(),
+            r#"map (n: (nixery.buildNixeryImage { name = n; tag = "v1"; }).name) [ "127.0.0.1:5000/app" "ghcr.io/acme/app" "acme/2fa" "app-2" ]"#,
+        );
+        assert_eq!(v, serde_json::json!(["127.0.0.1_5000-app", "ghcr.io-acme-app", "acme_2fa", "app_2"]));
+        for name in v.as_array().unwrap() {
+            let parsed = nix_eval_expr(dir.path(), &format!("(builtins.parseDrvName {name}).name"));
+            assert_eq!(&parsed, name, "Nix reads the whole name as the name");
+        }
     }
 }
 

@@ -16,3 +16,4 @@ mod multiarch;
 mod binary_cache;
 mod deploy;
 mod worlds;
+mod flake;

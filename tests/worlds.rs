@@ -133,3 +133,27 @@ runuser -u nixery-user -- env NIX_REMOTE=daemon HOME=/home/nixery-user NIXERY_TE
     assert_eq!(here, there);
     assert_same_in_both_stores(&here);
 }
+
+in_both_worlds! {
+    /// What scripts/setup leaves in /etc/nix/nix.conf builds in the
+    /// sandbox, as NixOS and the official installers do, and needs no
+    /// NIX_CONFIG: README commands work as written.
+    fn the_machines_own_nix_config_builds_in_the_sandbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let nonce = format!("{}-{}", std::process::id(), unique());
+        let file = expr_file(
+            dir.path(),
+            &format!(
+                r#"derivation {{
+  name = "sandboxed";
+  system = builtins.currentSystem;
+  builder = "${{pkgs.busybox}}/bin/sh";
+  args = [ "-c" "if [ -e /usr/bin ]; then echo outside > $out; else echo sandboxed > $out; fi" ];
+  nonce = "{nonce}";
+}}"#
+            ),
+        );
+        let out = run_stdout(Command::new("nix-build").env_remove("NIX_CONFIG").arg(&file).arg("--no-out-link").arg("--arg").arg("helper").arg(helper()));
+        assert_eq!(std::fs::read_to_string(out.trim()).unwrap(), "sandboxed\n");
+    }
+}

@@ -265,8 +265,19 @@ let
     chmod 555 $out/bin/*
   '';
 
-in {
+  # What nixpkgs gives nixery's Nix files beside packages (nix/helper.nix
+  # is called with `lib` and `rustPlatform`): lib.nix and rust.nix.
+  lib = import ./lib.nix;
+  rust = import ./rust.nix { inherit system root lib busybox glibc patchelf runBusybox; };
+
+  self = {
   inherit busybox glibc hello oniguruma libjq jq bashInteractive coreutils moreutils nano cacert iana-etc bigdata nix;
+
+  inherit lib;
+  callPackage = lib.callPackageWith self;
+  buildPackages = self;
+  stdenv = { buildPlatform.system = system; hostPlatform.system = system; };
+  rustPlatform = { inherit (rust) buildRustPackage importCargoLock; };
 
   xorg = { xev = script "xev-1.2.5" "echo xev: no display here"; };
   haskellPackages = { stylish-haskell = script "stylish-haskell-0.14" "echo stylish-haskell"; };
@@ -283,4 +294,6 @@ in {
     sleep 30
     exit 1
   '';
-}
+};
+in
+self
