@@ -36,9 +36,12 @@ rec {
     { name = "NIXERY_COMPRESSION_LEVEL"; kind = "int"; description = "Compression level."; }
     { name = "NIXERY_LOG_FORMAT"; kind = "str"; description = "text or json."; }
     { name = "NIXERY_MAX_BUILDS"; kind = "int"; description = "Nix builds at once."; }
+    { name = "NIXERY_MAX_QUEUED_BUILDS"; kind = "int"; description = "Builds that may wait for a slot; past it, 429."; }
     { name = "NIXERY_FAILURE_TTL"; kind = "int"; description = "Seconds a failure is answered from memory."; }
     { name = "NIXERY_MAX_PACKAGES"; kind = "int"; description = "Packages one image name may ask for."; }
     { name = "NIXERY_HEADER_TIMEOUT"; kind = "int"; description = "Seconds a client has for a request's headers."; }
+    { name = "NIXERY_WRITE_TIMEOUT"; kind = "int"; description = "Seconds a write to a client may stall before its connection is closed."; }
+    { name = "NIXERY_IDLE_TIMEOUT"; kind = "int"; description = "Seconds a connection may stay open with no request in progress."; }
     { name = "NIXERY_MAX_CONNECTIONS"; kind = "int"; description = "Client connections open at once."; }
     { name = "NIXERY_TLS_CERT"; kind = "path"; description = "A PEM certificate chain: serve HTTPS."; }
     { name = "NIXERY_TLS_KEY"; kind = "path"; description = "The PEM key of NIXERY_TLS_CERT."; }

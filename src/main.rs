@@ -347,6 +347,10 @@ struct ServeArgs {
     /// number of cores).
     #[arg(long, env = "NIXERY_MAX_BUILDS", value_parser = clap::value_parser!(u64).range(1..=1024))]
     max_builds: Option<u64>,
+    /// The most cold images that wait for a build slot; past it, a pull
+    /// of another cold image is answered 429 (try again) at once.
+    #[arg(long, env = "NIXERY_MAX_QUEUED_BUILDS", default_value_t = 32, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    max_queued_builds: u64,
     /// Seconds a failed image (per package-set revision and name) is
     /// answered from memory before it is built again; 0 never remembers.
     #[arg(long, env = "NIXERY_FAILURE_TTL", default_value_t = 30)]
@@ -359,6 +363,14 @@ struct ServeArgs {
     /// handshake); an idle connection is closed after the same time.
     #[arg(long, env = "NIXERY_HEADER_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     header_timeout: u64,
+    /// Seconds a write to a client may stall (the client reads nothing)
+    /// before its connection is closed.
+    #[arg(long, env = "NIXERY_WRITE_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    write_timeout: u64,
+    /// Seconds a connection may stay open with no request in progress
+    /// (HTTP/1 keep-alive and HTTP/2 alike).
+    #[arg(long, env = "NIXERY_IDLE_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    idle_timeout: u64,
     /// The most client connections open at once; past it, new ones get
     /// 503 (default: the open-file limit less a reserve).
     #[arg(long, env = "NIXERY_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -430,12 +442,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 signed_url_base: args.gcs_signed_url_base.clone(),
             };
             let gcs = rt.block_on(nixery::storage::gcs::GcsBucket::connect(&config)).with_context(|| format!("cannot use the GCS bucket {bucket}"))?;
-            Arc::new(nixery::storage::object::ObjectStorage::new("gcs", Arc::new(gcs), redirect, rt.handle().clone()))
+            let storage = nixery::storage::object::ObjectStorage::new("gcs", Arc::new(gcs), redirect, rt.handle().clone());
+            rt.block_on(storage.check()).with_context(|| format!("cannot use the GCS bucket {bucket}"))?;
+            Arc::new(storage)
         }
         "s3" => {
             let bucket = args.s3_bucket.as_deref().context("the s3 storage backend needs NIXERY_S3_BUCKET (--s3-bucket)")?;
             let s3 = nixery::storage::s3::StoreBucket::s3(bucket).with_context(|| format!("cannot use the S3 bucket {bucket}"))?;
-            Arc::new(nixery::storage::object::ObjectStorage::new("s3", Arc::new(s3), redirect, rt.handle().clone()))
+            let storage = nixery::storage::object::ObjectStorage::new("s3", Arc::new(s3), redirect, rt.handle().clone());
+            rt.block_on(storage.check()).with_context(|| format!("cannot use the S3 bucket {bucket}"))?;
+            Arc::new(storage)
         }
         other => anyhow::bail!("unknown NIXERY_STORAGE_BACKEND {other:?} (expected filesystem, gcs or s3)"),
     };
@@ -451,7 +467,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // next one removes it (and no live shim's).
     let temp = std::env::temp_dir();
     nixery::scratch::remove_leftovers(&temp, PREPARE_PREFIX);
-    let prepare_dir = temp.join(nixery::scratch::owned(PREPARE_PREFIX, None));
+    let prepare_dir = nixery::scratch::owned(&temp, PREPARE_PREFIX, None).with_context(|| format!("cannot keep scratch in {}", temp.display()))?;
     let prepare = Prepare::install(&prepare_dir, helper, std::time::Duration::from_secs(args.nix_timeout))
         .with_context(|| format!("cannot write {}", prepare_dir.display()))?;
     tracing::info!(containment = ?prepare.containment, "nix builds die with the shim");
@@ -467,11 +483,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if credentials.is_some() && tls.is_none() && !args.bind.is_loopback() {
         tracing::warn!("authentication without TLS on a network address: passwords and tokens cross the network in the clear");
     }
-    let server_options = nixery::registry::server::ServerOptions {
-        header_timeout: std::time::Duration::from_secs(args.header_timeout),
-        max_connections: args.max_connections.map(|n| n as usize).unwrap_or_else(nixery::registry::server::default_max_connections),
-        tls,
-    };
     let config = nixery::shim::ShimConfig {
         source,
         meta: nixery::image_name::MetaPackages { shell: non_empty(&args.shell_packages), ..Default::default() },
@@ -485,6 +496,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_builds: args.max_builds.map(|n| n as usize).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         failure_ttl: std::time::Duration::from_secs(args.failure_ttl),
         max_packages: args.max_packages as usize,
+        max_queued_builds: args.max_queued_builds as usize,
         platforms: non_empty(&args.platforms)
             .iter()
             .map(|p| nixery::image::Platform::nix_system_of(p).with_context(|| format!("NIXERY_PLATFORMS: {p:?} is not a platform such as linux/amd64 or linux/arm64")))
@@ -492,6 +504,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let config_max_builds = config.max_builds;
     let shim = nixery::shim::Shim::new(config, storage);
+    let server_options = nixery::registry::server::ServerOptions {
+        header_timeout: std::time::Duration::from_secs(args.header_timeout),
+        write_timeout: std::time::Duration::from_secs(args.write_timeout),
+        idle_timeout: std::time::Duration::from_secs(args.idle_timeout),
+        max_connections: args.max_connections.map(|n| n as usize).unwrap_or_else(nixery::registry::server::default_max_connections),
+        tls,
+        metrics: shim.metrics_handle(),
+    };
     let state = Arc::new(nixery::registry::AppState { shim, source_description: source_description.clone(), debug_errors: args.debug_errors });
     let app = nixery::registry::router(state, args.web_dir.clone(), credentials.clone());
     let addr = std::net::SocketAddr::new(args.bind, args.port);
@@ -682,11 +702,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An error and its causes, each said once: many errors (ours wrapping
+/// an I/O error, a library's) repeat their cause's words in their own
+/// message, and a cause already said is not said again.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("nixery: error: {e:#}");
+            eprintln!("nixery: error: {}", report(&e));
             ExitCode::FAILURE
         }
     }

@@ -11,22 +11,16 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-/// The `nix-build`s of the shim with process id `pid` (its prepare-image
-/// file is in a folder named after it), not counting the processes Nix
-/// forks, which keep its command line until they exec.
-fn nix_builds_of(pid: u32) -> usize {
-    let builds: Vec<u32> = processes_with(&format!(".{pid}/prepare-image.nix")).into_iter().filter(|(_, cmd)| cmd.starts_with("nix-build ")).map(|(p, _)| p).collect();
-    // A scan of /proc is not a snapshot: a build that ended while it ran
-    // and the one started after it would both be counted. Those still
-    // alive once it is done were alive together.
-    let builds: Vec<u32> = builds.into_iter().filter(|p| alive(*p)).collect();
-    builds.iter().filter(|p| parent(**p).is_none_or(|pp| !builds.contains(&pp))).count()
+/// The nix-builds of a shim whose temporary directory is `tmp`: their
+/// command line names its prepare-image file there.
+fn builds_under(tmp: &Path) -> Vec<u32> {
+    processes_with(&format!("{}/nixery-prepare.", tmp.display())).into_iter().map(|(p, _)| p).collect()
 }
 
 #[test]
 fn builds_are_bounded_queued_and_failures_remembered() {
     let dir = tempfile::tempdir().unwrap();
-    let shim = Shim::start(&dir.path().join("store"), &[("NIXERY_MAX_BUILDS", "2"), ("NIXERY_MAX_PACKAGES", "3")]);
+    let shim = Shim::start(&dir.path().join("store"), &[("NIXERY_MAX_BUILDS", "2"), ("NIXERY_MAX_PACKAGES", "3"), ("NIXERY_MAX_QUEUED_BUILDS", "100")]);
     let cheap = ["hello", "jq", "busybox", "coreutils", "nano", "moreutils", "iana-etc", "libjq", "oniguruma", "bashinteractive", "cacert", "glibc"];
     let mut names = Vec::new();
     for (i, a) in cheap.iter().enumerate() {
@@ -36,21 +30,8 @@ fn builds_are_bounded_queued_and_failures_remembered() {
     }
     names.truncate(40);
 
-    // 40 distinct cold names at once; a watcher counts the shim's running
-    // nix-builds from /proc the whole time.
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = {
-        let done = done.clone();
-        let pid = shim.pid();
-        std::thread::spawn(move || {
-            let mut most = 0;
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                most = most.max(nix_builds_of(pid));
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            most
-        })
-    };
+    // 40 distinct cold names at once; the shim counts the most nix-builds
+    // that ran at once (a counter raised as each starts: it misses no peak).
     let pulls: Vec<_> = names
         .iter()
         .map(|name| {
@@ -59,11 +40,10 @@ fn builds_are_bounded_queued_and_failures_remembered() {
         })
         .collect();
     let statuses: Vec<u16> = pulls.into_iter().map(|p| p.join().unwrap()).collect();
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let most = watcher.join().unwrap();
     assert!(statuses.iter().all(|s| *s == 200), "every queued image is built: {statuses:?}");
     assert_eq!(shim.nix_builds(), 40, "one build per image");
-    assert!((1..=2).contains(&most), "at most NIXERY_MAX_BUILDS nix-builds ran at once, seen {most}");
+    let most = shim.metric("nixery_builds_running_peak ");
+    assert!((1.0..=2.0).contains(&most), "at most NIXERY_MAX_BUILDS nix-builds ran at once, seen {most}");
 
     // Ten pulls of an unknown name run one build: the failure is
     // remembered (NIXERY_FAILURE_TTL, 30 s by default).
@@ -161,8 +141,11 @@ fn slow_clients_are_cut_off_and_connections_are_bounded() {
 fn a_shim_killed_mid_build_leaves_no_build_and_two_shims_share_a_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let mut first = Shim::start(&store, &[("NIX_TIMEOUT", "300")]);
-    let pid = first.pid();
+    // A temporary directory of their own, shared by the shims here.
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let tmp_env = tmp.to_str().unwrap();
+    let mut first = Shim::start(&store, &[("NIX_TIMEOUT", "300"), ("TMPDIR", tmp_env)]);
     let url = first.url("/v2/slow/manifests/latest");
     let _pull = std::thread::spawn(move || http().get(url).send().map(|r| r.status().as_u16()));
     // Wait for the slow package's builder, a descendant of this shim's
@@ -170,7 +153,7 @@ fn a_shim_killed_mid_build_leaves_no_build_and_two_shims_share_a_store() {
     // children of this shim's nix-build).
     let deadline = Instant::now() + Duration::from_secs(120);
     let builder = loop {
-        let ours: Vec<u32> = processes_with(&format!(".{pid}/prepare-image.nix")).into_iter().map(|(p, _)| p).collect();
+        let ours = builds_under(&tmp);
         let builder = processes_with("slow-1.0: building for a long time").into_iter().map(|(p, _)| p).find(|p| descends_from(*p, &ours));
         if let Some(b) = builder {
             break b;
@@ -180,23 +163,24 @@ fn a_shim_killed_mid_build_leaves_no_build_and_two_shims_share_a_store() {
     };
     first.kill_hard();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !processes_with(&format!(".{pid}/prepare-image.nix")).is_empty() || alive(builder) {
-        assert!(Instant::now() < deadline, "the build outlived the shim: {:?}", processes_with(&format!(".{pid}/")));
+    while !builds_under(&tmp).is_empty() || alive(builder) {
+        assert!(Instant::now() < deadline, "the build outlived the shim: {:?}", builds_under(&tmp));
         std::thread::sleep(Duration::from_millis(50));
     }
-    let leftover = std::env::temp_dir().read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(&format!(".{pid}")));
-    assert!(leftover, "a killed shim cannot clean up its prepare folder");
+    let prepare_folders = || -> Vec<String> {
+        std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).filter(|n| n.starts_with("nixery-prepare.") && !n.ends_with(".owner")).collect()
+    };
+    assert_eq!(prepare_folders().len(), 1, "a killed shim cannot clean up its prepare folder");
 
     // Two shims on the store start: the killed shim's folder is removed,
     // and both complete a cold pull started at the same moment, with the
     // same manifest and no staging file left behind.
-    let a = Shim::start(&store, &[]);
-    let b = Shim::start(&store, &[]);
-    let leftover = std::env::temp_dir().read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(&format!(".{pid}")));
-    assert!(!leftover, "the next shim removes a dead one's prepare folder");
+    let a = Shim::start(&store, &[("TMPDIR", tmp_env)]);
+    let b = Shim::start(&store, &[("TMPDIR", tmp_env)]);
+    assert_eq!(prepare_folders().len(), 2, "the next shims remove the dead one's prepare folder, and keep each other's");
     let (la, lb) = pull_from_both(dir.path(), &a, &b, "shell/jq");
     assert_eq!(layout_manifest(&la).1, layout_manifest(&lb).1, "both shims serve the same image");
-    let staging: Vec<_> = std::fs::read_dir(store.join("staging")).unwrap().flatten().map(|e| e.file_name()).collect();
+    let staging: Vec<_> = std::fs::read_dir(store.join("staging")).unwrap().flatten().map(|e| e.file_name()).filter(|n| !n.to_string_lossy().ends_with(".owner")).collect();
     assert!(staging.is_empty(), "no staging file is left: {staging:?}");
     // The config is the one the original Nixery gives a shell image.
     let config = layout_config(&la);

@@ -82,6 +82,28 @@ pub enum AssemblyError {
     },
 }
 
+impl AssemblyError {
+    /// Whether storing or reading a layer failed (a full disk, an
+    /// unreachable bucket), not the image itself: building again later may
+    /// well succeed.
+    pub fn is_storage_failure(&self) -> bool {
+        match self {
+            AssemblyError::Store { source, .. } => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+                while let Some(e) = cause {
+                    if e.is::<std::io::Error>() || e.is::<crate::storage::StorageError>() {
+                        return true;
+                    }
+                    cause = e.source();
+                }
+                false
+            }
+            AssemblyError::RootLayer(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// The history comment of the root layer.
 pub const ROOT_LAYER_COMMENT: &str = "image root: links to the contents, /tmp";
 

@@ -57,7 +57,10 @@ pub fn open(path: &Path, tag: Option<&str>, platform: &Platform, scratch: &Path)
         path.to_path_buf()
     } else {
         let dir = scratch.join(format!("base-image-{}", std::process::id()));
-        unpack(path, &dir)?;
+        if let Err(e) = unpack(path, &dir, unpack_limit(meta.len())) {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
         dir
     };
     if dir.join("index.json").is_file() {
@@ -69,14 +72,40 @@ pub fn open(path: &Path, tag: Option<&str>, platform: &Platform, scratch: &Path)
     }
 }
 
-/// Unpacks the regular files and directories of a tarball (gzip or not).
-fn unpack(tarball: &Path, dir: &Path) -> Result<(), ImageError> {
+/// The most bytes a base image tarball of `size` bytes may unpack to: its
+/// layers are compressed already, so an honest tarball unpacks to about
+/// its own size (a docker-archive's uncompressed layers, gzipped, to a few
+/// times it); a gzip bomb unpacks to thousands of times.
+pub fn unpack_limit(size: u64) -> u64 {
+    size.saturating_mul(16).max(256 << 20)
+}
+
+/// A reader that fails once more than `left` bytes have been read.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("it unpacks to more than {} bytes (a gzip bomb?)", self.limit))
+        })?;
+        Ok(n)
+    }
+}
+
+/// Unpacks the regular files and directories of a tarball (gzip or not),
+/// reading at most `limit` bytes of tar.
+fn unpack(tarball: &Path, dir: &Path, limit: u64) -> Result<(), ImageError> {
     let mut f = BufReader::new(File::open(tarball).map_err(io_err(tarball))?);
     let mut head = [0u8; 2];
     let n = f.read(&mut head).map_err(io_err(tarball))?;
     let f = io::Cursor::new(head[..n].to_vec()).chain(f);
     let reader: Box<dyn Read> = if Compression::sniff(&head[..n]) == Compression::Gzip { Box::new(flate2::read::MultiGzDecoder::new(f)) } else { Box::new(f) };
-    let mut ar = tar::Archive::new(reader);
+    let mut ar = tar::Archive::new(Bounded { inner: reader, left: limit, limit });
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     for entry in ar.entries().map_err(io_err(tarball))? {
         let mut entry = entry.map_err(io_err(tarball))?;
@@ -91,7 +120,7 @@ fn unpack(tarball: &Path, dir: &Path) -> Result<(), ImageError> {
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, ImageError> {
-    let bytes = fs::read(path).map_err(io_err(path))?;
+    let bytes = super::layout::read_document(path)?;
     serde_json::from_slice(&bytes).map_err(|e| bad(path, e))
 }
 

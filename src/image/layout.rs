@@ -18,6 +18,28 @@ use std::path::{Path, PathBuf};
 use super::{io_err, media_type, Descriptor, Image, ImageDocs, ImageError, ManifestFlavour};
 use crate::digest::Digest;
 
+/// The largest JSON document (index, manifest, config) read from a
+/// layout: registries refuse manifests past 4 MiB; a config with a long
+/// history stays far below this.
+pub const MAX_DOCUMENT: u64 = 16 << 20;
+
+/// Reads a JSON document of a layout: a regular file (a link to a device
+/// or a FIFO is refused before it is opened) of at most [`MAX_DOCUMENT`]
+/// bytes.
+pub fn read_document(path: &Path) -> Result<Vec<u8>, ImageError> {
+    let meta = fs::metadata(path).map_err(io_err(path))?;
+    if !meta.is_file() {
+        return Err(ImageError::Config(format!("{} is not a regular file", path.display())));
+    }
+    if meta.len() > MAX_DOCUMENT {
+        return Err(ImageError::Config(format!("{} has {} bytes, more than a document of an image may have ({MAX_DOCUMENT})", path.display(), meta.len())));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    use std::io::Read;
+    fs::File::open(path).and_then(|f| f.take(MAX_DOCUMENT + 1).read_to_end(&mut bytes)).map_err(io_err(path))?;
+    Ok(bytes)
+}
+
 /// Writes `bytes` to `dir/<hex digest>`.
 fn write_blob(dir: &Path, digest: &Digest, bytes: &[u8]) -> Result<(), ImageError> {
     let path = dir.join(digest.hex());
@@ -83,7 +105,7 @@ impl OciLayout {
     /// Reads `dir/index.json`.
     pub fn open(dir: &Path) -> Result<OciLayout, ImageError> {
         let path = dir.join("index.json");
-        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        let bytes = read_document(&path)?;
         let index: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| layout_error(dir, format!("index.json: {e}")))?;
         let entries = serde_json::from_value(index["manifests"].clone()).map_err(|e| layout_error(dir, format!("index.json: {e}")))?;
         Ok(OciLayout { dir: dir.to_path_buf(), entries })
@@ -112,7 +134,7 @@ impl OciLayout {
     /// A blob's bytes, refused when they are not the digest's.
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, ImageError> {
         let path = self.blob_path(digest);
-        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        let bytes = read_document(&path)?;
         if Digest::of(&bytes) != *digest {
             return Err(layout_error(&self.dir, format!("the blob {digest} does not hold the bytes it is named by")));
         }

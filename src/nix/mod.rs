@@ -79,6 +79,23 @@ pub enum NixError {
     Graph(#[from] GraphError),
 }
 
+impl NixError {
+    /// Whether the build failed for want of disk space or memory on this
+    /// machine, not because of the packages: such a failure is not
+    /// remembered, so the image builds once an operator frees some. Nix
+    /// reports it only in its output, which is read here.
+    pub fn is_resource_exhaustion(&self) -> bool {
+        const SIGNS: [&str; 4] = ["No space left on device", "Disk quota exceeded", "Cannot allocate memory", "out of memory"];
+        match self {
+            NixError::BuildFailed { log, .. } | NixError::Timeout { log, .. } | NixError::Command { log, .. } => SIGNS.iter().any(|s| log.contains(s)),
+            NixError::Io { source, .. } | NixError::Spawn { source, .. } => {
+                matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::OutOfMemory | std::io::ErrorKind::QuotaExceeded)
+            }
+            _ => false,
+        }
+    }
+}
+
 pub(crate) async fn output_of(cmd: &mut tokio::process::Command, what: &str) -> Result<String, NixError> {
     let out = cmd.stdin(Stdio::null()).output().await.map_err(|source| NixError::Spawn { command: what.to_string(), source })?;
     if !out.status.success() {

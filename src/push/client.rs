@@ -5,6 +5,7 @@
 //! ?digest=`), and the manifest.
 
 use std::io::Read;
+use std::time::Duration;
 
 use super::credentials::Login;
 use super::PushError;
@@ -89,9 +90,94 @@ struct Reply {
 fn reply(resp: ureq::http::Response<ureq::Body>) -> Reply {
     let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
     let (status, location, challenge, digest) = (resp.status().as_u16(), header("location"), header("www-authenticate"), header("docker-content-digest"));
-    let mut body = String::new();
-    let _ = resp.into_body().into_reader().take(64 * 1024).read_to_string(&mut body);
-    Reply { status, location, challenge, digest, body }
+    let mut body = Vec::new();
+    let _ = resp.into_body().into_reader().take(64 * 1024).read_to_end(&mut body);
+    Reply { status, location, challenge, digest, body: String::from_utf8_lossy(&body).into_owned() }
+}
+
+/// What a registry said, made safe to print on a terminal: control
+/// characters (escape sequences that could clear the screen or fake a
+/// line, carriage returns, newlines) shown as `\u{…}` or a space, and cut
+/// to a few hundred characters.
+pub fn printable(text: &str) -> String {
+    const MAX: usize = 512;
+    let mut out = String::new();
+    for c in text.trim().chars() {
+        match c {
+            '\n' | '\t' => out.push(' '),
+            c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
+            c => out.push(c),
+        }
+        if out.len() >= MAX {
+            out.push('…');
+            break;
+        }
+    }
+    out
+}
+
+/// `scheme://host[:port]` of a URL, lower-cased, the port made explicit.
+fn origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let authority = rest.split(['/', '?', '#']).next()?.rsplit('@').next()?.to_ascii_lowercase();
+    let has_port = match authority.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').is_some_and(|(_, after)| after.starts_with(':')),
+        None => authority.contains(':'),
+    };
+    let default = match scheme.as_str() {
+        "http" => "80",
+        "https" => "443",
+        _ => return None,
+    };
+    Some(if has_port { format!("{scheme}://{authority}") } else { format!("{scheme}://{authority}:{default}") })
+}
+
+/// How long a request may take, phase by phase: connecting, a stalled read
+/// or write, the response's headers and (small) body. A registry that
+/// never answers, or drips, fails the push instead of hanging it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long sending a body of `size` bytes may take: two minutes, and a
+/// second for every 64 KiB.
+fn send_body_timeout(size: u64) -> Duration {
+    Duration::from_secs(120 + size / (64 * 1024))
+}
+
+/// How many times a request is tried when the registry is unreachable or
+/// answers 429 or a 5xx, and the first pause between tries (doubled each
+/// time, or the registry's Retry-After, at most [`MAX_PAUSE`]).
+const ATTEMPTS: u32 = 3;
+const FIRST_PAUSE: Duration = Duration::from_secs(1);
+const MAX_PAUSE: Duration = Duration::from_secs(30);
+
+/// Whether a push error is worth another try: the connection failed or
+/// timed out, or the registry was busy or failing.
+pub fn is_transient(e: &PushError) -> bool {
+    match e {
+        PushError::Http { .. } => true,
+        PushError::Registry { status, .. } => *status == 429 || (500..600).contains(status) && *status != 501,
+        _ => false,
+    }
+}
+
+/// Runs `attempt` up to [`ATTEMPTS`] times while it fails transiently,
+/// pausing between tries.
+pub fn with_retries<T>(what: &str, mut attempt: impl FnMut() -> Result<T, PushError>) -> Result<T, PushError> {
+    let mut pause = FIRST_PAUSE;
+    for n in 1.. {
+        match attempt() {
+            Err(e) if n < ATTEMPTS && is_transient(&e) => {
+                eprintln!("nixery: {what}: {e}; trying again in {} s", pause.as_secs());
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(MAX_PAUSE);
+            }
+            result => return result,
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// The parameters of a `WWW-Authenticate` challenge: its scheme and
@@ -136,10 +222,22 @@ impl Client {
             }
             tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
         }
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).tls_config(tls.build()).build().into();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .tls_config(tls.build())
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_per_read(Some(STALL_TIMEOUT))
+            .timeout_per_write(Some(STALL_TIMEOUT))
+            .timeout_send_request(Some(STALL_TIMEOUT))
+            .timeout_recv_response(Some(RESPONSE_TIMEOUT))
+            .timeout_recv_body(Some(RESPONSE_TIMEOUT))
+            .timeout_send_body(Some(send_body_timeout(64 * 1024 * 1024)))
+            .build()
+            .into();
         let scheme = if connection.plain_http || is_loopback(&dest.registry) { "http" } else { "https" };
         let mut client = Client { agent, base: format!("{scheme}://{}", dest.registry), repository: dest.repository.clone(), authorization: None };
-        let probe = client.call(client.agent.get(format!("{}/v2/", client.base)))?;
+        let probe = with_retries(&format!("GET {}/v2/", client.base), || client.call(client.agent.get(format!("{}/v2/", client.base))).and_then(|r| client.fail_transient(r)))?;
         match probe.status {
             200 => {}
             401 => {
@@ -150,7 +248,7 @@ impl Client {
                     return Err(PushError::Unauthorized { registry: dest.registry.clone(), detail: format!("the registry refused the credentials ({})", again.status) });
                 }
             }
-            status => return Err(PushError::Registry { what: "GET /v2/".into(), status, body: probe.body }),
+            status => return Err(PushError::Registry { what: "GET /v2/".into(), status, body: printable(&probe.body) }),
         }
         Ok(client)
     }
@@ -167,7 +265,15 @@ impl Client {
             "basic" => Ok(login.ok_or_else(no_login)?.basic()),
             "bearer" => {
                 let param = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-                let realm = param("realm").ok_or_else(|| PushError::Unauthorized { registry: registry.clone(), detail: format!("a bearer challenge without a realm: {challenge}") })?;
+                let realm = param("realm").ok_or_else(|| PushError::Unauthorized { registry: registry.clone(), detail: format!("a bearer challenge without a realm: {}", printable(challenge)) })?;
+                // Credentials go to the realm only as securely as to the
+                // registry: never from https down to plain http.
+                if self.base.starts_with("https://") && !realm.starts_with("https://") {
+                    return Err(PushError::Unauthorized {
+                        registry: registry.clone(),
+                        detail: format!("the registry asks for a token from {}, which is not https: the credentials would cross the network in the clear, so they are not sent", printable(&realm)),
+                    });
+                }
                 let mut scopes = vec![format!("repository:{}:pull,push", self.repository)];
                 if let Some(from) = mount_from {
                     scopes.push(format!("repository:{from}:pull"));
@@ -186,7 +292,7 @@ impl Client {
                 if resp.status != 200 {
                     return Err(match login {
                         None => no_login(),
-                        Some(_) => PushError::Unauthorized { registry, detail: format!("the token endpoint refused the credentials ({}): {}", resp.status, resp.body) },
+                        Some(_) => PushError::Unauthorized { registry, detail: format!("the token endpoint refused the credentials ({}): {}", resp.status, printable(&resp.body)) },
                     });
                 }
                 let doc: serde_json::Value = serde_json::from_str(&resp.body).map_err(|e| PushError::Unauthorized { registry: registry.clone(), detail: format!("the token endpoint's answer is not JSON: {e}") })?;
@@ -197,26 +303,41 @@ impl Client {
         }
     }
 
-    /// `req` with the credentials the challenge gave, if any.
-    fn authorized<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+    /// `req` to `url` with the credentials the challenge gave, if any, and
+    /// only when `url` is the registry's own (scheme, host and port): an
+    /// upload location elsewhere gets none, as with go-containerregistry.
+    fn authorized<B>(&self, req: ureq::RequestBuilder<B>, url: &str) -> ureq::RequestBuilder<B> {
         match &self.authorization {
-            Some(a) => req.header("Authorization", a),
-            None => req,
+            Some(a) if origin(url).is_some() && origin(url) == origin(&self.base) => req.header("Authorization", a),
+            _ => req,
         }
     }
 
     /// A HEAD or GET request.
     fn request(&self, method: &str, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
-        self.authorized(if method == "HEAD" { self.agent.head(url) } else { self.agent.get(url) })
+        self.authorized(if method == "HEAD" { self.agent.head(url) } else { self.agent.get(url) }, url)
     }
 
     /// A PUT or POST request.
     fn with_body(&self, method: &str, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
-        self.authorized(if method == "PUT" { self.agent.put(url) } else { self.agent.post(url) })
+        self.authorized(if method == "PUT" { self.agent.put(url) } else { self.agent.post(url) }, url)
     }
 
     fn call(&self, req: ureq::RequestBuilder<ureq::typestate::WithoutBody>) -> Result<Reply, PushError> {
-        req.call().map(reply).map_err(|e| PushError::Http { base: self.base.clone(), detail: e.to_string() })
+        req.call().map(reply).map_err(|e| self.http_error(e))
+    }
+
+    fn http_error(&self, e: ureq::Error) -> PushError {
+        PushError::Http { base: self.base.clone(), detail: printable(&e.to_string()) }
+    }
+
+    /// A reply that asks to be tried again later (429, a 5xx) as an error
+    /// [`with_retries`] retries; any other as it is.
+    fn fail_transient(&self, r: Reply) -> Result<Reply, PushError> {
+        if r.status == 429 || (500..600).contains(&r.status) && r.status != 501 {
+            return Err(PushError::Registry { what: format!("{} answered", self.base), status: r.status, body: printable(&r.body) });
+        }
+        Ok(r)
     }
 
     fn absolute(&self, location: &str) -> String {
@@ -233,15 +354,15 @@ impl Client {
         }
         if reply.status == 401 || reply.status == 403 {
             let registry = self.base.split("://").nth(1).unwrap_or(&self.base).to_string();
-            return Err(PushError::Unauthorized { registry, detail: format!("{what}: {} {}", reply.status, reply.body.trim()) });
+            return Err(PushError::Unauthorized { registry, detail: format!("{what}: {} {}", reply.status, printable(&reply.body)) });
         }
-        Err(PushError::Registry { what, status: reply.status, body: reply.body })
+        Err(PushError::Registry { what, status: reply.status, body: printable(&reply.body) })
     }
 
     /// Whether the repository has the blob.
     pub fn has_blob(&self, digest: &Digest) -> Result<bool, PushError> {
         let url = format!("{}/v2/{}/blobs/{digest}", self.base, self.repository);
-        let r = self.call(self.request("HEAD", &url))?;
+        let r = with_retries(&format!("HEAD {url}"), || self.call(self.request("HEAD", &url)).and_then(|r| self.fail_transient(r)))?;
         match r.status {
             200 => Ok(true),
             404 => Ok(false),
@@ -253,27 +374,28 @@ impl Client {
     /// when it would rather have it uploaded.
     pub fn mount(&self, digest: &Digest, from: &str) -> Result<bool, PushError> {
         let url = format!("{}/v2/{}/blobs/uploads/?mount={digest}&from={from}", self.base, self.repository);
-        let req = self.with_body("POST", &url).header("Content-Length", "0");
-        let r = req.send_empty().map(reply).map_err(|e| PushError::Http { base: self.base.clone(), detail: e.to_string() })?;
+        let r = with_retries(&format!("POST {url}"), || {
+            let req = self.with_body("POST", &url).header("Content-Length", "0");
+            req.send_empty().map(reply).map_err(|e| self.http_error(e)).and_then(|r| self.fail_transient(r))
+        })?;
         Ok(self.expect(format!("POST {url}"), r, &[201, 202])?.status == 201)
     }
 
-    /// Uploads a blob of `size` bytes read from `body`, in one request.
+    /// Uploads a blob of `size` bytes read from `body`, in one request (a
+    /// caller retries with a fresh body: [`with_retries`]).
     pub fn upload(&self, digest: &Digest, size: u64, body: &mut dyn Read) -> Result<(), PushError> {
         let start = format!("{}/v2/{}/blobs/uploads/", self.base, self.repository);
-        let r = self.with_body("POST", &start).header("Content-Length", "0").send_empty().map(reply).map_err(|e| PushError::Http { base: self.base.clone(), detail: e.to_string() })?;
+        let r = self.with_body("POST", &start).header("Content-Length", "0").send_empty().map(reply).map_err(|e| self.http_error(e))?;
+        let r = self.fail_transient(r)?;
         let r = self.expect(format!("POST {start}"), r, &[202])?;
         let location = r.location.ok_or_else(|| PushError::Registry { what: format!("POST {start}"), status: 202, body: "no Location for the upload".into() })?;
         let mut url = self.absolute(&location);
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(&format!("digest={digest}"));
-        let r = self
-            .with_body("PUT", &url)
-            .header("Content-Type", "application/octet-stream")
-            .header("Content-Length", size.to_string())
-            .send(ureq::SendBody::from_reader(body))
-            .map(reply)
-            .map_err(|e| PushError::Http { base: self.base.clone(), detail: e.to_string() })?;
+        let mut req = self.with_body("PUT", &url).header("Content-Type", "application/octet-stream").header("Content-Length", size.to_string());
+        req = req.config().timeout_send_body(Some(send_body_timeout(size))).build();
+        let r = req.send(ureq::SendBody::from_reader(body)).map(reply).map_err(|e| self.http_error(e))?;
+        let r = self.fail_transient(r)?;
         self.expect(format!("PUT blob {digest}"), r, &[201]).map(|_| ())
     }
 
@@ -281,7 +403,9 @@ impl Client {
     /// registry reports (or the manifest's own).
     pub fn put_manifest(&self, reference: &str, media_type: &str, bytes: &[u8]) -> Result<Digest, PushError> {
         let url = format!("{}/v2/{}/manifests/{reference}", self.base, self.repository);
-        let r = self.with_body("PUT", &url).header("Content-Type", media_type).send(bytes).map(reply).map_err(|e| PushError::Http { base: self.base.clone(), detail: e.to_string() })?;
+        let r = with_retries(&format!("PUT {url}"), || {
+            self.with_body("PUT", &url).header("Content-Type", media_type).send(bytes).map(reply).map_err(|e| self.http_error(e)).and_then(|r| self.fail_transient(r))
+        })?;
         let r = self.expect(format!("PUT {url}"), r, &[201])?;
         let own = Digest::of(bytes);
         match r.digest.and_then(|d| d.parse::<Digest>().ok()) {

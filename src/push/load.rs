@@ -63,16 +63,12 @@ pub fn load(source: &Source, target: &Target) -> Result<(), PushError> {
     match target {
         Target::Oci { dir, tag } => write_oci(source, dir, tag.as_deref().unwrap_or_else(|| name.rsplit_once(':').map_or("latest", |(_, t)| t))),
         Target::DockerArchive(file) => {
-            let tmp = crate::scratch::owned(&format!("{}.nixery-tmp", file.display()), None);
-            let out = std::fs::File::create(&tmp).map_err(io(Path::new(&tmp)))?;
-            let written = write_archive(source, &name, BufWriter::with_capacity(1 << 20, out)).and_then(|mut w| w.flush().map_err(io(Path::new(&tmp))));
-            match written {
-                Ok(()) => std::fs::rename(&tmp, file).map_err(io(file)),
-                Err(e) => {
-                    let _ = std::fs::remove_file(&tmp);
-                    Err(e)
-                }
-            }
+            // Written beside the file, which it becomes only when whole.
+            let (tmp, out) = crate::scratch::TempFile::beside(file).map_err(io(file))?;
+            let mut w = write_archive(source, &name, BufWriter::with_capacity(1 << 20, out))?;
+            w.flush().map_err(io(tmp.path()))?;
+            drop(w);
+            tmp.persist().map_err(io(file))
         }
         Target::Podman | Target::Docker => {
             let program = if *target == Target::Podman { "podman" } else { "docker" };
@@ -106,7 +102,7 @@ fn write_archive<W: Write>(source: &Source, name: &str, out: W) -> Result<W, Pus
         // pipe the failed archive closed.
         match (written, packed) {
             (Ok(w), Ok(_)) => Ok(w),
-            (_, Err(pack)) if !pack.to_string().contains("Broken pipe") => Err(pack),
+            (_, Err(pack)) if !pack.is_broken_pipe() => Err(pack),
             (Err(source), _) => Err(PushError::Io { path: "the archive".into(), source }),
             (Ok(_), Err(pack)) => Err(pack),
         }
@@ -132,21 +128,16 @@ fn write_oci(source: &Source, dir: &Path, tag: &str) -> Result<(), PushError> {
         if dest.exists() {
             continue;
         }
-        let tmp = blobs.join(crate::scratch::owned(".nixery-tmp", None));
-        let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        // Written beside the blob, which it becomes once its digest checks.
+        let (tmp, file) = crate::scratch::TempFile::beside(&dest).map_err(io(&dest))?;
         let mut w = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
-        let result = source.write_blob(&d.digest, &mut w).and_then(|_| {
-            let (buf, digest, _) = w.finish();
-            buf.into_inner().map_err(|e| PushError::Io { path: tmp.display().to_string(), source: e.into_error() })?;
-            if digest != d.digest {
-                return Err(PushError::Pack { digest: d.digest.clone(), detail: format!("the bytes are {digest}") });
-            }
-            std::fs::rename(&tmp, &dest).map_err(io(&dest))
-        });
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+        source.write_blob(&d.digest, &mut w)?;
+        let (buf, digest, _) = w.finish();
+        buf.into_inner().map_err(|e| PushError::Io { path: tmp.path().display().to_string(), source: e.into_error() })?;
+        if digest != d.digest {
+            return Err(PushError::PackedOther { digest: d.digest.clone(), actual: digest });
         }
-        result?;
+        tmp.persist().map_err(io(&dest))?;
     }
     std::fs::write(blobs.join(manifest_digest.hex()), &source.manifest).map_err(io(&blobs))?;
     let index_path = dir.join("index.json");

@@ -83,15 +83,39 @@ pub enum PushError {
         /// The answer's body.
         body: String,
     },
-    /// Packing a layer of a stream image failed, or gave other bytes
-    /// than the build computed.
-    #[error("packing layer {digest}: {detail}")]
+    /// Packing a layer of a stream image failed.
+    #[error("packing layer {digest}")]
     Pack {
         /// The layer.
         digest: Digest,
         /// What failed.
-        detail: String,
+        source: crate::packing::PackError,
     },
+    /// Packing a layer of a stream image gave other bytes than the build
+    /// computed.
+    #[error("packing layer {digest} gave {actual} (is the store path the same one the image was built from?)")]
+    PackedOther {
+        /// The layer.
+        digest: Digest,
+        /// What packing gave.
+        actual: Digest,
+    },
+}
+
+impl PushError {
+    /// Whether this is a write to a pipe whose reader went away (the
+    /// upload that read a packing thread's output failed first).
+    fn is_broken_pipe(&self) -> bool {
+        use std::error::Error;
+        let mut cause: Option<&(dyn Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
 }
 
 /// An image to push: its manifest and where each blob comes from.
@@ -111,6 +135,8 @@ pub struct Source {
     /// media type, bytes), pushed by digest before the index.
     pub children: Vec<(Digest, String, Vec<u8>)>,
     stream: Option<(PackOptions, Vec<LayerRecipe>)>,
+    /// Layout blobs whose bytes were checked against their digests.
+    checked: Mutex<std::collections::HashSet<Digest>>,
 }
 
 fn source_error(path: &Path, detail: impl Into<String>) -> PushError {
@@ -184,13 +210,43 @@ impl Source {
             Err(_) => None,
         };
         let image_name = chosen.annotations.get("io.containerd.image.name").cloned();
-        let source = Source { media_type: chosen.media_type.clone(), dir, manifest, blobs, image_name, children, stream };
+        let source = Source { media_type: chosen.media_type.clone(), dir, manifest, blobs, image_name, children, stream, checked: Default::default() };
         for b in &source.blobs {
-            if !source.blob_path(&b.digest).exists() && source.recipe(&b.digest).is_none() {
-                return Err(source_error(&source.dir, format!("the blob {} is neither in the layout nor in {STREAM_FILE}", b.digest)));
+            let path = source.blob_path(&b.digest);
+            match std::fs::metadata(&path) {
+                // A symbolic link to a device, a FIFO or a folder is not a
+                // blob (nothing is opened); nor is a file of another size.
+                Ok(m) if !m.is_file() => return Err(source_error(&source.dir, format!("the blob {} is not a regular file", b.digest))),
+                Ok(m) if m.len() != b.size => {
+                    return Err(source_error(&source.dir, format!("the blob {} has {} bytes, its descriptor says {}", b.digest, m.len(), b.size)));
+                }
+                Ok(_) => {}
+                Err(_) if source.recipe(&b.digest).is_some() => {}
+                Err(_) => return Err(source_error(&source.dir, format!("the blob {} is neither in the layout nor in {STREAM_FILE}", b.digest))),
             }
         }
         Ok(source)
+    }
+
+    /// Checks that the layout's file of blob `d` holds the bytes its
+    /// digest names (once per blob), before any of them goes anywhere: a
+    /// file that is not what it claims (a link out of the layout under a
+    /// made-up digest) is refused, not uploaded or loaded. Stream layers are
+    /// checked as they are packed.
+    pub fn check_blob(&self, d: &Digest) -> Result<(), PushError> {
+        let path = self.blob_path(d);
+        if !path.exists() || self.checked.lock().expect("lock").contains(d) {
+            return Ok(());
+        }
+        let mut f = std::fs::File::open(&path).map_err(|source| PushError::Io { path: path.display().to_string(), source })?;
+        let mut w = crate::digest::HashingWriter::new(std::io::sink());
+        std::io::copy(&mut f, &mut w).map_err(|source| PushError::Io { path: path.display().to_string(), source })?;
+        let (_, actual, _) = w.finish();
+        if &actual != d {
+            return Err(source_error(&self.dir, format!("the blob {d} does not hold the bytes it is named by (they are {actual}): refusing to send it")));
+        }
+        self.checked.lock().expect("lock").insert(d.clone());
+        Ok(())
     }
 
     fn blob_path(&self, d: &Digest) -> PathBuf {
@@ -207,14 +263,15 @@ impl Source {
     pub fn write_blob(&self, d: &Digest, out: &mut dyn Write) -> Result<u64, PushError> {
         let path = self.blob_path(d);
         if path.exists() {
+            self.check_blob(d)?;
             let mut f = std::fs::File::open(&path).map_err(|source| PushError::Io { path: path.display().to_string(), source })?;
             return std::io::copy(&mut f, out).map_err(|source| PushError::Io { path: path.display().to_string(), source });
         }
         let (opts, recipe) = self.recipe(d).ok_or_else(|| source_error(&self.dir, format!("no blob {d}")))?;
         let content = LayerContent { perms: recipe.perms.clone(), ..LayerContent::store_paths(recipe.store_paths.clone()) };
-        let (_, packed) = crate::packing::pack_to_writer(&content, out, opts, Path::new("<push>")).map_err(|e| PushError::Pack { digest: d.clone(), detail: e.to_string() })?;
+        let (_, packed) = crate::packing::pack_to_writer(&content, out, opts, Path::new("<push>")).map_err(|source| PushError::Pack { digest: d.clone(), source })?;
         if &packed.digest != d {
-            return Err(PushError::Pack { digest: d.clone(), detail: format!("packing gave {} (is the store path the same one the image was built from?)", packed.digest) });
+            return Err(PushError::PackedOther { digest: d.clone(), actual: packed.digest });
         }
         Ok(packed.size)
     }
@@ -224,6 +281,7 @@ impl Source {
     pub(crate) fn open_blob<'s>(&'s self, scope: &'s std::thread::Scope<'s, '_>, d: &Digest) -> Result<(Box<dyn Read + 's>, Option<Packer<'s>>), PushError> {
         let path = self.blob_path(d);
         if path.exists() {
+            self.check_blob(d)?;
             let f = std::fs::File::open(&path).map_err(|source| PushError::Io { path: path.display().to_string(), source })?;
             return Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, f)), None));
         }
@@ -321,18 +379,23 @@ pub fn push(source: &Source, dest: &Destination, opts: &PushOptions) -> Result<P
                             return Ok(());
                         }
                     }
-                    std::thread::scope(|inner| -> Result<(), PushError> {
-                        let (mut body, packer) = source.open_blob(inner, &blob.digest)?;
-                        let uploaded = client.upload(&blob.digest, blob.size, &mut body);
-                        drop(body);
-                        let packed = packer.map(|p| p.join().expect("packer thread"));
-                        match (uploaded, packed) {
-                            // A packing failure explains an upload failure,
-                            // unless it is the pipe the failed upload closed.
-                            (Ok(()), Some(Err(pack))) => Err(pack),
-                            (Err(_), Some(Err(pack))) if !pack.to_string().contains("Broken pipe") => Err(pack),
-                            (uploaded, _) => uploaded,
-                        }
+                    // Each try reads the blob afresh (a stream layer is
+                    // packed again: the same bytes).
+                    client::with_retries(&format!("uploading {}", blob.digest), || {
+                        std::thread::scope(|inner| -> Result<(), PushError> {
+                            let (mut body, packer) = source.open_blob(inner, &blob.digest)?;
+                            let uploaded = client.upload(&blob.digest, blob.size, &mut body);
+                            drop(body);
+                            let packed = packer.map(|p| p.join().expect("packer thread"));
+                            match (uploaded, packed) {
+                                // A packing failure explains an upload
+                                // failure, unless it is the pipe the failed
+                                // upload closed.
+                                (Ok(()), Some(Err(pack))) => Err(pack),
+                                (Err(_), Some(Err(pack))) if !pack.is_broken_pipe() => Err(pack),
+                                (uploaded, _) => uploaded,
+                            }
+                        })
                     })?;
                     let mut r = report.lock().expect("lock");
                     r.uploaded += 1;

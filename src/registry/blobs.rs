@@ -97,6 +97,16 @@ pub struct Served<'a> {
 /// Serves a stored blob or a manifest.
 pub async fn serve_stored(state: &AppState, method: &Method, headers: &HeaderMap, s: Served<'_>) -> Response {
     let Served { digest, info, content_type, ranges, in_memory, by_tag } = s;
+    // Bytes in memory are what is served: their length is the size,
+    // whatever a cache entry said.
+    let in_memory_info;
+    let info = match in_memory {
+        Some(bytes) if bytes.len() as u64 != info.size => {
+            in_memory_info = BlobInfo { size: bytes.len() as u64, media_type: info.media_type.clone() };
+            &in_memory_info
+        }
+        _ => info,
+    };
     let tag = etag(digest);
     let not_modified = if_none_match(headers, &tag);
     let mut h = HeaderMap::with_capacity(8);
@@ -139,10 +149,76 @@ pub async fn serve_stored(state: &AppState, method: &Method, headers: &HeaderMap
     if let Some(bytes) = in_memory {
         return respond(status, h, Body::from(bytes.slice(start as usize..(start + len) as usize)));
     }
-    match state.shim.storage().read_blob(digest, start, len).await {
-        Ok(stream) => respond(status, h, Body::from_stream(stream)),
+    let storage = state.shim.storage();
+    let known_good = storage.known_good(digest).await;
+    if !known_good && len != info.size {
+        // A range of a blob not checked yet: check it whole first.
+        match storage.verify_blob(digest).await {
+            Ok(crate::storage::BlobCheck::Good(_)) => {}
+            Ok(_) => {
+                state.shim.forget_blob(digest);
+                return ErrorCode::BlobUnknown.with_detail(digest.as_str()).into_response();
+            }
+            Err(e) => return unknown(state, e).into_response(),
+        }
+    }
+    match storage.read_blob(digest, start, len).await {
+        Ok(stream) if known_good || len != info.size => respond(status, h, Body::from_stream(stream)),
+        Ok(stream) => respond(status, h, Body::from_stream(verifying(stream, digest.clone(), len, state.shim.clone()))),
         Err(e) => unknown(state, e).into_response(),
     }
+}
+
+/// A whole blob's bytes as they are served, hashed as they go, one chunk
+/// held back: the last is sent only once the digest checks, so a blob
+/// whose bytes are not its digest's (a bit flipped on disk) never reaches
+/// a client whole. It is then removed, and the images that need it are
+/// built again ([`crate::shim::Shim::forget_blob`]); the client sees the
+/// connection end early and tries again. A blob that checks is marked
+/// good, and served without hashing from then on.
+fn verifying(stream: crate::storage::ByteStream, digest: Digest, size: u64, shim: std::sync::Arc<crate::shim::Shim>) -> crate::storage::ByteStream {
+    use futures::StreamExt;
+    use std::io::Write;
+    struct State {
+        inner: crate::storage::ByteStream,
+        hasher: Option<crate::digest::HashingWriter<std::io::Sink>>,
+        held: Option<bytes::Bytes>,
+        digest: Digest,
+        size: u64,
+        shim: std::sync::Arc<crate::shim::Shim>,
+    }
+    let state = State { inner: stream, hasher: Some(crate::digest::HashingWriter::new(std::io::sink())), held: None, digest, size, shim };
+    Box::pin(futures::stream::unfold(state, |mut st| async move {
+        loop {
+            let hasher = st.hasher.as_mut()?;
+            match st.inner.next().await {
+                Some(Ok(chunk)) => {
+                    let _ = hasher.write_all(&chunk);
+                    if let Some(previous) = st.held.replace(chunk) {
+                        return Some((Ok(previous), st));
+                    }
+                }
+                Some(Err(e)) => {
+                    st.hasher = None;
+                    return Some((Err(e), st));
+                }
+                None => {
+                    let (_, actual, count) = st.hasher.take()?.finish();
+                    if actual == st.digest && count == st.size {
+                        st.shim.storage().mark_good(&st.digest).await;
+                        return st.held.take().map(|last| (Ok(last), st));
+                    }
+                    tracing::error!(blob = %st.digest, %actual, bytes = count, "a stored blob does not hold the bytes it is named by: not served, removed, its images built again");
+                    if let Err(e) = st.shim.storage().remove_blob(&st.digest).await {
+                        tracing::error!(blob = %st.digest, error = %e, "removing the corrupt blob failed");
+                    }
+                    st.shim.forget_blob(&st.digest);
+                    let e = std::io::Error::new(std::io::ErrorKind::InvalidData, format!("the stored blob {} is corrupt", st.digest));
+                    return Some((Err(e), st));
+                }
+            }
+        }
+    }))
 }
 
 /// A digest from a URL, or DIGEST_INVALID (as the reference registry

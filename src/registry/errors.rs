@@ -29,6 +29,8 @@ pub enum ErrorCode {
     Unknown,
     /// `UNAVAILABLE` (503).
     Unavailable,
+    /// `TOOMANYREQUESTS` (429).
+    TooManyRequests,
 }
 
 impl ErrorCode {
@@ -47,17 +49,18 @@ impl ErrorCode {
             Unsupported => ("UNSUPPORTED", "The operation is unsupported.", StatusCode::METHOD_NOT_ALLOWED),
             Unknown => ("UNKNOWN", "unknown error", StatusCode::INTERNAL_SERVER_ERROR),
             Unavailable => ("UNAVAILABLE", "service unavailable", StatusCode::SERVICE_UNAVAILABLE),
+            TooManyRequests => ("TOOMANYREQUESTS", "too many requests", StatusCode::TOO_MANY_REQUESTS),
         }
     }
 
     /// This error with a detail.
     pub fn with_detail(self, detail: impl Into<Value>) -> RegistryError {
-        RegistryError { code: self, message: None, detail: Some(detail.into()) }
+        RegistryError { code: self, message: None, detail: Some(detail.into()), retry_after: None }
     }
 
     /// This error with its default message and no detail.
     pub fn plain(self) -> RegistryError {
-        RegistryError { code: self, message: None, detail: None }
+        RegistryError { code: self, message: None, detail: None, retry_after: None }
     }
 }
 
@@ -70,12 +73,20 @@ pub struct RegistryError {
     pub message: Option<String>,
     /// The `detail` of the envelope.
     pub detail: Option<Value>,
+    /// Seconds after which the client may try again (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl RegistryError {
     /// Replaces the default message.
     pub fn message(mut self, m: impl Into<String>) -> RegistryError {
         self.message = Some(m.into());
+        self
+    }
+
+    /// Tells the client when to try again.
+    pub fn retry_after(mut self, seconds: u64) -> RegistryError {
+        self.retry_after = Some(seconds);
         self
     }
 }
@@ -90,6 +101,9 @@ impl IntoResponse for RegistryError {
         let body = serde_json::to_vec(&serde_json::json!({ "errors": [entry] })).expect("json");
         let mut resp = Response::new(axum::body::Body::from(body));
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        if let Some(s) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
         *resp.status_mut() = status;
         resp
     }

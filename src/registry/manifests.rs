@@ -13,6 +13,9 @@ use crate::image_name::{is_digest_reference, valid_tag};
 use crate::nix::NixError;
 use crate::shim::{BuiltImage, ShimError, StoredManifest};
 
+/// Seconds a client is told to wait when the build queue is full.
+const BUSY_RETRY_AFTER: u64 = 5;
+
 /// The request id header ([`super::router`] sets it on every request).
 const REQUEST_ID: &str = "x-request-id";
 
@@ -49,6 +52,10 @@ pub fn shim_error(e: &ShimError, name: &str, tag: &str, debug: bool) -> Registry
     match e {
         ShimError::Name(_) => ErrorCode::NameInvalid.with_detail(serde_json::json!({ "Name": name })),
         ShimError::TooManyPackages { .. } => ErrorCode::NameInvalid.with_detail(serde_json::json!({ "Name": name })).message(e.to_string()),
+        ShimError::Busy { .. } => ErrorCode::TooManyRequests
+            .with_detail(serde_json::json!({ "Name": name, "Tag": tag }))
+            .message(format!("{name}:{tag} is not built yet and too many images wait to be built; try again in a moment"))
+            .retry_after(BUSY_RETRY_AFTER),
         ShimError::NotFound(pkgs) => ErrorCode::ManifestUnknown
             .with_detail(serde_json::json!({ "Name": name, "Tag": tag, "NotFound": pkgs }))
             .message(format!("manifest unknown: packages not found: {}", pkgs.join(", "))),

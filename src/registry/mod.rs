@@ -82,9 +82,10 @@ pub fn router(state: Arc<AppState>, web_dir: Option<PathBuf>, credentials: Optio
         None => Router::new().route("/", axum::routing::get(web::start_page)),
     };
     let metrics = Router::new().route("/metrics", axum::routing::get(metrics)).route("/events", axum::routing::get(web::events));
+    let gate = credentials.map(|credentials| auth::Gate { credentials, metrics: state.shim.metrics_handle() });
     let mut app = v2.merge(metrics).merge(web).with_state(state);
-    if let Some(c) = credentials {
-        app = app.layer(axum::middleware::from_fn_with_state(c, auth::require));
+    if let Some(gate) = gate {
+        app = app.layer(axum::middleware::from_fn_with_state(gate, auth::require));
     }
     // Every request gets an id (`X-Request-Id`, kept when the client or a
     // proxy sent one), echoed in the response; a manifest request's logs,
@@ -148,7 +149,7 @@ async fn tags(state: &AppState, name: &str) -> Result<Response, errors::Registry
         tracing::error!(error = %e, "listing tags failed");
         ErrorCode::Unknown.with_detail(serde_json::json!({ "Error": if state.debug_errors { e.to_string() } else { "listing the package source's refs failed; the server's log has the details".into() } }))
     })?;
-    let mut resp = axum::Json(serde_json::json!({ "name": name, "tags": tags })).into_response();
+    let mut resp = axum::Json(serde_json::json!({ "name": name, "tags": tags.as_slice() })).into_response();
     resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     Ok(resp)
 }

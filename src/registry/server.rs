@@ -1,12 +1,18 @@
 //! Serving the router to the network: the accept loop, with what lets the
-//! shim face one.
+//! shim face one. Every connection is bounded in time and every resource
+//! it holds is given back:
 //!
-//! - **Timeouts.** A client has [`ServerOptions::header_timeout`] to send a
-//!   request's headers, and an idle keep-alive connection is closed after
-//!   the same time (hyper starts the header timer whenever it waits for a
-//!   request). A new connection has the same time for its first byte
-//!   ([`FirstByteDeadline`]: hyper's timer starts only once it knows the
-//!   HTTP version), and a TLS handshake too.
+//! - **Headers and first byte.** A client has
+//!   [`ServerOptions::header_timeout`] to send a request's headers; a new
+//!   connection has the same time for its first byte (hyper's timer starts
+//!   only once it knows the HTTP version), and a TLS handshake too.
+//! - **Stalled writes.** A client that stops reading a response (a blob it
+//!   asked for) has [`ServerOptions::write_timeout`] before the connection
+//!   is closed, freeing the buffers and the slot it held.
+//! - **Idle connections.** A connection with no request in progress for
+//!   [`ServerOptions::idle_timeout`] is closed, HTTP/1 keep-alive and
+//!   HTTP/2 alike (an HTTP/2 client that answers pings is idle all the
+//!   same). A request is in progress until its response body is sent.
 //! - **A connection limit** ([`ServerOptions::max_connections`], below the
 //!   process's descriptor limit): past it, a new client gets `503` with the
 //!   spec's `UNAVAILABLE` and `Retry-After`, and the connection is closed,
@@ -14,6 +20,8 @@
 //! - **TLS** with rustls when a certificate is given.
 //! - **Graceful shutdown**: on the shutdown signal, no new connections;
 //!   those open finish their requests (for at most 30 s).
+//!
+//! Each request carries its client's address ([`super::auth::ClientAddr`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,13 +39,19 @@ use tokio::sync::Semaphore;
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// The longest a client may take to send a request's headers, or to
-    /// finish a TLS handshake, and the longest an HTTP/1 connection stays
-    /// open with no request.
+    /// finish a TLS handshake.
     pub header_timeout: Duration,
+    /// The longest a write to a client may stall (the client reads
+    /// nothing) before the connection is closed.
+    pub write_timeout: Duration,
+    /// The longest a connection stays open with no request in progress.
+    pub idle_timeout: Duration,
     /// The most connections open at once.
     pub max_connections: usize,
     /// TLS, when set.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where connections are counted.
+    pub metrics: Arc<crate::shim::metrics::Metrics>,
 }
 
 /// The connection limit a process can afford: its open-file limit, less a
@@ -75,6 +89,9 @@ pub fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<r
     if certs.is_empty() {
         return Err(TlsError::File { path: cert.display().to_string(), detail: "no certificate in it".into() });
     }
+    if let Some(warning) = validity_warning(&certs[0], std::time::SystemTime::now()) {
+        tracing::warn!(certificate = %cert.display(), "{warning}");
+    }
     let key = PrivateKeyDer::from_pem_file(key).map_err(file_error(key))?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
@@ -84,21 +101,74 @@ pub fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<r
     Ok(Arc::new(config))
 }
 
-/// A connection that fails its reads if no byte arrives within a deadline:
-/// until a client has sent something, nothing else bounds how long it may
-/// hold a connection open. After the first byte it is the connection as is.
-struct FirstByteDeadline<I> {
-    io: I,
-    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<I> FirstByteDeadline<I> {
-    fn new(io: I, timeout: Duration) -> Self {
-        FirstByteDeadline { io, deadline: Some(Box::pin(tokio::time::sleep(timeout))) }
+/// What is wrong with when a certificate is valid, at `now`: expired, not
+/// valid yet, or expiring within two weeks. Clients refuse it in the first
+/// two cases: the operator is told at start.
+pub fn validity_warning(cert: &[u8], now: std::time::SystemTime) -> Option<String> {
+    use x509_cert::der::Decode;
+    let cert = match x509_cert::Certificate::from_der(cert) {
+        Ok(c) => c,
+        Err(e) => return Some(format!("the TLS certificate cannot be read to check its dates: {e}")),
+    };
+    let validity = &cert.tbs_certificate.validity;
+    let (from, until) = (validity.not_before.to_system_time(), validity.not_after.to_system_time());
+    let date = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    if now > until {
+        Some(format!("the TLS certificate expired on {}: clients will refuse it; renew it (NIXERY_TLS_CERT)", date(until)))
+    } else if now < from {
+        Some(format!("the TLS certificate is not valid until {}: clients will refuse it until then (is this machine's clock right?)", date(from)))
+    } else if until.duration_since(now).unwrap_or_default() < Duration::from_secs(14 * 24 * 3600) {
+        Some(format!("the TLS certificate expires on {}: renew it soon (NIXERY_TLS_CERT)", date(until)))
+    } else {
+        None
     }
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for FirstByteDeadline<I> {
+/// Why the shim closed a connection (for the metrics).
+#[derive(Debug, Default)]
+struct CloseReason(std::sync::Mutex<Option<&'static str>>);
+
+impl CloseReason {
+    fn set(&self, reason: &'static str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(reason);
+    }
+    fn get(&self) -> Option<&'static str> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A connection with deadlines: its reads fail if no byte arrives within
+/// the first-byte deadline (until a client has sent something, nothing
+/// else bounds how long it may hold a connection open), and a write fails
+/// once it has stalled (the client reads nothing) for the write timeout.
+struct Watched<I> {
+    io: I,
+    first_byte: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    write_timeout: Duration,
+    stall: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    reason: Arc<CloseReason>,
+}
+
+impl<I> Watched<I> {
+    fn new(io: I, first_byte: Duration, write_timeout: Duration, reason: Arc<CloseReason>) -> Self {
+        Watched { io, first_byte: Some(Box::pin(tokio::time::sleep(first_byte))), write_timeout, stall: None, reason }
+    }
+
+    /// A write that made no progress: fails once the stall outlasts the
+    /// write timeout.
+    fn stalled<T>(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        let timeout = self.write_timeout;
+        let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stall.as_mut().poll(cx).is_ready() {
+            self.reason.set("write_stalled");
+            return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading")));
+        }
+        Poll::Pending
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
         use std::task::Poll;
         let before = buf.filled().len();
@@ -106,13 +176,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for FirstByteDeadline<I> {
         match std::pin::Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
-                    this.deadline = None;
+                    this.first_byte = None;
                 }
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                let expired = this.deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                let expired = this.first_byte.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
                 if expired {
+                    this.reason.set("first_byte");
                     Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no request within the header timeout")))
                 } else {
                     Poll::Pending
@@ -122,21 +193,130 @@ impl<I: AsyncRead + Unpin> AsyncRead for FirstByteDeadline<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for FirstByteDeadline<I> {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+        match std::pin::Pin::new(&mut self.io).poll_write(cx, buf) {
+            std::task::Poll::Pending => self.stalled(cx),
+            ready => {
+                self.stall = None;
+                ready
+            }
+        }
     }
     fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+        match std::pin::Pin::new(&mut self.io).poll_flush(cx) {
+            std::task::Poll::Pending => self.stalled(cx),
+            ready => {
+                self.stall = None;
+                ready
+            }
+        }
     }
     fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
     fn poll_write_vectored(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        match std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
+            std::task::Poll::Pending => self.stalled(cx),
+            ready => {
+                self.stall = None;
+                ready
+            }
+        }
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
+    }
+}
+
+/// What a connection is doing: requests in progress (until their
+/// response bodies are sent) and since when it has had none.
+#[derive(Debug)]
+struct Requests {
+    in_progress: std::sync::atomic::AtomicUsize,
+    idle_since: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Requests {
+    fn new() -> Arc<Requests> {
+        Arc::new(Requests { in_progress: Default::default(), idle_since: std::sync::Mutex::new(tokio::time::Instant::now()) })
+    }
+
+    /// How long it has been idle, or `None` while a request is in progress.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_progress.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(self.idle_since.lock().unwrap_or_else(|e| e.into_inner()).elapsed())
+    }
+}
+
+/// A request in progress; when its response body is dropped (sent, or the
+/// connection gone), the connection's idle time starts again.
+struct InProgress(Arc<Requests>);
+
+impl InProgress {
+    fn begin(requests: &Arc<Requests>) -> InProgress {
+        requests.in_progress.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InProgress(requests.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+        self.0.in_progress.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request in progress while it lives.
+struct TrackedBody {
+    inner: axum::body::Body,
+    _request: InProgress,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+    fn poll_frame(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The router as one connection serves it: each request carries the
+/// client's address and counts as in progress until its body is sent.
+#[derive(Clone)]
+struct ConnectionService {
+    app: Router,
+    peer: std::net::SocketAddr,
+    requests: Arc<Requests>,
+}
+
+impl tower::Service<axum::http::Request<hyper::body::Incoming>> for ConnectionService {
+    type Response = axum::http::Response<TrackedBody>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        // A Router is always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        use tower::ServiceExt;
+        request.extensions_mut().insert(super::auth::ClientAddr(self.peer));
+        let in_progress = InProgress::begin(&self.requests);
+        let response = self.app.clone().oneshot(request.map(axum::body::Body::new));
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|inner| TrackedBody { inner, _request: in_progress }))
+        })
     }
 }
 
@@ -160,8 +340,8 @@ pub async fn serve(listener: TcpListener, app: Router, options: ServerOptions, s
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(options.header_timeout);
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(options.max_connections));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let tls = options.tls.map(tokio_rustls::TlsAcceptor::from);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let tls = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -192,44 +372,87 @@ pub async fn serve(listener: TcpListener, app: Router, options: ServerOptions, s
             });
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
         let builder = builder.clone();
-        let timeout = options.header_timeout;
-        match &tls {
-            None => {
-                let conn = builder.serve_connection(TokioIo::new(FirstByteDeadline::new(tcp, timeout)), service).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                    drop(slot);
-                });
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => serve_one(&builder, FirstByteDeadline::new(stream, timeout), service, watcher).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        let options = options.clone();
+        let tls = tls.clone();
+        let mut stopping = stopping.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            options.metrics.connections_open.inc();
+            let reason = Arc::new(CloseReason::default());
+            let requests = Requests::new();
+            let service = TowerToHyperService::new(ConnectionService { app, peer, requests: requests.clone() });
+            let first_byte = options.header_timeout;
+            match tls {
+                None => {
+                    let io = Watched::new(tcp, first_byte, options.write_timeout, reason.clone());
+                    serve_one(&builder, io, service, &requests, &options, &reason, &mut stopping).await;
+                }
+                Some(acceptor) => match tokio::time::timeout(first_byte, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let io = Watched::new(stream, first_byte, options.write_timeout, reason.clone());
+                        serve_one(&builder, io, service, &requests, &options, &reason, &mut stopping).await;
                     }
-                    drop(slot);
-                });
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => {
+                        reason.set("first_byte");
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                    }
+                },
             }
-        }
+            if let Some(r) = reason.get() {
+                options.metrics.closed(r);
+            }
+            options.metrics.connections_open.dec();
+            drop(slot);
+        });
     }
     drop(listener);
     tracing::info!("shutting down: finishing the requests in progress");
-    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
+    let _ = stop.send(true);
+    // Every connection gives its slot back when it ends.
+    let all = u32::try_from(options.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(Duration::from_secs(30), slots.acquire_many(all)).await.is_err() {
         tracing::warn!("requests still in progress after 30 s; stopping anyway");
     }
     Ok(())
 }
 
-async fn serve_one<I>(builder: &Builder<TokioExecutor>, io: I, service: TowerToHyperService<Router>, watcher: hyper_util::server::graceful::Watcher)
-where
+/// Serves one connection until it ends: closed by the client, by a
+/// deadline of its IO, for idleness (no request in progress for the idle
+/// timeout), or by the shutdown (after its requests finish).
+async fn serve_one<I>(
+    builder: &Builder<TokioExecutor>,
+    io: I,
+    service: TowerToHyperService<ConnectionService>,
+    requests: &Requests,
+    options: &ServerOptions,
+    reason: &CloseReason,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = builder.serve_connection(TokioIo::new(io), service).into_owned();
-    let _ = watcher.watch(conn).await;
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let idle = options.idle_timeout;
+    let mut closing = false;
+    loop {
+        let check = requests.idle_for().map_or(idle, |spent| idle.saturating_sub(spent)).max(Duration::from_millis(100));
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            changed = stopping.changed(), if !closing => {
+                if changed.is_err() || *stopping.borrow() {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            () = tokio::time::sleep(check), if !closing => {
+                if requests.idle_for().is_some_and(|spent| spent >= idle) {
+                    reason.set("idle");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
 }

@@ -17,23 +17,58 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// How long one event stream lasts: then it ends, and the browser's
+/// EventSource opens another (after [`EVENT_STREAM_RETRY`]), so that no
+/// stream holds a connection forever.
+pub const EVENT_STREAM_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
+/// How long a browser waits before it opens the next stream.
+const EVENT_STREAM_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Counts an open event stream in the metrics while it lives.
+struct StreamGauge(Arc<crate::shim::metrics::Metrics>);
+
+impl StreamGauge {
+    fn new(metrics: Arc<crate::shim::metrics::Metrics>) -> StreamGauge {
+        metrics.event_streams_open.inc();
+        StreamGauge(metrics)
+    }
+}
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        self.0.event_streams_open.dec();
+    }
+}
+
 /// `GET /events`: a snapshot of the builds in progress and finished, at
-/// once and after every change (server-sent events).
-pub async fn events(State(state): State<Arc<AppState>>) -> axum::response::sse::Sse<impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>> {
+/// once and after every change (server-sent events), for
+/// [`EVENT_STREAM_LIFETIME`]; at most [`crate::shim::activity::MAX_WATCHERS`]
+/// streams at once (then `503`, and the browser tries again).
+pub async fn events(State(state): State<Arc<AppState>>) -> axum::response::Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
-    let rx = state.shim.activity().subscribe();
-    let stream = futures::stream::unfold((rx, true), move |(mut rx, first)| {
+    use axum::response::IntoResponse;
+    let Some(watcher) = state.shim.activity().watch() else {
+        return super::errors::ErrorCode::Unavailable.plain().message("too many start pages are watching; try again in a moment").retry_after(EVENT_STREAM_RETRY.as_secs().max(1)).into_response();
+    };
+    let gauge = StreamGauge::new(state.shim.metrics_handle());
+    let until = tokio::time::Instant::now() + EVENT_STREAM_LIFETIME;
+    let stream = futures::stream::unfold((watcher, gauge, true), move |(mut watcher, gauge, first)| {
         let state = state.clone();
         async move {
-            if !first && rx.changed().await.is_err() {
-                return None;
+            if !first {
+                match tokio::time::timeout_at(until, watcher.changes.changed()).await {
+                    Ok(Ok(())) => {}
+                    // The stream's time is up, or the shim is stopping.
+                    _ => return None,
+                }
             }
-            rx.borrow_and_update();
+            watcher.changes.borrow_and_update();
             let event = Event::default().json_data(state.shim.activity().snapshot()).unwrap_or_else(|_| Event::default().comment("snapshot unavailable"));
-            Some((Ok(event), (rx, false)))
+            let event = if first { event.retry(EVENT_STREAM_RETRY) } else { event };
+            Some((Ok::<_, std::convert::Infallible>(event), (watcher, gauge, false)))
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
 
 /// `GET /`.

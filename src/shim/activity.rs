@@ -62,12 +62,27 @@ struct State {
 pub struct Activity {
     state: Mutex<State>,
     changed: tokio::sync::watch::Sender<u64>,
+    /// Turns for watchers ([`MAX_WATCHERS`]).
+    watchers: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// How many watchers (the start page's event streams) there may be at
+/// once: each holds a connection open, and connections are bounded.
+pub const MAX_WATCHERS: usize = 32;
 
 impl Default for Activity {
     fn default() -> Self {
-        Activity { state: Mutex::new(State::default()), changed: tokio::sync::watch::channel(0).0 }
+        Activity { state: Mutex::new(State::default()), changed: tokio::sync::watch::channel(0).0, watchers: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_WATCHERS)) }
     }
+}
+
+/// A watcher of the activity: sees every change; its turn is given back
+/// when it is dropped.
+#[derive(Debug)]
+pub struct Watcher {
+    /// The changes.
+    pub changes: tokio::sync::watch::Receiver<u64>,
+    _turn: tokio::sync::OwnedSemaphorePermit,
 }
 
 fn now() -> u64 {
@@ -147,9 +162,11 @@ impl Activity {
         Snapshot { running: s.running.values().map(|(r, _)| r.clone()).collect(), recent: s.recent.iter().cloned().collect() }
     }
 
-    /// A receiver that sees every change.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.changed.subscribe()
+    /// A watcher that sees every change, unless [`MAX_WATCHERS`] watch
+    /// already.
+    pub fn watch(&self) -> Option<Watcher> {
+        let turn = self.watchers.clone().try_acquire_owned().ok()?;
+        Some(Watcher { changes: self.changed.subscribe(), _turn: turn })
     }
 }
 
@@ -160,7 +177,7 @@ mod tests {
     #[test]
     fn builds_move_from_running_to_recent() {
         let a = Activity::default();
-        let mut rx = a.subscribe();
+        let mut w = a.watch().unwrap();
         let ok = a.start("hello:latest");
         ok.stage("nix-build");
         let failed = a.start("broken:latest");
@@ -172,7 +189,16 @@ mod tests {
         assert!(s.running.is_empty());
         assert_eq!((s.recent[0].image.as_str(), s.recent[0].ok), ("broken:latest", false));
         assert_eq!((s.recent[1].reused, s.recent[1].packed, s.recent[1].ok), (3, 2, true));
-        assert!(rx.has_changed().unwrap());
-        assert!(*rx.borrow_and_update() >= 5);
+        assert!(w.changes.has_changed().unwrap());
+        assert!(*w.changes.borrow_and_update() >= 5);
+    }
+
+    #[test]
+    fn watchers_are_bounded_and_give_their_turn_back() {
+        let a = Activity::default();
+        let watchers: Vec<Watcher> = (0..MAX_WATCHERS).map(|_| a.watch().unwrap()).collect();
+        assert!(a.watch().is_none(), "one more than the bound is refused");
+        drop(watchers);
+        assert!(a.watch().is_some());
     }
 }

@@ -44,13 +44,22 @@ impl std::fmt::Debug for StorageLayers<'_> {
 }
 
 impl StorageLayers<'_> {
-    /// The layer the storage's cache has for `key`, if its blob is there.
+    /// The layer the storage's cache has for `key`, if its blob is there
+    /// at the size the entry records (an entry that says otherwise is a
+    /// miss: the layer is packed again, and the entry rewritten).
     fn stored(&self, key: &LayerKey) -> Result<Option<PackedLayer>, StorageError> {
         self.runtime.block_on(async {
             let Some(bytes) = self.storage.get_meta(&meta_key(key)).await? else { return Ok(None) };
             // An entry of another format is a miss, not an error.
             let Ok(p) = serde_json::from_slice::<PackedLayer>(&bytes) else { return Ok(None) };
-            Ok(self.storage.stat_blob(&p.digest).await?.map(|_| p))
+            match self.storage.stat_blob(&p.digest).await? {
+                Some(info) if info.size == p.size => Ok(Some(p)),
+                Some(info) => {
+                    tracing::warn!(layer = %key, blob = %p.digest, recorded = p.size, actual = info.size, "a layer cache entry has a wrong size: the layer is packed again");
+                    Ok(None)
+                }
+                None => Ok(None),
+            }
         })
     }
 

@@ -64,6 +64,9 @@ const MEMORY_REVISIONS: u64 = 10_000;
 const IMAGE_CONFIG_VERSION: &str = "config-2";
 /// How many recent build errors the start page shows.
 const RECENT_ERRORS: usize = 20;
+/// How many lookups of the package source (git ls-remote, hashing a local
+/// set) run at once.
+const SOURCE_LOOKUPS: usize = 4;
 
 /// Errors serving an image.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +104,12 @@ pub enum ShimError {
     /// A build task panicked or was cancelled.
     #[error("the build task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The build queue is full: the image is not built now.
+    #[error("{queued} builds are waiting already (NIXERY_MAX_QUEUED_BUILDS)")]
+    Busy {
+        /// How many wait.
+        queued: usize,
+    },
 }
 
 impl ShimError {
@@ -119,13 +128,21 @@ impl ShimError {
             ShimError::Assembly(_) => "assembling the image failed",
             ShimError::Image(_) => "images cannot be made for this system",
             ShimError::Task(_) => "the build task failed",
+            ShimError::Busy { .. } => "too many images are being built; try again in a moment",
         }
     }
 
     /// Whether building again within moments would fail the same way:
-    /// missing packages and failed builds, not storage or task failures.
+    /// missing packages and failed builds, not storage, task or queue
+    /// failures, nor a build that failed for want of space or memory on
+    /// this machine (gone once an operator frees some).
     fn is_lasting(&self) -> bool {
-        matches!(self, ShimError::NotFound(_) | ShimError::Nix(_) | ShimError::Assembly(_) | ShimError::Image(_))
+        match self {
+            ShimError::NotFound(_) | ShimError::Image(_) => true,
+            ShimError::Nix(e) => !e.is_resource_exhaustion(),
+            ShimError::Assembly(e) => !e.is_storage_failure(),
+            _ => false,
+        }
     }
 
     /// The Nix or git error behind this one, if that is what it is.
@@ -172,6 +189,9 @@ pub struct ShimConfig {
     /// names no platform (no `arm64`) answers with an image index of one
     /// image per system.
     pub platforms: Vec<String>,
+    /// The most builds that wait for a slot; past it, a cold image is
+    /// answered 429 at once.
+    pub max_queued_builds: usize,
 }
 
 /// A stored manifest.
@@ -245,6 +265,16 @@ pub struct Shim {
     failures: moka::sync::Cache<String, Arc<ShimError>>,
     /// Permits for Nix builds ([`ShimConfig::max_builds`]).
     builds: tokio::sync::Semaphore,
+    /// Builds waiting for a permit ([`ShimConfig::max_queued_builds`]).
+    queued: std::sync::atomic::AtomicUsize,
+    /// The source's tags, listed at most once per revision TTL.
+    tags: moka::future::Cache<(), Arc<Vec<String>>>,
+    /// Tags whose lookup failed (an unknown git ref), answered from
+    /// memory for the revision TTL.
+    failed_refs: moka::sync::Cache<String, Arc<NixError>>,
+    /// Permits for looking up the source (git ls-remote, hashing a set):
+    /// many distinct tags at once run at most this many.
+    lookups: tokio::sync::Semaphore,
     metrics: Arc<metrics::Metrics>,
     activity: activity::Activity,
     errors: Mutex<VecDeque<ErrorRecord>>,
@@ -275,6 +305,10 @@ impl Shim {
             layers: layers::layer_cache(),
             failures: moka::sync::Cache::builder().max_capacity(MEMORY_IMAGES).time_to_live(config.failure_ttl.max(Duration::from_millis(1))).build(),
             builds: tokio::sync::Semaphore::new(config.max_builds.max(1)),
+            queued: Default::default(),
+            tags: moka::future::Cache::builder().max_capacity(1).time_to_live(config.revision_ttl.max(Duration::from_millis(1))).build(),
+            failed_refs: moka::sync::Cache::builder().max_capacity(MEMORY_REVISIONS).time_to_live(config.revision_ttl.max(Duration::from_millis(1))).build(),
+            lookups: tokio::sync::Semaphore::new(SOURCE_LOOKUPS),
             metrics: Default::default(),
             activity: Default::default(),
             config,
@@ -301,14 +335,27 @@ impl Shim {
         &self.metrics
     }
 
+    /// The metrics, to keep (the server and the authentication gate count
+    /// in them).
+    pub fn metrics_handle(&self) -> Arc<metrics::Metrics> {
+        self.metrics.clone()
+    }
+
     /// The settings.
     pub fn config(&self) -> &ShimConfig {
         &self.config
     }
 
-    /// The tags of every image name.
-    pub async fn tags(&self) -> Result<Vec<String>, NixError> {
-        self.config.source.tags().await
+    /// The tags of every image name: listed once for everyone who asks at
+    /// the same moment, and remembered for the revision TTL.
+    pub async fn tags(&self) -> Result<Arc<Vec<String>>, Arc<NixError>> {
+        self.tags
+            .try_get_with((), async {
+                let _permit = self.lookups.acquire().await.expect("never closed");
+                self.metrics.tag_lookups.inc();
+                self.config.source.tags().await.map(Arc::new)
+            })
+            .await
     }
 
     /// The most recent build errors, newest first.
@@ -440,13 +487,24 @@ impl Shim {
     async fn resolve(&self, tag: &str) -> Result<Arc<ResolvedSource>, Arc<NixError>> {
         // Other sources ignore the tag: one entry serves them all.
         let key = if matches!(self.config.source, PackageSource::Git(_)) { tag } else { "" };
+        // A tag whose lookup failed (an unknown ref) is answered from
+        // memory for a while, as a known one is.
+        if let Some(failed) = self.failed_refs.get(key) {
+            return Err(failed);
+        }
         let lookup = || async {
+            let _permit = self.lookups.acquire().await.expect("never closed");
             let started = Instant::now();
             let result = self.config.source.resolve(tag).await;
-            tracing::debug!(tag, ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "source revision looked up");
+            match &result {
+                Ok(r) => tracing::debug!(tag, revision = %r.revision, ms = started.elapsed().as_millis() as u64, "source revision looked up"),
+                Err(e) => tracing::warn!(tag, ms = started.elapsed().as_millis() as u64, error = %e, "looking up the package source failed"),
+            }
             result.map(|r| Arc::new(Revision { at: Instant::now(), source: Arc::new(r), refreshing: AtomicBool::new(false) }))
         };
-        let entry = self.revisions.try_get_with(key.to_string(), lookup()).await?;
+        let entry = self.revisions.try_get_with(key.to_string(), lookup()).await.inspect_err(|e| {
+            self.failed_refs.insert(key.to_string(), e.clone());
+        })?;
         if entry.at.elapsed() < self.config.revision_ttl || entry.refreshing.swap(true, Ordering::AcqRel) {
             return Ok(entry.source.clone());
         }
@@ -505,13 +563,32 @@ impl Shim {
     async fn build(self: &Arc<Self>, key: &str, request: &ImageRequest, source: &ResolvedSource, label: &str) -> Result<BuiltImage, ShimError> {
         let meta_key = format!("manifests/{key}.json");
         let queued = Instant::now();
+        let free = self.builds.try_acquire().ok();
+        if free.is_none() {
+            // Wait for a slot, unless too many wait already: a flood of
+            // cold names is answered at once, not queued without end.
+            let waiting = self.queued.fetch_add(1, Ordering::AcqRel);
+            if waiting >= self.config.max_queued_builds {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                self.metrics.builds_refused.inc();
+                tracing::warn!(image = label, queued = waiting, "the build queue is full: answering 429");
+                return Err(ShimError::Busy { queued: waiting });
+            }
+        }
         let entry = self.activity.start(label);
-        self.metrics.builds_queued.inc();
-        let permit = self.builds.acquire().await.expect("the build semaphore is never closed");
-        self.metrics.builds_queued.dec();
+        let permit = match free {
+            Some(p) => p,
+            None => {
+                self.metrics.builds_queued.inc();
+                let p = self.builds.acquire().await.expect("the build semaphore is never closed");
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                self.metrics.builds_queued.dec();
+                p
+            }
+        };
         entry.stage("nix-build");
         self.metrics.builds_started.inc();
-        self.metrics.builds_running.inc();
+        self.metrics.build_running();
         let started = Instant::now();
         tracing::info!(image = label, packages = ?request.packages, system = %request.system, revision = %source.revision, queued_ms = queued.elapsed().as_millis() as u64, "running nix-build");
         let prepared = self.config.prepare.run(source, &request.packages, &self.config.base_packages, &request.system).await;
@@ -582,20 +659,58 @@ impl Shim {
         Ok(img)
     }
 
-    /// Reads a stored manifest's bytes into memory; false when it is gone
-    /// or not what the cache says.
+    /// Reads a stored manifest's bytes into memory; false when it is gone,
+    /// is not what its digest names, or names a blob that is gone (the
+    /// image is then built again). Its size is what was read, whatever the
+    /// cache entry said.
     async fn load_bytes(&self, m: &mut StoredManifest) -> Result<bool, ShimError> {
-        if self.storage.stat_blob(&m.digest).await?.is_none() {
+        let Some(info) = self.storage.stat_blob(&m.digest).await? else { return Ok(false) };
+        if info.size > crate::image::layout::MAX_DOCUMENT {
             return Ok(false);
         }
-        let stream = self.storage.read_blob(&m.digest, 0, m.size).await?;
+        let stream = self.storage.read_blob(&m.digest, 0, info.size).await?;
         let bytes = crate::storage::collect(stream).await.map_err(|source| StorageError::Io { path: format!("manifest {}", m.digest), source })?;
         if Digest::of(&bytes) != m.digest {
+            tracing::warn!(manifest = %m.digest, "a stored manifest does not hold the bytes it is named by: the image is built again");
             return Ok(false);
+        }
+        if m.size != bytes.len() as u64 {
+            tracing::warn!(manifest = %m.digest, recorded = m.size, actual = bytes.len(), "a manifest cache entry has a wrong size: corrected");
+            m.size = bytes.len() as u64;
+        }
+        // Every blob it names (a config and layers, or an index's
+        // manifests) must be there, at its size.
+        let Some(named) = named_blobs(&bytes) else { return Ok(false) };
+        for (digest, size) in named {
+            if self.storage.stat_blob(&digest).await?.is_none_or(|i| i.size != size) {
+                tracing::warn!(manifest = %m.digest, blob = %digest, "a stored image lacks a blob: it is built again");
+                return Ok(false);
+            }
         }
         m.bytes = Some(bytes.into());
         Ok(true)
     }
+
+    /// Forgets every image and layer known in memory, after a blob was
+    /// found corrupt and removed: the images that need it are loaded
+    /// again, found to lack it, and built again, packing it anew.
+    pub fn forget_blob(&self, digest: &Digest) {
+        tracing::warn!(blob = %digest, "forgetting the images in memory: those that need the blob are built again");
+        self.warm.invalidate_all();
+        self.images.invalidate_all();
+        self.layers.invalidate_all();
+    }
+}
+
+/// The blobs a manifest or index names (config and layers, or
+/// manifests), with their sizes; `None` when it is not one.
+fn named_blobs(manifest: &[u8]) -> Option<Vec<(Digest, u64)>> {
+    let doc: serde_json::Value = serde_json::from_slice(manifest).ok()?;
+    let mut descriptors: Vec<&serde_json::Value> = doc.get("config").into_iter().collect();
+    for list in ["layers", "manifests"] {
+        descriptors.extend(doc.get(list).and_then(|v| v.as_array()).into_iter().flatten());
+    }
+    descriptors.into_iter().map(|d| Some((Digest::parse(d["digest"].as_str()?).ok()?, d["size"].as_u64()?))).collect()
 }
 
 /// What the shim puts in the config of an image built by name, as the

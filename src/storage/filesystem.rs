@@ -7,7 +7,8 @@
 //! │                             the xattr user.nixery.media-type, or in
 //! │                             <hex>.media-type where xattrs are missing
 //! ├── staging/                  blobs and meta entries being written,
-//! │   staging.<host>.<pid>.<n>  named by their writer (renamed on commit)
+//! │   staging.<token>.<n>       named by their writer (renamed on commit);
+//! │   staging.<token>.owner     locked by the writer while it lives
 //! └── meta/<key>                cache entries (layers/…, manifests/…)
 //! ```
 //!
@@ -46,7 +47,29 @@ struct Inner {
     /// exercise the fallback).
     use_xattrs: bool,
     counter: AtomicU64,
+    /// Blobs whose bytes were found to be their digest's, with the version
+    /// of the file that was checked: a file replaced or changed since (its
+    /// inode, size or modification time differ) is checked again.
+    good: moka::sync::Cache<Digest, FileVersion>,
 }
+
+/// What tells one version of a file from another without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileVersion {
+    inode: u64,
+    size: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileVersion {
+    fn of(meta: &fs::Metadata) -> FileVersion {
+        use std::os::unix::fs::MetadataExt;
+        FileVersion { inode: meta.ino(), size: meta.len(), modified: meta.modified().ok() }
+    }
+}
+
+/// How many checked blobs are remembered.
+const GOOD_BLOBS: u64 = 1_000_000;
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
     move |source| StorageError::Io { path: path.display().to_string(), source }
@@ -70,13 +93,59 @@ impl FilesystemStorage {
         if removed > 0 {
             tracing::info!(removed, "removed staging files of interrupted writes");
         }
-        Ok(FilesystemStorage { inner: Arc::new(Inner { root, use_xattrs, counter: AtomicU64::new(0) }) })
+        Ok(FilesystemStorage { inner: Arc::new(Inner { root, use_xattrs, counter: AtomicU64::new(0), good: moka::sync::Cache::new(GOOD_BLOBS) }) })
+    }
+
+    /// Whether the blob file at `path` is the version that was checked.
+    fn is_good(&self, digest: &Digest, path: &Path) -> bool {
+        match (self.inner.good.get(digest), fs::metadata(path)) {
+            (Some(v), Ok(m)) => v == FileVersion::of(&m),
+            _ => false,
+        }
+    }
+
+    /// Reads the blob file and compares its digest (unless this version of
+    /// it was checked already); a file that is not its digest's is
+    /// removed. Synchronous: for commits and blocking tasks.
+    fn check_file(&self, digest: &Digest) -> Result<super::BlobCheck, StorageError> {
+        let path = self.blob_path(digest);
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(super::BlobCheck::Missing),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let info = BlobInfo { size: meta.len(), media_type: self.read_media_type(&path).unwrap_or_else(|| "application/octet-stream".to_string()) };
+        if self.is_good(digest, &path) {
+            return Ok(super::BlobCheck::Good(info));
+        }
+        let mut f = File::open(&path).map_err(io_err(&path))?;
+        let mut w = HashingWriter::new(io::sink());
+        io::copy(&mut f, &mut w).map_err(io_err(&path))?;
+        let actual = w.finish().1;
+        if &actual == digest {
+            self.inner.good.insert(digest.clone(), FileVersion::of(&meta));
+            return Ok(super::BlobCheck::Good(info));
+        }
+        tracing::error!(blob = %digest, %actual, path = %path.display(), "a stored blob does not hold the bytes it is named by: removed, it will be stored again");
+        self.remove_file(digest)?;
+        Ok(super::BlobCheck::Removed { actual })
+    }
+
+    fn remove_file(&self, digest: &Digest) -> Result<(), StorageError> {
+        self.inner.good.invalidate(digest);
+        let path = self.blob_path(digest);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
     }
 
     /// A staging file name of this process, unique within it.
-    fn staging_path(&self) -> PathBuf {
+    fn staging_path(&self) -> Result<PathBuf, StorageError> {
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
-        self.inner.root.join("staging").join(crate::scratch::owned(STAGING_PREFIX, Some(&n.to_string())))
+        let staging = self.inner.root.join("staging");
+        crate::scratch::owned(&staging, STAGING_PREFIX, Some(&n.to_string())).map_err(io_err(&staging))
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -157,12 +226,17 @@ impl BlobWriter for FsBlobWriter {
                 fs::write(&side_tmp, media_type).map_err(io_err(&side_tmp))?;
                 fs::rename(&side_tmp, &side).map_err(io_err(&side))?;
             }
-            if dest.exists() {
-                // Blobs are immutable: the existing one is the same bytes.
+            // Blobs are immutable: one that is there already is kept, if
+            // it is these bytes; a corrupt one is replaced.
+            if dest.exists() && matches!(self.storage.check_file(expected)?, super::BlobCheck::Good(_)) {
                 let _ = fs::remove_file(&tmp);
                 return Ok(());
             }
-            fs::rename(&tmp, &dest).map_err(io_err(&dest))
+            fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+            if let Ok(m) = fs::metadata(&dest) {
+                self.storage.inner.good.insert(expected.clone(), FileVersion::of(&m));
+            }
+            Ok(())
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -183,7 +257,7 @@ impl Storage for FilesystemStorage {
     }
 
     fn blob_writer(&self) -> Result<Box<dyn BlobWriter>, StorageError> {
-        let tmp = self.staging_path();
+        let tmp = self.staging_path()?;
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
         Ok(Box::new(FsBlobWriter { storage: self.clone(), tmp, file: Some(HashingWriter::new(BufWriter::with_capacity(1 << 20, file))) }))
     }
@@ -214,6 +288,26 @@ impl Storage for FilesystemStorage {
         Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20)))
     }
 
+    async fn known_good(&self, digest: &Digest) -> bool {
+        self.inner.good.contains_key(digest) && self.is_good(digest, &self.blob_path(digest))
+    }
+
+    async fn mark_good(&self, digest: &Digest) {
+        if let Ok(m) = fs::metadata(self.blob_path(digest)) {
+            self.inner.good.insert(digest.clone(), FileVersion::of(&m));
+        }
+    }
+
+    async fn verify_blob(&self, digest: &Digest) -> Result<super::BlobCheck, StorageError> {
+        let this = self.clone();
+        let digest = digest.clone();
+        tokio::task::spawn_blocking(move || this.check_file(&digest)).await.expect("verify task")
+    }
+
+    async fn remove_blob(&self, digest: &Digest) -> Result<(), StorageError> {
+        self.remove_file(digest)
+    }
+
     async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         check_key(key)?;
         let path = self.inner.root.join("meta").join(key);
@@ -230,7 +324,7 @@ impl Storage for FilesystemStorage {
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent).await.map_err(io_err(parent))?;
         }
-        let tmp = self.staging_path();
+        let tmp = self.staging_path()?;
         let written = match tokio::fs::write(&tmp, value).await {
             Ok(()) => tokio::fs::rename(&tmp, &path).await.map_err(io_err(&path)),
             Err(e) => Err(io_err(&tmp)(e)),
@@ -247,8 +341,9 @@ impl Storage for FilesystemStorage {
 mod tests {
     use super::*;
 
+    /// Whether `p` holds nothing but owner files (crate::scratch).
     fn empty_dir(p: &Path) -> bool {
-        fs::read_dir(p).unwrap().next().is_none()
+        fs::read_dir(p).unwrap().all(|e| e.unwrap().path().extension().is_some_and(|x| x == "owner"))
     }
 
     #[tokio::test]
@@ -278,14 +373,17 @@ mod tests {
             w.write_all(b"half").unwrap();
         }
         assert!(empty_dir(&dir.path().join("staging")));
-        // What a killed process of this host left is removed; what a live
-        // one (this process, standing in for a second shim) writes is not.
-        let gone = crate::scratch::owned(STAGING_PREFIX, None).replace(&format!(".{}", std::process::id()), ".4194305");
-        fs::write(dir.path().join("staging").join(format!("{gone}.3")), b"x").unwrap();
-        let live = s.staging_path();
+        // What a killed process left is removed (its owner file is not
+        // locked); what a live one (this process, standing in for a second
+        // shim) writes is not.
+        let staging = dir.path().join("staging");
+        fs::write(staging.join(format!("{STAGING_PREFIX}.0123456789abcdef.owner")), b"").unwrap();
+        fs::write(staging.join(format!("{STAGING_PREFIX}.0123456789abcdef.3")), b"x").unwrap();
+        let live = s.staging_path().unwrap();
         fs::write(&live, b"in flight").unwrap();
         FilesystemStorage::open(dir.path()).unwrap();
-        let left: Vec<_> = fs::read_dir(dir.path().join("staging")).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut left: Vec<_> = fs::read_dir(&staging).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_none_or(|e| e != "owner")).collect();
+        left.sort();
         assert_eq!(left, vec![live]);
     }
 

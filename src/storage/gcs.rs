@@ -27,6 +27,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use gcloud_storage::client::{Client, ClientConfig};
+use gcloud_storage::http::buckets::get::GetBucketRequest;
+use gcloud_storage::http::objects::delete::DeleteObjectRequest;
 use gcloud_storage::http::objects::download::Range;
 use gcloud_storage::http::objects::get::GetObjectRequest;
 use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadType};
@@ -275,6 +277,20 @@ impl Bucket for GcsBucket {
         let req = UploadObjectRequest { bucket: self.bucket.clone(), ..Default::default() };
         self.client.upload_streamed_object(&req, body, &UploadType::Simple(media)).await.map_err(err)?;
         Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> io::Result<()> {
+        let req = DeleteObjectRequest { bucket: self.bucket.clone(), object: key.to_string(), ..Default::default() };
+        match self.client.delete_object(&req).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    async fn check(&self) -> io::Result<()> {
+        let req = GetBucketRequest { bucket: self.bucket.clone(), ..Default::default() };
+        self.client.get_bucket(&req).await.map(|_| ()).map_err(err)
     }
 
     async fn signed_url(&self, key: &str, lifetime: Duration) -> io::Result<Option<String>> {

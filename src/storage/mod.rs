@@ -10,7 +10,12 @@
 //!   against the expected one first. A failed or cancelled write leaves
 //!   nothing behind.
 //! - Blobs are immutable and addressed by digest; writing one that exists
-//!   is a no-op success.
+//!   is a success that keeps it, unless its bytes are not its digest's
+//!   (a bit flipped on disk): then the new bytes replace it.
+//! - What storage returns is checked before it is trusted: a blob's bytes
+//!   against its digest ([`Storage::verify_blob`], and as they are served),
+//!   a cache entry's sizes against the blob. A blob found corrupt is
+//!   removed, so that what needs it packs or stores it again.
 //! - Each blob carries its media type (metadata).
 //! - Cache entries ([`Storage::get_meta`], [`Storage::put_meta`]) are small
 //!   documents under a key; writes replace them atomically.
@@ -63,6 +68,20 @@ pub struct BlobInfo {
     pub media_type: String,
 }
 
+/// What [`Storage::verify_blob`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobCheck {
+    /// The blob holds the bytes its digest names.
+    Good(BlobInfo),
+    /// There is no such blob.
+    Missing,
+    /// It held other bytes, and was removed.
+    Removed {
+        /// The digest of what it held.
+        actual: Digest,
+    },
+}
+
 /// A stream of blob bytes.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<bytes::Bytes>> + Send>>;
 
@@ -103,6 +122,40 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     async fn blob_url(&self, _digest: &Digest) -> Result<Option<String>, StorageError> {
         Ok(None)
     }
+
+    /// Whether the blob's bytes are known to be its digest's, since they
+    /// were written or last checked, without reading them. Readers that
+    /// stream a blob that is not known good hash it as they go.
+    async fn known_good(&self, digest: &Digest) -> bool;
+
+    /// Records that the blob's bytes were found to be its digest's (by a
+    /// reader that hashed them).
+    async fn mark_good(&self, digest: &Digest);
+
+    /// Checks that the blob holds the bytes its digest names, as far as
+    /// the backend can without undue cost (the filesystem reads and hashes
+    /// it, once per version of the file; object storage, whose stores check
+    /// their objects' integrity themselves, compares sizes); removes it
+    /// when it does not.
+    async fn verify_blob(&self, digest: &Digest) -> Result<BlobCheck, StorageError>;
+
+    /// Removes a blob (one found corrupt). Removing one that is not there
+    /// succeeds.
+    async fn remove_blob(&self, digest: &Digest) -> Result<(), StorageError>;
+}
+
+/// Reads a whole blob and compares its digest; the digest of what it
+/// holds, or `None` when it is not stored.
+pub async fn hash_blob(storage: &dyn Storage, digest: &Digest) -> Result<Option<(BlobInfo, Digest)>, StorageError> {
+    use futures::StreamExt;
+    let Some(info) = storage.stat_blob(digest).await? else { return Ok(None) };
+    let mut stream = storage.read_blob(digest, 0, info.size).await?;
+    let mut hasher = crate::digest::HashingWriter::new(io::sink());
+    let io_err = |source| StorageError::Io { path: format!("blob {digest}"), source };
+    while let Some(chunk) = stream.next().await {
+        hasher.write_all(&chunk.map_err(io_err)?).map_err(io_err)?;
+    }
+    Ok(Some((info, hasher.finish().1)))
 }
 
 /// Stores `bytes` as a blob (for small documents: configs, manifests).
@@ -177,6 +230,15 @@ pub async fn conformance(storage: &dyn Storage) {
     // Writing an existing blob again succeeds and changes nothing.
     let again = put_bytes(storage, &data, OCI_LAYER_GZIP).unwrap();
     assert_eq!(again, digest);
+    assert!(matches!(storage.verify_blob(&digest).await.unwrap(), BlobCheck::Good(_)));
+    assert!(storage.known_good(&digest).await);
+    assert_eq!(storage.verify_blob(&Digest::of(b"never stored")).await.unwrap(), BlobCheck::Missing);
+
+    // Removing a blob, and one that is not there.
+    let gone = put_bytes(storage, b"to be removed", OCI_LAYER_GZIP).unwrap();
+    storage.remove_blob(&gone).await.unwrap();
+    assert_eq!(storage.stat_blob(&gone).await.unwrap(), None);
+    storage.remove_blob(&gone).await.unwrap();
 
     // Small documents keep their media type.
     let doc = br#"{"schemaVersion":2}"#;

@@ -59,6 +59,10 @@ pub trait Bucket: Send + Sync + std::fmt::Debug + 'static {
     /// A URL anyone holding it can GET the object from for `lifetime`, or
     /// `None` when this bucket has no way to sign.
     async fn signed_url(&self, key: &str, lifetime: Duration) -> io::Result<Option<String>>;
+    /// Removes an object; removing one that is not there succeeds.
+    async fn delete(&self, key: &str) -> io::Result<()>;
+    /// Fails unless the bucket exists and answers (checked at start).
+    async fn check(&self) -> io::Result<()>;
 }
 
 /// Blobs and caches in an object store bucket.
@@ -78,6 +82,9 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     /// Where blobs are spooled before upload.
     spool: PathBuf,
+    /// Blobs whose bytes were hashed (as they were uploaded or served) and
+    /// found to be their digest's.
+    good: moka::sync::Cache<Digest, ()>,
     counter: AtomicU64,
 }
 
@@ -98,8 +105,10 @@ impl ObjectStorage {
     pub fn new(name: &'static str, bucket: Arc<dyn Bucket>, redirect: Option<Duration>, runtime: tokio::runtime::Handle) -> ObjectStorage {
         let temp = std::env::temp_dir();
         crate::scratch::remove_leftovers(&temp, SPOOL_PREFIX);
-        let spool = temp.join(crate::scratch::owned(SPOOL_PREFIX, None));
-        ObjectStorage { inner: Arc::new(Inner { name, bucket, redirect, runtime, spool, counter: AtomicU64::new(0) }) }
+        // Without an owner file (a read-only temporary directory) the
+        // spool's creation fails, and says so, at the first write.
+        let spool = crate::scratch::owned(&temp, SPOOL_PREFIX, None).unwrap_or_else(|_| temp.join(SPOOL_PREFIX));
+        ObjectStorage { inner: Arc::new(Inner { name, bucket, redirect, runtime, spool, counter: AtomicU64::new(0), good: moka::sync::Cache::new(1_000_000) }) }
     }
 
     fn blob_key(digest: &Digest) -> String {
@@ -151,11 +160,14 @@ impl BlobWriter for ObjectBlobWriter {
         let storage = self.storage.clone();
         let key = ObjectStorage::blob_key(expected);
         storage.block_on(async {
-            // Blobs are immutable: one that is there already is these bytes.
-            if storage.stat_blob(expected).await?.is_some() {
+            // Blobs are immutable: one that is there already is these
+            // bytes, unless it has another size (a torn or replaced object).
+            if storage.stat_blob(expected).await?.is_some_and(|info| info.size == size) {
                 return Ok(());
             }
-            storage.inner.bucket.put_file(&key, file, size, media_type).await.map_err(|e| bucket_err(&key, e))
+            storage.inner.bucket.put_file(&key, file, size, media_type).await.map_err(|e| bucket_err(&key, e))?;
+            storage.inner.good.insert(expected.clone(), ());
+            Ok(())
         })
         // Drop removes the spool file.
     }
@@ -209,6 +221,38 @@ impl Storage for ObjectStorage {
         let Some(lifetime) = self.inner.redirect else { return Ok(None) };
         let key = ObjectStorage::blob_key(digest);
         self.inner.bucket.signed_url(&key, lifetime).await.map_err(|e| bucket_err(&key, e))
+    }
+
+    async fn known_good(&self, digest: &Digest) -> bool {
+        self.inner.good.contains_key(digest)
+    }
+
+    async fn mark_good(&self, digest: &Digest) {
+        self.inner.good.insert(digest.clone(), ());
+    }
+
+    /// Existence: object stores check their objects' integrity themselves
+    /// (S3's and GCS's checksums), and reading every blob back would cost
+    /// its download; the shim hashes what it serves itself.
+    async fn verify_blob(&self, digest: &Digest) -> Result<super::BlobCheck, StorageError> {
+        Ok(match self.stat_blob(digest).await? {
+            Some(info) => super::BlobCheck::Good(info),
+            None => super::BlobCheck::Missing,
+        })
+    }
+
+    async fn remove_blob(&self, digest: &Digest) -> Result<(), StorageError> {
+        self.inner.good.invalidate(digest);
+        let key = ObjectStorage::blob_key(digest);
+        self.inner.bucket.delete(&key).await.map_err(|e| bucket_err(&key, e))
+    }
+}
+
+impl ObjectStorage {
+    /// Fails unless the bucket exists and answers: a shim checks at start,
+    /// so that a wrong bucket name is an error then, not at the first pull.
+    pub async fn check(&self) -> Result<(), StorageError> {
+        self.inner.bucket.check().await.map_err(|e| bucket_err(format!("the {} bucket", self.inner.name), e))
     }
 }
 

@@ -86,6 +86,24 @@ impl Bucket for StoreBucket {
         Ok(())
     }
 
+    async fn delete(&self, key: &str) -> io::Result<()> {
+        match self.store.delete(&ObjectPath::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// A listing of at most one key: a missing bucket (or one these
+    /// credentials cannot read) fails it, an empty one does not.
+    async fn check(&self) -> io::Result<()> {
+        use futures::StreamExt;
+        let mut listing = self.store.list(Some(&ObjectPath::from("meta")));
+        match listing.next().await {
+            None | Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(err(e)),
+        }
+    }
+
     async fn put_file(&self, key: &str, mut file: File, size: u64, content_type: &str) -> io::Result<()> {
         let path = ObjectPath::from(key);
         let mut attributes = Attributes::new();

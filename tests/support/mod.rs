@@ -275,6 +275,28 @@ impl Shim {
         std::fs::read_to_string(&self.log).unwrap()
     }
 
+    /// The value of a line of `/metrics` that starts with `line` (a name,
+    /// with its labels and a space).
+    pub fn metric(&self, line: &str) -> f64 {
+        let metrics = http().get(self.url("/metrics")).send().unwrap().text().unwrap();
+        metrics.lines().find(|l| l.starts_with(line)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {line:?} in\n{metrics}"))
+    }
+
+    /// Polls `/metrics` until `line`'s value satisfies `ok`, for at most
+    /// `limit` (a bound for the test, far above what it waits for).
+    pub fn wait_for_metric(&self, line: &str, limit: Duration, ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + limit;
+        loop {
+            let metrics = http().get(self.url("/metrics")).send().unwrap().text().unwrap();
+            let value = metrics.lines().find(|l| l.starts_with(line)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok());
+            if let Some(v) = value.filter(|v| ok(*v)) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{line} never got there: {value:?}\n{metrics}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The shim's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
