@@ -227,6 +227,10 @@ struct PushFlags {
     /// Uploads at once.
     #[arg(long, default_value_t = 4)]
     jobs: usize,
+    /// Seconds a request may stall (nothing sent or received) before it
+    /// fails; a failed request is tried three times in all.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: u64,
 }
 
 /// The command line of a `copyToRegistry` program: `copy-to-registry
@@ -584,7 +588,8 @@ fn push(source: &str, dest: &str, flags: PushFlags) -> anyhow::Result<()> {
         None => push::credentials::find(&dest.registry),
     };
     let source = push::Source::open(source)?;
-    let opts = push::PushOptions { connection: push::Connection { plain_http: flags.plain_http, ca_file: flags.ca_file, login }, mount_from: flags.mount_from, jobs: flags.jobs };
+    let connection = push::Connection { plain_http: flags.plain_http, ca_file: flags.ca_file, login, stall_timeout: Some(std::time::Duration::from_secs(flags.timeout)) };
+    let opts = push::PushOptions { connection, mount_from: flags.mount_from, jobs: flags.jobs };
     let report = push::push(&source, &dest, &opts)?;
     eprintln!(
         "nixery: pushed {}/{}:{}: {} blobs uploaded ({} bytes), {} mounted, {} already there",

@@ -211,11 +211,14 @@ fn layers_are_identical_to_build_nixery_image() {
 
 /// A git repository holding the test package set, with tag `v1` and tag
 /// `v2` in which one package (nano) differs.
-fn package_repo(dir: &std::path::Path) -> std::path::PathBuf {
+pub fn package_repo(dir: &std::path::Path) -> std::path::PathBuf {
     let repo_dir = dir.join("pkgs-repo");
     std::fs::create_dir_all(&repo_dir).unwrap();
+    for f in std::fs::read_dir(repo().join("tests/pkgs")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, repo_dir.join(f.file_name().unwrap())).unwrap();
+    }
     let src = std::fs::read_to_string(repo().join("tests/pkgs/default.nix")).unwrap();
-    std::fs::write(repo_dir.join("default.nix"), &src).unwrap();
     let git = |args: &[&str]| {
         run(Command::new("git").arg("-C").arg(&repo_dir).args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]).args(args));
     };

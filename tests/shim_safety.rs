@@ -219,33 +219,6 @@ fn descends_from(mut pid: u32, ancestors: &[u32]) -> bool {
     false
 }
 
-/// A CA and a certificate for 127.0.0.1 it signed, made with openssl:
-/// (the CA's certificate, the server's certificate, its key).
-fn certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let ca_key = dir.join("ca.key");
-    let ca = dir.join("ca.crt");
-    let key = dir.join("server.key");
-    let csr = dir.join("server.csr");
-    let cert = dir.join("server.crt");
-    let ext = dir.join("san.ext");
-    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
-    run(Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=nixery test CA", "-keyout"]).arg(&ca_key).arg("-out").arg(&ca));
-    run(Command::new("openssl").args(["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout"]).arg(&key).arg("-out").arg(&csr));
-    run(Command::new("openssl")
-        .args(["x509", "-req", "-days", "2", "-in"])
-        .arg(&csr)
-        .arg("-CA")
-        .arg(&ca)
-        .arg("-CAkey")
-        .arg(&ca_key)
-        .arg("-CAcreateserial")
-        .arg("-extfile")
-        .arg(&ext)
-        .arg("-out")
-        .arg(&cert));
-    (ca, cert, key)
-}
-
 #[test]
 fn clients_pull_with_credentials_over_tls_and_are_refused_without() {
     let dir = tempfile::tempdir().unwrap();

@@ -17,3 +17,4 @@ mod binary_cache;
 mod deploy;
 mod worlds;
 mod flake;
+mod faults;

@@ -80,18 +80,20 @@ pub fn unpack_limit(size: u64) -> u64 {
     size.saturating_mul(16).max(256 << 20)
 }
 
-/// A reader that fails once more than `left` bytes have been read.
+/// A reader that fails once more than `left` bytes have been read, and
+/// says so in `exceeded` (the tar reader's own error hides its cause).
 struct Bounded<R> {
     inner: R,
     left: u64,
-    limit: u64,
+    exceeded: std::rc::Rc<std::cell::Cell<bool>>,
 }
 
 impl<R: Read> Read for Bounded<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("it unpacks to more than {} bytes (a gzip bomb?)", self.limit))
+            self.exceeded.set(true);
+            io::Error::new(io::ErrorKind::InvalidData, "past the bound")
         })?;
         Ok(n)
     }
@@ -105,16 +107,24 @@ fn unpack(tarball: &Path, dir: &Path, limit: u64) -> Result<(), ImageError> {
     let n = f.read(&mut head).map_err(io_err(tarball))?;
     let f = io::Cursor::new(head[..n].to_vec()).chain(f);
     let reader: Box<dyn Read> = if Compression::sniff(&head[..n]) == Compression::Gzip { Box::new(flate2::read::MultiGzDecoder::new(f)) } else { Box::new(f) };
-    let mut ar = tar::Archive::new(Bounded { inner: reader, left: limit, limit });
+    let exceeded = std::rc::Rc::new(std::cell::Cell::new(false));
+    let mut ar = tar::Archive::new(Bounded { inner: reader, left: limit, exceeded: exceeded.clone() });
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    for entry in ar.entries().map_err(io_err(tarball))? {
-        let mut entry = entry.map_err(io_err(tarball))?;
+    let bounded = |e: io::Error| {
+        if exceeded.get() {
+            bad(tarball, format!("it unpacks to more than {limit} bytes, 16 times its size: a gzip bomb, or not an image"))
+        } else {
+            io_err(tarball)(e)
+        }
+    };
+    for entry in ar.entries().map_err(bounded)? {
+        let mut entry = entry.map_err(bounded)?;
         let kind = entry.header().entry_type();
         if !(kind.is_file() || kind.is_dir()) {
             continue;
         }
         // unpack_in refuses paths that would leave `dir`.
-        entry.unpack_in(dir).map_err(io_err(tarball))?;
+        entry.unpack_in(dir).map_err(bounded)?;
     }
     Ok(())
 }

@@ -53,6 +53,9 @@ pub struct Connection {
     pub ca_file: Option<std::path::PathBuf>,
     /// The login, if any.
     pub login: Option<Login>,
+    /// How long a request may stall (nothing sent or received), and wait
+    /// for a response; `None`: [`STALL_TIMEOUT`].
+    pub stall_timeout: Option<Duration>,
 }
 
 /// Whether `registry` (`host[:port]`) is a loopback address.
@@ -134,11 +137,10 @@ fn origin(url: &str) -> Option<String> {
 }
 
 /// How long a request may take, phase by phase: connecting, a stalled read
-/// or write, the response's headers and (small) body. A registry that
-/// never answers, or drips, fails the push instead of hanging it.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-const STALL_TIMEOUT: Duration = Duration::from_secs(60);
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
+/// or write, the response's headers and (small) body, each at most this
+/// (`--timeout`), the response twice it. A registry that never answers,
+/// or drips, fails the push instead of hanging it.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long sending a body of `size` bytes may take: two minutes, and a
 /// second for every 64 KiB.
@@ -222,16 +224,17 @@ impl Client {
             }
             tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
         }
+        let stall = connection.stall_timeout.unwrap_or(STALL_TIMEOUT);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
             .tls_config(tls.build())
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_per_read(Some(STALL_TIMEOUT))
-            .timeout_per_write(Some(STALL_TIMEOUT))
-            .timeout_send_request(Some(STALL_TIMEOUT))
-            .timeout_recv_response(Some(RESPONSE_TIMEOUT))
-            .timeout_recv_body(Some(RESPONSE_TIMEOUT))
+            .timeout_connect(Some(stall))
+            .timeout_per_read(Some(stall))
+            .timeout_per_write(Some(stall))
+            .timeout_send_request(Some(stall))
+            .timeout_recv_response(Some(stall * 2))
+            .timeout_recv_body(Some(stall * 2))
             .timeout_send_body(Some(send_body_timeout(64 * 1024 * 1024)))
             .build()
             .into();

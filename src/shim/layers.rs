@@ -109,4 +109,9 @@ impl std::fmt::Display for SharedError {
     }
 }
 
-impl std::error::Error for SharedError {}
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // Shared, the error is still its cause's: classifiers walk through.
+        self.0.source()
+    }
+}

@@ -695,6 +695,7 @@ impl Shim {
     /// found corrupt and removed: the images that need it are loaded
     /// again, found to lack it, and built again, packing it anew.
     pub fn forget_blob(&self, digest: &Digest) {
+        self.metrics.blobs_corrupt.inc();
         tracing::warn!(blob = %digest, "forgetting the images in memory: those that need the blob are built again");
         self.warm.invalidate_all();
         self.images.invalidate_all();

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod world;
 
 pub(crate) use world::{in_both_worlds, World};
@@ -230,6 +231,15 @@ impl Shim {
     pub fn start_with_own_store(nix_root: &Path, storage: &Path, env: &[(&str, &str)]) -> Shim {
         let mut cmd = Command::new("unshare");
         cmd.args(["--mount", "--propagation", "private", "sh", "-c", "mount --bind \"$0\" /nix && exec \"$@\""]).arg(nix_root).arg(helper());
+        Shim::spawn(cmd, storage, env)
+    }
+
+    /// Starts the shim under `wrapper`, a command that runs the rest of
+    /// its arguments (`unshare --pid --fork …`, a shell that mounts
+    /// something first).
+    pub fn start_under(wrapper: &[&str], storage: &Path, env: &[(&str, &str)]) -> Shim {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(helper());
         Shim::spawn(cmd, storage, env)
     }
 
@@ -680,4 +690,36 @@ pub fn nix_eval_expr(dir: &Path, body: &str) -> serde_json::Value {
     let mut c = Command::new("nix-instantiate");
     c.env("NIX_CONFIG", NIX_CONFIG).args(["--eval", "--strict", "--json"]).arg(&file).arg("--arg").arg("helper").arg(helper());
     serde_json::from_str(&run_stdout(&mut c)).unwrap()
+}
+
+/// A CA and a certificate for 127.0.0.1 it signed, made with openssl:
+/// (the CA's certificate, the server's certificate, its key).
+pub fn certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    certificates_for(dir, "127.0.0.1")
+}
+
+/// [`certificates`] for another IP address.
+pub fn certificates_for(dir: &Path, ip: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = dir.join("ca.key");
+    let ca = dir.join("ca.crt");
+    let key = dir.join("server.key");
+    let csr = dir.join("server.csr");
+    let cert = dir.join("server.crt");
+    let ext = dir.join("san.ext");
+    std::fs::write(&ext, format!("subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")).unwrap();
+    run(Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=nixery test CA", "-keyout"]).arg(&ca_key).arg("-out").arg(&ca));
+    run(Command::new("openssl").args(["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={ip}"), "-keyout"]).arg(&key).arg("-out").arg(&csr));
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-in"])
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&ca)
+        .arg("-CAkey")
+        .arg(&ca_key)
+        .arg("-CAcreateserial")
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-out")
+        .arg(&cert));
+    (ca, cert, key)
 }
