@@ -76,12 +76,7 @@ fn image_expr(function: &str, marker: &str) -> String {
 fn image_expr_with(function: &str, marker: &str, extra: &str) -> String {
     format!(
         r#"let
-  marker = derivation {{
-    name = "marker";
-    system = builtins.currentSystem;
-    builder = "${{pkgs.busybox}}/bin/sh";
-    args = [ "-c" "echo {marker} > $out" ];
-  }};
+  {binding}
 in
 nixery.{function} {{
   name = "app";
@@ -89,7 +84,8 @@ nixery.{function} {{
   contents = [ pkgs.hello pkgs.jq marker ];
   maxLayers = 10;
   {extra}
-}}"#
+}}"#,
+        binding = marker_binding(marker)
     )
 }
 

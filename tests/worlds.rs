@@ -16,12 +16,7 @@ use crate::support::*;
 fn every_kind_of_image(marker: &str) -> String {
     format!(
         r#"let
-  marker = derivation {{
-    name = "marker";
-    system = builtins.currentSystem;
-    builder = "${{pkgs.busybox}}/bin/sh";
-    args = [ "-c" "echo {marker} > $out" ];
-  }};
+  {binding}
   arm = import {repo}/tests/pkgs {{ system = "aarch64-linux"; }};
   common = {{ name = "ghcr.io/acme/app"; tag = "v1"; contents = [ pkgs.hello pkgs.jq marker ]; config.Cmd = [ "hello" ]; }};
 in {{
@@ -42,7 +37,8 @@ in {{
                (nixery.buildNixeryImage {{ name = "hello"; contents = [ arm.hello ]; }}) ];
   }};
 }}"#,
-        repo = repo().display()
+        repo = repo().display(),
+        binding = marker_binding(marker)
     )
 }
 

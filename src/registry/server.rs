@@ -298,10 +298,30 @@ struct ConnectionService {
     requests: Arc<Requests>,
 }
 
+pin_project_lite::pin_project! {
+    /// The router's answer, its body made a [`TrackedBody`] (no boxing: the
+    /// warm path pays for none).
+    struct TrackedResponse {
+        #[pin]
+        inner: axum::routing::future::RouteFuture<std::convert::Infallible>,
+        request: Option<InProgress>,
+    }
+}
+
+impl Future for TrackedResponse {
+    type Output = Result<axum::http::Response<TrackedBody>, std::convert::Infallible>;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx))?;
+        let request = this.request.take().expect("polled after completion");
+        std::task::Poll::Ready(Ok(response.map(|inner| TrackedBody { inner, _request: request })))
+    }
+}
+
 impl tower::Service<axum::http::Request<hyper::body::Incoming>> for ConnectionService {
     type Response = axum::http::Response<TrackedBody>;
     type Error = std::convert::Infallible;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = TrackedResponse;
 
     fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
         // A Router is always ready.
@@ -309,14 +329,10 @@ impl tower::Service<axum::http::Request<hyper::body::Incoming>> for ConnectionSe
     }
 
     fn call(&mut self, mut request: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
-        use tower::ServiceExt;
         request.extensions_mut().insert(super::auth::ClientAddr(self.peer));
         let in_progress = InProgress::begin(&self.requests);
-        let response = self.app.clone().oneshot(request.map(axum::body::Body::new));
-        Box::pin(async move {
-            let response = response.await?;
-            Ok(response.map(|inner| TrackedBody { inner, _request: in_progress }))
-        })
+        let inner = tower::Service::call(&mut self.app, request.map(axum::body::Body::new));
+        TrackedResponse { inner, request: Some(in_progress) }
     }
 }
 

@@ -81,6 +81,19 @@ pub fn expr_file(dir: &Path, body: &str) -> PathBuf {
     file
 }
 
+/// A Nix binding of `marker`: a one-file package holding `text`, so that
+/// a new text means a package (and an image) not built yet.
+pub fn marker_binding(text: &str) -> String {
+    format!(
+        r#"marker = derivation {{
+    name = "marker";
+    system = builtins.currentSystem;
+    builder = "${{pkgs.busybox}}/bin/sh";
+    args = [ "-c" "echo {text} > $out" ];
+  }};"#
+    )
+}
+
 /// Builds a one-off expression written to a temporary file. The expression
 /// sees `helper`, `nixery` (lib.nix) and `pkgs` (tests/pkgs).
 pub fn nix_build_expr(dir: &Path, body: &str) -> PathBuf {
