@@ -126,7 +126,13 @@ fn main() {
     let input_bytes = input.bytes.unwrap();
     let nixery = env!("CARGO_BIN_EXE_nixery");
 
-    println!("closure: {} entries of {} in {} layers; tar stream {:.2} GB", all.len(), dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "), layers.len(), input_bytes as f64 / 1e9);
+    println!(
+        "closure: {} entries of {} in {} layers; tar stream {:.2} GB",
+        all.len(),
+        dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+        layers.len(),
+        input_bytes as f64 / 1e9
+    );
     println!("machine: {} cores; fastest of {rounds} round(s) each\n", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
 
     // Ours first, so that the children's peak RSS is ours.
@@ -147,14 +153,25 @@ fn main() {
     rows.push(("tar | zstd -T2 -3".into(), measure(&format!("{tar} | zstd -q -T2 -3"), rounds, true)));
     let pigz6 = rows.iter().find(|r| r.0 == "tar | pigz -p2 -6").map(|r| (r.1.time, r.1.bytes.unwrap())).unwrap();
     let zstd3 = rows.iter().find(|r| r.0 == "tar | zstd -T2 -3").map(|r| (r.1.time, r.1.bytes.unwrap())).unwrap();
-    rows.push((format!("nixery pack (gzip {}, default; all layers, both digests)", nixery::packing::DEFAULT_GZIP_LEVEL), Measured { time: ours.time, bytes: Some(ours_bytes) }));
+    rows.push((
+        format!("nixery pack (gzip {}, default; all layers, both digests)", nixery::packing::DEFAULT_GZIP_LEVEL),
+        Measured { time: ours.time, bytes: Some(ours_bytes) },
+    ));
     // Level 6 too, as pigz's own level.
     let blobs6 = work.join("blobs6");
-    let ours6 = measure(&format!("rm -rf {b} && {nixery} pack --level 6 --plan {p} --out {b} > {b}.json", b = blobs6.display(), p = plan_file.display()), rounds, false);
+    let ours6 = measure(
+        &format!("rm -rf {b} && {nixery} pack --level 6 --plan {p} --out {b} > {b}.json", b = blobs6.display(), p = plan_file.display()),
+        rounds,
+        false,
+    );
     let ours6_bytes: u64 = std::fs::read_dir(&blobs6).unwrap().flatten().map(|e| e.metadata().unwrap().len()).sum();
     rows.push(("nixery pack --level 6".into(), Measured { time: ours6.time, bytes: Some(ours6_bytes) }));
     let zblobs = work.join("zblobs");
-    let ours_zstd = measure(&format!("rm -rf {b} && {nixery} pack --compression zstd --plan {p} --out {b} > {b}.json", b = zblobs.display(), p = plan_file.display()), rounds, false);
+    let ours_zstd = measure(
+        &format!("rm -rf {b} && {nixery} pack --compression zstd --plan {p} --out {b} > {b}.json", b = zblobs.display(), p = plan_file.display()),
+        rounds,
+        false,
+    );
     let zstd_bytes: u64 = std::fs::read_dir(&zblobs).unwrap().flatten().map(|e| e.metadata().unwrap().len()).sum();
     rows.push(("nixery pack --compression zstd (level 3)".into(), Measured { time: ours_zstd.time, bytes: Some(zstd_bytes) }));
 

@@ -29,11 +29,62 @@ use sha2::{Digest, Sha256};
 
 /// The images: common tools, one image each.
 const TOOLS: &[&str] = &[
-    "curl", "wget", "git", "openssh-client", "rsync", "jq", "vim", "nano", "emacs-nox", "tmux", "htop", "zsh", "fish",
-    "python3", "perl", "ruby", "nodejs", "golang-go", "openjdk-17-jre-headless", "php-cli", "lua5.4", "gcc", "make", "cmake",
-    "clang", "gdb", "valgrind", "nginx", "apache2", "postgresql-15", "mariadb-server", "redis-server", "sqlite3", "haproxy",
-    "bind9", "postfix", "gnupg", "imagemagick", "ffmpeg", "graphviz", "pandoc", "ghostscript", "texinfo", "zstd", "xz-utils",
-    "p7zip-full", "awscli", "ansible", "podman", "skopeo", "strace", "tcpdump", "nmap", "iperf3", "socat", "unzip",
+    "curl",
+    "wget",
+    "git",
+    "openssh-client",
+    "rsync",
+    "jq",
+    "vim",
+    "nano",
+    "emacs-nox",
+    "tmux",
+    "htop",
+    "zsh",
+    "fish",
+    "python3",
+    "perl",
+    "ruby",
+    "nodejs",
+    "golang-go",
+    "openjdk-17-jre-headless",
+    "php-cli",
+    "lua5.4",
+    "gcc",
+    "make",
+    "cmake",
+    "clang",
+    "gdb",
+    "valgrind",
+    "nginx",
+    "apache2",
+    "postgresql-15",
+    "mariadb-server",
+    "redis-server",
+    "sqlite3",
+    "haproxy",
+    "bind9",
+    "postfix",
+    "gnupg",
+    "imagemagick",
+    "ffmpeg",
+    "graphviz",
+    "pandoc",
+    "ghostscript",
+    "texinfo",
+    "zstd",
+    "xz-utils",
+    "p7zip-full",
+    "awscli",
+    "ansible",
+    "podman",
+    "skopeo",
+    "strace",
+    "tcpdump",
+    "nmap",
+    "iperf3",
+    "socat",
+    "unzip",
 ];
 
 /// The libraries a package-set update changes.
@@ -142,12 +193,15 @@ fn build_store(pkgs: &BTreeMap<String, Pkg>, provides: &HashMap<String, Vec<Stri
         }
         None
     };
-    let edges: Vec<Vec<usize>> = names.iter().map(|n| {
-        let mut e: Vec<usize> = pkgs[*n].depends.iter().filter_map(resolve).collect();
-        e.sort_unstable();
-        e.dedup();
-        e
-    }).collect();
+    let edges: Vec<Vec<usize>> = names
+        .iter()
+        .map(|n| {
+            let mut e: Vec<usize> = pkgs[*n].depends.iter().filter_map(resolve).collect();
+            e.sort_unstable();
+            e.dedup();
+            e
+        })
+        .collect();
     // Tarjan's SCC, iteratively.
     let n = names.len();
     let (mut idx, mut low, mut on) = (vec![usize::MAX; n], vec![0; n], vec![false; n]);
@@ -335,7 +389,12 @@ fn main() {
 }
 
 fn report(label: &str, images_before: &[ClosureGraph], images_after: &[ClosureGraph], pop_before: &Popularity, pop_after: &Popularity) {
-    let changed = images_after.iter().flat_map(|g| g.paths.keys()).collect::<BTreeSet<_>>().difference(&images_before.iter().flat_map(|g| g.paths.keys()).collect()).count();
+    let changed = images_after
+        .iter()
+        .flat_map(|g| g.paths.keys())
+        .collect::<BTreeSet<_>>()
+        .difference(&images_before.iter().flat_map(|g| g.paths.keys()).collect())
+        .count();
     let sizes: Vec<usize> = images_before.iter().map(|g| g.paths.len()).collect();
     println!(
         "\n## {label}: {} images of {} to {} paths ({:.0} on average); the update changes {} of their paths",

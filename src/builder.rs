@@ -227,7 +227,12 @@ impl PermSpec {
     fn rule(&self) -> Result<PermRule, String> {
         let mode = match &self.mode {
             None => None,
-            Some(m) => Some(u32::from_str_radix(m, 8).ok().filter(|v| *v <= 0o7777).ok_or_else(|| format!("perms: mode {m:?} is not octal permission bits such as \"0750\""))?),
+            Some(m) => Some(
+                u32::from_str_radix(m, 8)
+                    .ok()
+                    .filter(|v| *v <= 0o7777)
+                    .ok_or_else(|| format!("perms: mode {m:?} is not octal permission bits such as \"0750\""))?,
+            ),
         };
         for n in [&self.uname, &self.gname].into_iter().flatten() {
             if n.len() > 31 {
@@ -581,7 +586,13 @@ pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
         image::write_docker_archive(&layout, &format!("{name}:{tag}"), &b.out)?;
         let _ = fs::remove_dir_all(&layout_dir);
     }
-    eprintln!("nixery: wrote image {name}:{tag} with {} layers ({} packed, {} prepacked) to {}", image.layers.len(), stats.packed, stats.reused, b.out.display());
+    eprintln!(
+        "nixery: wrote image {name}:{tag} with {} layers ({} packed, {} prepacked) to {}",
+        image.layers.len(),
+        stats.packed,
+        stats.reused,
+        b.out.display()
+    );
     Ok(())
 }
 

@@ -111,7 +111,25 @@ mod tests {
             state ^= state >> 27;
             state.wrapping_mul(0x2545_f491_4f6c_dd1d)
         };
-        const INTERESTING: &[&[u8]] = &[b"/", b":", b".", b"-", b"_", b"..", b"sha256:", b"/manifests/", b"/blobs/", b"/tags/list", b"bytes=", b",", b"\0", b"\xff", b"%2F", b"arm64", b"shell"];
+        const INTERESTING: &[&[u8]] = &[
+            b"/",
+            b":",
+            b".",
+            b"-",
+            b"_",
+            b"..",
+            b"sha256:",
+            b"/manifests/",
+            b"/blobs/",
+            b"/tags/list",
+            b"bytes=",
+            b",",
+            b"\0",
+            b"\xff",
+            b"%2F",
+            b"arm64",
+            b"shell",
+        ];
         for (target, check) in [("client_input", super::client_input as fn(&[u8])), ("request_routing", super::request_routing)] {
             let seeds = corpus(target);
             for _ in 0..250_000 {

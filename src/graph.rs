@@ -118,10 +118,7 @@ impl ClosureGraph {
         for info in paths.values() {
             for r in &info.references {
                 if !paths.contains_key(r) {
-                    return Err(GraphError::DanglingReference {
-                        path: info.path.clone(),
-                        reference: r.clone(),
-                    });
+                    return Err(GraphError::DanglingReference { path: info.path.clone(), reference: r.clone() });
                 }
             }
         }
@@ -140,10 +137,7 @@ impl ClosureGraph {
                 ordered
             }
             None => {
-                let referenced: BTreeSet<&String> = paths
-                    .values()
-                    .flat_map(|i| i.references.iter().filter(move |r| **r != i.path))
-                    .collect();
+                let referenced: BTreeSet<&String> = paths.values().flat_map(|i| i.references.iter().filter(move |r| **r != i.path)).collect();
                 paths.keys().filter(|p| !referenced.contains(p)).cloned().collect()
             }
         };
@@ -243,10 +237,8 @@ pub fn popcount(references: &BTreeMap<String, Vec<String>>, packages: Option<&[S
     names.extend(references.values().flatten().map(String::as_str));
     let names: Vec<&str> = names.into_iter().collect();
     let index = |p: &str| names.binary_search(&p).expect("indexed");
-    let refs: Vec<Vec<usize>> = names
-        .iter()
-        .map(|p| references.get(*p).map(|r| r.iter().map(|x| index(x)).filter(|&x| names[x] != *p).collect()).unwrap_or_default())
-        .collect();
+    let refs: Vec<Vec<usize>> =
+        names.iter().map(|p| references.get(*p).map(|r| r.iter().map(|x| index(x)).filter(|&x| names[x] != *p).collect()).unwrap_or_default()).collect();
     // Closures bottom-up, in depth-first postorder.
     let n = names.len();
     let mut closure: Vec<Option<Vec<u32>>> = vec![None; n];
@@ -320,9 +312,7 @@ pub(crate) mod tests {
     #[test]
     fn roots_default_to_unreferenced_paths() {
         let (a, b) = (sp("a"), sp("b"));
-        let json = format!(
-            r#"{{"graph":[{{"path":"{a}","narSize":1,"references":["{a}","{b}"]}},{{"path":"{b}","narSize":1,"references":[]}}]}}"#
-        );
+        let json = format!(r#"{{"graph":[{{"path":"{a}","narSize":1,"references":["{a}","{b}"]}},{{"path":"{b}","narSize":1,"references":[]}}]}}"#);
         assert_eq!(ClosureGraph::from_json(&json).unwrap().roots, vec![a]);
     }
 
@@ -347,14 +337,24 @@ pub(crate) mod tests {
     #[test]
     fn closures_and_subgraphs() {
         let (app, lib, libc, other) = (sp("app"), sp("lib"), sp("libc"), sp("other"));
-        let info = |p: &str, refs: &[&String]| PathInfo { path: p.to_string(), nar_size: 1, closure_size: 0, references: refs.iter().map(|r| r.to_string()).collect(), nar_hash: None };
+        let info = |p: &str, refs: &[&String]| PathInfo {
+            path: p.to_string(),
+            nar_size: 1,
+            closure_size: 0,
+            references: refs.iter().map(|r| r.to_string()).collect(),
+            nar_hash: None,
+        };
         let g = ClosureGraph::new(
             vec![info(&app, &[&lib, &app]), info(&lib, &[&libc]), info(&libc, &[]), info(&other, &[&libc])],
             Some(vec![app.clone(), other.clone()]),
         )
         .unwrap();
         let c = g.closure([lib.as_str()]).unwrap();
-        assert_eq!(c.into_iter().collect::<Vec<_>>(), { let mut v = vec![lib.as_str(), libc.as_str()]; v.sort(); v });
+        assert_eq!(c.into_iter().collect::<Vec<_>>(), {
+            let mut v = vec![lib.as_str(), libc.as_str()];
+            v.sort();
+            v
+        });
         assert!(g.closure([sp("ghost").as_str()]).is_err());
         let removed: BTreeSet<&str> = [lib.as_str(), libc.as_str()].into();
         let rest = g.without(&removed);

@@ -84,10 +84,7 @@ fn valid_component(c: &str) -> bool {
 /// Whether `tag` matches `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
 pub fn valid_tag(tag: &str) -> bool {
     let b = tag.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
+    !b.is_empty() && b.len() <= 128 && (b[0].is_ascii_alphanumeric() || b[0] == b'_') && b.iter().all(|&c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
 }
 
 /// Whether `reference` looks like a digest (`algorithm:encoded`).

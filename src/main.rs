@@ -405,8 +405,8 @@ struct ServeArgs {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    use std::sync::Arc;
     use nixery::nix::{PackageSource, Prepare};
+    use std::sync::Arc;
 
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     use std::io::IsTerminal;
@@ -503,7 +503,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_queued_builds: args.max_queued_builds as usize,
         platforms: non_empty(&args.platforms)
             .iter()
-            .map(|p| nixery::image::Platform::nix_system_of(p).with_context(|| format!("NIXERY_PLATFORMS: {p:?} is not a platform such as linux/amd64 or linux/arm64")))
+            .map(|p| {
+                nixery::image::Platform::nix_system_of(p)
+                    .with_context(|| format!("NIXERY_PLATFORMS: {p:?} is not a platform such as linux/amd64 or linux/arm64"))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?,
     };
     let config_max_builds = config.max_builds;
@@ -571,10 +574,7 @@ fn path_info_references(text: &str) -> anyhow::Result<std::collections::BTreeMap
     }
     let doc: Doc = serde_json::from_str(text).context("not the JSON of nix path-info --json")?;
     Ok(match doc {
-        Doc::List(v) => v
-            .into_iter()
-            .map(|i| i.path.map(|p| (p, i.references)).context("a path-info entry has no \"path\""))
-            .collect::<anyhow::Result<_>>()?,
+        Doc::List(v) => v.into_iter().map(|i| i.path.map(|p| (p, i.references)).context("a path-info entry has no \"path\"")).collect::<anyhow::Result<_>>()?,
         Doc::Map(m) => m.into_iter().map(|(p, i)| (p, i.references)).collect(),
     })
 }
@@ -588,7 +588,8 @@ fn push(source: &str, dest: &str, flags: PushFlags) -> anyhow::Result<()> {
         None => push::credentials::find(&dest.registry),
     };
     let source = push::Source::open(source)?;
-    let connection = push::Connection { plain_http: flags.plain_http, ca_file: flags.ca_file, login, stall_timeout: Some(std::time::Duration::from_secs(flags.timeout)) };
+    let connection =
+        push::Connection { plain_http: flags.plain_http, ca_file: flags.ca_file, login, stall_timeout: Some(std::time::Duration::from_secs(flags.timeout)) };
     let opts = push::PushOptions { connection, mount_from: flags.mount_from, jobs: flags.jobs };
     let report = push::push(&source, &dest, &opts)?;
     eprintln!(
@@ -604,7 +605,8 @@ fn push(source: &str, dest: &str, flags: PushFlags) -> anyhow::Result<()> {
 fn run_script(script: &std::path::Path, args: Vec<String>) -> anyhow::Result<()> {
     use clap::{CommandFactory, FromArgMatches};
     let text = read(&script.to_path_buf())?;
-    let doc: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap_or("")).with_context(|| format!("{} is not a program write-script wrote", script.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(text.lines().nth(1).unwrap_or("")).with_context(|| format!("{} is not a program write-script wrote", script.display()))?;
     let image = doc["image"].as_str().context("the program names no image")?;
     let default_dest = doc["defaultDest"].as_str();
     let name = script.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "copy".into());
@@ -619,7 +621,8 @@ fn run_script(script: &std::path::Path, args: Vec<String>) -> anyhow::Result<()>
     }
     let command = PushProgram::command().bin_name(name).about(format!("Push {image} to a registry (nixery push)"));
     let program = PushProgram::from_arg_matches(&command.try_get_matches_from(argv).unwrap_or_else(|e| e.exit()))?;
-    let dest = program.dest.or(default_dest.map(str::to_string)).context("give the destination: REGISTRY/REPOSITORY[:TAG] (the image's name names no registry)")?;
+    let dest =
+        program.dest.or(default_dest.map(str::to_string)).context("give the destination: REGISTRY/REPOSITORY[:TAG] (the image's name names no registry)")?;
     push(image, &dest, program.flags)
 }
 
@@ -665,7 +668,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let outputs = nixery::nix::popcount::top_level_outputs(&dir, &system)?;
                     let (refs, missing) = nixery::nix::popcount::local_closure_references(&outputs)?;
                     if !missing.is_empty() {
-                        eprintln!("nixery: {} of {} packages are not in the store and are not counted (build or substitute them first)", missing.len(), outputs.len());
+                        eprintln!(
+                            "nixery: {} of {} packages are not in the store and are not counted (build or substitute them first)",
+                            missing.len(),
+                            outputs.len()
+                        );
                     }
                     nixery::graph::popcount(&refs, Some(&outputs))
                 }

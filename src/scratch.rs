@@ -75,15 +75,14 @@ fn owners() -> &'static Mutex<HashMap<(PathBuf, String), File>> {
 /// locks the owner file there (the directory must exist).
 pub fn owned(dir: &Path, prefix: &str, suffix: Option<&str>) -> io::Result<PathBuf> {
     let mut held = owners().lock().unwrap_or_else(|e| e.into_inner());
-    let key = (dir.to_path_buf(), prefix.to_string());
-    if !held.contains_key(&key) {
+    if let std::collections::hash_map::Entry::Vacant(slot) = held.entry((dir.to_path_buf(), prefix.to_string())) {
         let owner = dir.join(format!("{prefix}.{}.{OWNER_SUFFIX}", token()));
         let file = File::options().create(true).truncate(false).write(true).open(&owner)?;
         file.try_lock().map_err(|e| match e {
             std::fs::TryLockError::Error(e) => e,
             std::fs::TryLockError::WouldBlock => io::Error::other(format!("{} is locked by another process", owner.display())),
         })?;
-        held.insert(key, file);
+        slot.insert(file);
     }
     let base = format!("{prefix}.{}", token());
     Ok(dir.join(match suffix {

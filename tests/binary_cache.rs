@@ -40,11 +40,7 @@ fn a_shim_with_its_own_store_substitutes_from_a_binary_cache_another_shim_filled
 
     // The first shim builds, and its post-build hook (the example in
     // examples/) uploads every build, signed, to the cache.
-    let config = format!(
-        "{NIX_CONFIG}post-build-hook = {}\nsecret-key-files = {}\n",
-        repo().join("examples/post-build-hook.sh").display(),
-        secret.display()
-    );
+    let config = format!("{NIX_CONFIG}post-build-hook = {}\nsecret-key-files = {}\n", repo().join("examples/post-build-hook.sh").display(), secret.display());
     let first = Shim::start_with_own_store(&roots[0], &d.join("storage-a"), &[("NIX_CONFIG", &config), ("NIX_UPLOAD_CACHE", &cache)]);
     let digest = manifest_digest(&first.host(), "shell/hello");
     let built_first = built(&roots[0]);

@@ -115,7 +115,8 @@ fn bad_input_gives_a_one_line_error() {
 #[test]
 fn build_image_outside_nix_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(helper()).current_dir(dir.path()).env_remove("NIX_ATTRS_JSON_FILE").env("NIX_BUILD_TOP", dir.path()).arg("build-image").output().unwrap();
+    let out =
+        Command::new(helper()).current_dir(dir.path()).env_remove("NIX_ATTRS_JSON_FILE").env("NIX_BUILD_TOP", dir.path()).arg("build-image").output().unwrap();
     assert_one_line_error(&out, ".attrs.json");
 }
 

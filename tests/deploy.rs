@@ -11,7 +11,11 @@ use crate::support::*;
 
 /// The documents of deploy/kubernetes/nixery.yaml, as JSON.
 fn kubernetes() -> Vec<serde_json::Value> {
-    let out = run_stdout(Command::new(SYSTEM_PYTHON).args(["-c", "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))"]).arg(repo().join("deploy/kubernetes/nixery.yaml")));
+    let out = run_stdout(
+        Command::new(SYSTEM_PYTHON)
+            .args(["-c", "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))"])
+            .arg(repo().join("deploy/kubernetes/nixery.yaml")),
+    );
     serde_json::from_str(&out).unwrap()
 }
 
@@ -49,7 +53,11 @@ impl Drop for Container<'_> {
 fn the_shim_image_serves_images_its_own_nix_builds() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("nixery-image.nix");
-    std::fs::write(&file, format!("{{ helper }}: import {}/nix/nixery-image.nix {{ pkgs = import {}/tests/pkgs {{ }}; inherit helper; }}\n", repo().display(), repo().display())).unwrap();
+    std::fs::write(
+        &file,
+        format!("{{ helper }}: import {}/nix/nixery-image.nix {{ pkgs = import {}/tests/pkgs {{ }}; inherit helper; }}\n", repo().display(), repo().display()),
+    )
+    .unwrap();
     let image = nix_build(&file, &[("helper", &format!("\"{}\"", helper().display()))]);
 
     let (manifest, _) = layout_manifest(&image);
@@ -106,10 +114,16 @@ fn the_shim_image_serves_images_its_own_nix_builds() {
     // (podman names an oci: image by its path, which must be lower-case.)
     let lower = tempfile::Builder::new().prefix(&format!("nixery-shim-image-{port}")).rand_bytes(0).tempdir().unwrap();
     let pulled = lower.path().join("pulled");
-    run(Command::new("skopeo").args(["copy", "--src-tls-verify=false"]).arg(format!("docker://127.0.0.1:{port}/shell/hello")).arg(format!("oci:{}:hello", pulled.display())));
+    run(Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://127.0.0.1:{port}/shell/hello"))
+        .arg(format!("oci:{}:hello", pulled.display())));
     let logs = container.logs();
     assert!(logs.contains("running nix-build") && logs.contains("image built"), "{logs}");
-    assert!(std::fs::read_dir(volume.join("store")).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with("-hello-2.10")), "the build is on the volume");
+    assert!(
+        std::fs::read_dir(volume.join("store")).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with("-hello-2.10")),
+        "the build is on the volume"
+    );
     let runner = dir.path().join("runner");
     assert_eq!(podman_run(&runner, &pulled, "hello", &["hello"]), "Hello, world!\n");
 
@@ -153,13 +167,25 @@ fn the_nixos_settings_are_the_variables_of_nixery_serve() {
     let dir = tempfile::tempdir().unwrap();
     let settings = repo().join("nix/serve-settings.nix");
     let eval = |expr: &str| -> Result<serde_json::Value, String> {
-        let out = Command::new("nix-instantiate").args(["--eval", "--strict", "--json", "--expr"]).arg(format!("let s = import {}; in {expr}", settings.display())).current_dir(dir.path()).output().unwrap();
-        if out.status.success() { Ok(serde_json::from_slice(&out.stdout).unwrap()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
+        let out = Command::new("nix-instantiate")
+            .args(["--eval", "--strict", "--json", "--expr"])
+            .arg(format!("let s = import {}; in {expr}", settings.display()))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(serde_json::from_slice(&out.stdout).unwrap())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     };
     let names: Vec<String> = serde_json::from_value(eval("map (v: v.name) s.variables").unwrap()).unwrap();
     assert_eq!(names, serve_variables(), "nix/serve-settings.nix lists every variable of nixery serve, in its order");
     let env = eval(r#"s.environment { PORT = 8080; NIXERY_PLATFORMS = [ "linux/amd64" "linux/arm64" ]; NIXERY_BLOB_REDIRECT = false; GCS_BUCKET = null; STORAGE_PATH = /var/lib/nixery; }"#).unwrap();
-    assert_eq!(env, serde_json::json!({ "PORT": "8080", "NIXERY_PLATFORMS": "linux/amd64,linux/arm64", "NIXERY_BLOB_REDIRECT": "false", "STORAGE_PATH": "/var/lib/nixery" }));
+    assert_eq!(
+        env,
+        serde_json::json!({ "PORT": "8080", "NIXERY_PLATFORMS": "linux/amd64,linux/arm64", "NIXERY_BLOB_REDIRECT": "false", "STORAGE_PATH": "/var/lib/nixery" })
+    );
     let err = eval(r#"s.environment { NIXERY_PORT = 1; }"#).unwrap_err();
     assert!(err.contains("NIXERY_PORT is not a setting of nixery serve"), "{err}");
     // The module and the flake parse (evaluating them needs nixpkgs' lib).

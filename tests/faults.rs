@@ -20,7 +20,12 @@ use crate::support::*;
 
 /// The one file under `dir` (recursively) whose name ends with `suffix`.
 fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
-    walkdir::WalkDir::new(dir).into_iter().flatten().filter(|e| e.file_type().is_file() && e.file_name().to_string_lossy().ends_with(suffix)).map(|e| e.into_path()).collect()
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file() && e.file_name().to_string_lossy().ends_with(suffix))
+        .map(|e| e.into_path())
+        .collect()
 }
 
 #[test]
@@ -54,7 +59,13 @@ fn a_manifest_cache_entry_with_a_wrong_size_is_corrected_not_a_panic() {
 
 /// The layer blobs of `name:latest` from `shim`: (digest, size).
 fn layers_of(shim: &Shim, name: &str) -> Vec<(String, u64)> {
-    let m: serde_json::Value = http().get(shim.url(&format!("/v2/{name}/manifests/latest"))).header("Accept", "application/vnd.oci.image.manifest.v1+json").send().unwrap().json().unwrap();
+    let m: serde_json::Value = http()
+        .get(shim.url(&format!("/v2/{name}/manifests/latest")))
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     m["layers"].as_array().unwrap().iter().map(|l| (l["digest"].as_str().unwrap().to_string(), l["size"].as_u64().unwrap())).collect()
 }
 
@@ -113,7 +124,12 @@ fn a_layer_cache_entry_with_a_wrong_size_never_reaches_a_manifest() {
 
 /// Prepare folders (not owner files) in `tmp`.
 fn prepare_folders(tmp: &Path) -> Vec<String> {
-    std::fs::read_dir(tmp).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).filter(|n| n.starts_with("nixery-prepare.") && !n.ends_with(".owner")).collect()
+    std::fs::read_dir(tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("nixery-prepare.") && !n.ends_with(".owner"))
+        .collect()
 }
 
 #[test]
@@ -178,7 +194,17 @@ fn accepting(upload_base: Option<String>, auth: bool) -> impl Fn(&Seen) -> Answe
 }
 
 fn push(source: &Path, dest: &str, extra: &[&str]) -> std::process::Output {
-    Command::new(helper()).arg("push").arg(source).arg(dest).args(extra).env("HOME", source.parent().unwrap()).env_remove("REGISTRY_AUTH_FILE").env_remove("DOCKER_CONFIG").stdin(Stdio::null()).output().unwrap()
+    Command::new(helper())
+        .arg("push")
+        .arg(source)
+        .arg(dest)
+        .args(extra)
+        .env("HOME", source.parent().unwrap())
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("DOCKER_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -222,7 +248,8 @@ fn layout_blobs_that_are_not_what_they_claim_are_neither_pushed_nor_loaded() {
         let out = Command::new(helper()).arg("load").arg(&layout).arg(format!("{target}:{}", out_path.display())).output().unwrap();
         assert!(!out.status.success(), "{target}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("does not hold the bytes"), "{target}");
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).filter(|n| n.contains("nixery-tmp")).collect();
+        let left: Vec<_> =
+            std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).filter(|n| n.contains("nixery-tmp")).collect();
         assert!(left.is_empty(), "no temporary file is left: {left:?}");
     }
 
@@ -238,7 +265,10 @@ fn layout_blobs_that_are_not_what_they_claim_are_neither_pushed_nor_loaded() {
             _ => ("ln", vec!["-s", "/dev/zero"]),
         };
         run(Command::new(program).args(&args).arg(&blob));
-        for args in [vec!["push".to_string(), layout.display().to_string(), dest.clone()], vec!["load".to_string(), layout.display().to_string(), format!("oci:{}/loaded-{name}", dir.path().display())]] {
+        for args in [
+            vec!["push".to_string(), layout.display().to_string(), dest.clone()],
+            vec!["load".to_string(), layout.display().to_string(), format!("oci:{}/loaded-{name}", dir.path().display())],
+        ] {
             let mut child = Command::new(helper()).args(&args).stderr(Stdio::piped()).spawn().unwrap();
             let status = wait_bounded(&mut child, Duration::from_secs(60));
             let mut err = String::new();
@@ -262,7 +292,11 @@ fn layout_blobs_that_are_not_what_they_claim_are_neither_pushed_nor_loaded() {
     std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
     let out = push(&layout, &dest, &[]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("the blob {digest} has 12 bytes, its descriptor says 1000000")), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("the blob {digest} has 12 bytes, its descriptor says 1000000")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Waits for `child`, killing it (and failing) past `limit`, a bound for
@@ -302,7 +336,14 @@ fn push_gives_up_on_a_registry_that_never_answers_and_retries_one_that_is_busy()
     tiny_layout(&layout, b"a layer");
     // Accepts, reads the request, says nothing.
     let silent = Hostile::start("127.0.0.1", None, |_| None);
-    let mut child = Command::new(helper()).arg("push").arg(&layout).arg(format!("{}/acme/app:v1", silent.addr)).args(["--timeout", "1"]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(helper())
+        .arg("push")
+        .arg(&layout)
+        .arg(format!("{}/acme/app:v1", silent.addr))
+        .args(["--timeout", "1"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let status = wait_bounded(&mut child, Duration::from_secs(90));
     let mut err = String::new();
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
@@ -331,12 +372,7 @@ fn push_gives_up_on_a_registry_that_never_answers_and_retries_one_that_is_busy()
 fn in_netns_with_an_address(inner: &str) {
     let exe = std::env::current_exe().unwrap();
     let out = run(Command::new("unshare")
-        .args([
-            "--net",
-            "sh",
-            "-c",
-            "ip link set lo up && ip addr add 10.77.0.1/32 dev lo && exec \"$0\" --exact \"$1\" --ignored --test-threads=1",
-        ])
+        .args(["--net", "sh", "-c", "ip link set lo up && ip addr add 10.77.0.1/32 dev lo && exec \"$0\" --exact \"$1\" --ignored --test-threads=1"])
         .arg(&exe)
         .arg(inner)
         .env("NIXERY_TEST_NETNS_ADDRESS", "10.77.0.1"));
@@ -387,7 +423,10 @@ fn a_base_image_that_unpacks_past_its_bound_fails_and_leaves_no_scratch() {
         ar.finish().unwrap();
     }
     gz.finish().unwrap();
-    let err = nix_build_expr_fails(dir.path(), &format!(r#"nixery.buildNixeryImage {{ name = "on-a-bomb"; fromImage = {}; contents = [ pkgs.hello ]; }}"#, bomb.display()));
+    let err = nix_build_expr_fails(
+        dir.path(),
+        &format!(r#"nixery.buildNixeryImage {{ name = "on-a-bomb"; fromImage = {}; contents = [ pkgs.hello ]; }}"#, bomb.display()),
+    );
     assert!(err.contains("unpacks to more than"), "{err}");
 }
 
@@ -474,10 +513,12 @@ fn tag_lookups_are_shared_and_failed_refs_remembered() {
     let shim = Shim::start(&dir.path().join("store"), &[("NIXERY_PKGS_REPO", pkgs.to_str().unwrap()), ("NIXERY_REVISION_TTL", "60"), ("PATH", &path)]);
     let ls_remotes = || std::fs::read_to_string(&calls).unwrap_or_default().lines().filter(|l| l.contains("ls-remote")).count();
 
-    let lists: Vec<_> = (0..150).map(|_| {
-        let url = shim.url("/v2/hello/tags/list");
-        std::thread::spawn(move || http().get(url).send().unwrap().status().as_u16())
-    }).collect();
+    let lists: Vec<_> = (0..150)
+        .map(|_| {
+            let url = shim.url("/v2/hello/tags/list");
+            std::thread::spawn(move || http().get(url).send().unwrap().status().as_u16())
+        })
+        .collect();
     assert!(lists.into_iter().all(|l| l.join().unwrap() == 200));
     assert_eq!(ls_remotes(), 1, "150 listings at once ran git ls-remote once");
     assert_eq!(shim.metric("nixery_tag_lookups_total "), 1.0);
@@ -559,7 +600,16 @@ fn a_build_that_failed_for_want_of_space_is_not_remembered() {
     std::fs::create_dir_all(&store).unwrap();
     // The storage on a tmpfs of 8 MB, nearly full, in the shim's own mount
     // namespace; the test reaches it through the shim's /proc root.
-    let mount = ["unshare", "--mount", "--propagation", "private", "sh", "-c", "mount -t tmpfs -o size=8m tmpfs \"$STORAGE_PATH\" && head -c 7900000 /dev/zero > \"$STORAGE_PATH/filler\" && exec \"$@\"", "sh"];
+    let mount = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o size=8m tmpfs \"$STORAGE_PATH\" && head -c 7900000 /dev/zero > \"$STORAGE_PATH/filler\" && exec \"$@\"",
+        "sh",
+    ];
     let shim = Shim::start_under(&mount, &store, &[]);
     let status = http().get(shim.url("/v2/hello/manifests/latest")).send().unwrap().status();
     assert_eq!(status, 500, "the disk is full:\n{}", shim.log_text());
@@ -599,9 +649,12 @@ fn a_certificate_out_of_its_dates_is_reported_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let year = 365 * 24 * 3600;
-    for (from, until, says) in [(now - 2 * year, now - year, "the TLS certificate expired on"), (now + year, now + 2 * year, "the TLS certificate is not valid until")] {
+    for (from, until, says) in
+        [(now - 2 * year, now - year, "the TLS certificate expired on"), (now + year, now + 2 * year, "the TLS certificate is not valid until")]
+    {
         let (cert, key) = dated_certificate(dir.path(), from, until);
-        let shim = Shim::start(&dir.path().join(format!("store-{from}")), &[("NIXERY_TLS_CERT", cert.to_str().unwrap()), ("NIXERY_TLS_KEY", key.to_str().unwrap())]);
+        let shim =
+            Shim::start(&dir.path().join(format!("store-{from}")), &[("NIXERY_TLS_CERT", cert.to_str().unwrap()), ("NIXERY_TLS_KEY", key.to_str().unwrap())]);
         assert!(shim.log_text().contains(says), "{says}: {}", shim.log_text());
     }
 }

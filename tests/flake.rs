@@ -76,7 +76,9 @@ fn the_flake_builds_its_helper_as_nixpkgs_does_and_flake_check_passes() {
     // flake with overridden inputs; its deriver's log is the same file).
     let deriver = run_stdout(debian13_command("nix-store", &[]).arg("-qd").arg(&helper_out));
     let log = run_stdout(debian13_command("nix-store", &[]).arg("-l").arg(deriver.trim()));
-    for step in ["Executing cargoBuildHook", "Executing cargoCheckHook", "HOME=/homeless-shelter (not writable)", "nix-build: unreachable", "podman: unreachable"] {
+    for step in
+        ["Executing cargoBuildHook", "Executing cargoCheckHook", "HOME=/homeless-shelter (not writable)", "nix-build: unreachable", "podman: unreachable"]
+    {
         assert!(log.contains(step), "{step:?} in the build log:\n{log}");
     }
     let tests = log.lines().find(|l| l.contains("test result:")).unwrap_or_else(|| panic!("the unit tests ran:\n{log}"));

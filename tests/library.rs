@@ -288,7 +288,10 @@ fn host_files(dir: &std::path::Path) -> std::path::PathBuf {
     }
     for entry in std::fs::read_dir(machine.join(lib)).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
-        if ["ld-linux", "libc.so", "libm.so", "libpthread", "libdl.so", "librt.so", "libresolv.so", "libstdc++", "libgcc_s", "libonig", "libjq"].iter().any(|p| name.starts_with(p)) {
+        if ["ld-linux", "libc.so", "libm.so", "libpthread", "libdl.so", "librt.so", "libresolv.so", "libstdc++", "libgcc_s", "libonig", "libjq"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
             run(Command::new("cp").arg("-P").arg(machine.join(lib).join(&name)).arg(host.join(lib)));
         }
     }

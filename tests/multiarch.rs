@@ -12,7 +12,10 @@ use crate::support::*;
 /// `rootfs` (an arm64 program runs through qemu's binfmt handler, which
 /// the kernel opened at registration, so the chroot needs no qemu).
 fn chroot(rootfs: &Path, program: &str, args: &[&str]) -> String {
-    assert!(Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists(), "qemu-aarch64 is not registered with binfmt_misc: run scripts/setup (it says when the kernel refuses)");
+    assert!(
+        Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists(),
+        "qemu-aarch64 is not registered with binfmt_misc: run scripts/setup (it says when the kernel refuses)"
+    );
     run_stdout(Command::new("chroot").arg(rootfs).arg(program).args(args))
 }
 

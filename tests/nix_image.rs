@@ -26,13 +26,16 @@ fn store_paths_by_layer(layout: &Path) -> BTreeMap<String, Vec<usize>> {
 }
 
 fn example_contents() -> Vec<String> {
-    let out = run_stdout(
-        std::process::Command::new("nix-build")
-            .env("NIX_CONFIG", NIX_CONFIG)
-            .arg(repo().join("tests/pkgs"))
-            .arg("--no-out-link")
-            .args(["-A", "bashInteractive", "-A", "coreutils", "-A", "hello", "-A", "jq"]),
-    );
+    let out = run_stdout(std::process::Command::new("nix-build").env("NIX_CONFIG", NIX_CONFIG).arg(repo().join("tests/pkgs")).arg("--no-out-link").args([
+        "-A",
+        "bashInteractive",
+        "-A",
+        "coreutils",
+        "-A",
+        "hello",
+        "-A",
+        "jq",
+    ]));
     out.lines().map(str::to_string).collect()
 }
 
@@ -119,7 +122,10 @@ fn bad_arguments_fail_with_the_image_name() {
     let dir = tempfile::tempdir().unwrap();
     for (body, needle) in [
         (r#"nixery.buildNixeryImage { name = "tiny"; contents = [ pkgs.hello ]; maxLayers = 1; }"#, "in nixery image tiny: `maxLayers` must be"),
-        (r#"nixery.buildNixeryImage { name = "typo"; contents = [ pkgs.hello ]; config.Cmnd = [ "hello" ]; }"#, "in image typo: invalid image config: unknown field `Cmnd`"),
+        (
+            r#"nixery.buildNixeryImage { name = "typo"; contents = [ pkgs.hello ]; config.Cmnd = [ "hello" ]; }"#,
+            "in image typo: invalid image config: unknown field `Cmnd`",
+        ),
         (r#"nixery.buildNixeryImage { name = "fmt"; format = "tarball"; }"#, "in nixery image fmt: `format` must be"),
     ] {
         let file = expr_file(dir.path(), body);
@@ -160,10 +166,13 @@ fn popularity_gives_popular_paths_their_own_layer() {
 
 #[test]
 fn popcount_counts_a_package_set_and_images_accept_it() {
-    run(std::process::Command::new("nix-build")
-        .env("NIX_CONFIG", NIX_CONFIG)
-        .arg(repo().join("tests/pkgs"))
-        .args(["--no-out-link", "-A", "hello", "-A", "jq"]));
+    run(std::process::Command::new("nix-build").env("NIX_CONFIG", NIX_CONFIG).arg(repo().join("tests/pkgs")).args([
+        "--no-out-link",
+        "-A",
+        "hello",
+        "-A",
+        "jq",
+    ]));
     let out = run_stdout(std::process::Command::new(helper()).env("NIX_CONFIG", NIX_CONFIG).args(["popcount", "--package-set"]).arg(repo().join("tests/pkgs")));
     let pop: serde_json::Value = serde_json::from_str(&out).unwrap();
     // glibc is in the closures of glibc, hello, oniguruma, libjq, jq and nix.
@@ -176,7 +185,10 @@ fn popcount_counts_a_package_set_and_images_accept_it() {
     std::fs::write(&file, &out).unwrap();
     let image = nix_build_expr(
         dir.path(),
-        &format!(r#"nixery.buildNixeryImage {{ name = "pop"; tag = "v1"; contents = [ pkgs.jq pkgs.hello ]; maxLayers = 3; popularity = {}; }}"#, file.display()),
+        &format!(
+            r#"nixery.buildNixeryImage {{ name = "pop"; tag = "v1"; contents = [ pkgs.jq pkgs.hello ]; maxLayers = 3; popularity = {}; }}"#,
+            file.display()
+        ),
     );
     let (manifest, _) = layout_manifest(&image);
     assert_eq!(manifest["layers"].as_array().unwrap().len(), 3);

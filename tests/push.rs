@@ -91,7 +91,12 @@ nixery.{function} {{
 
 fn push_cmd(source: &Path, dest: &str) -> Command {
     let mut c = Command::new(helper());
-    c.arg("push").arg(source).arg(dest).env("HOME", source.parent().unwrap_or(Path::new("/nonexistent"))).env_remove("REGISTRY_AUTH_FILE").env_remove("DOCKER_CONFIG");
+    c.arg("push")
+        .arg(source)
+        .arg(dest)
+        .env("HOME", source.parent().unwrap_or(Path::new("/nonexistent")))
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("DOCKER_CONFIG");
     c.stdin(Stdio::null());
     c
 }

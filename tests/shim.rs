@@ -199,10 +199,7 @@ fn layers_are_identical_to_build_nixery_image() {
     let dir = tempfile::tempdir().unwrap();
     let shim = Shim::start(&dir.path().join("store"), &[("NIXERY_BASE_PACKAGES", ""), ("NIXERY_MAX_LAYERS", "4")]);
     let (pulled, _) = manifest(&shim, "jq/hello", "latest", OCI);
-    let built = nix_build_expr(
-        dir.path(),
-        r#"nixery.buildNixeryImage { name = "same"; tag = "v1"; contents = [ pkgs.hello pkgs.jq ]; maxLayers = 4; }"#,
-    );
+    let built = nix_build_expr(dir.path(), r#"nixery.buildNixeryImage { name = "same"; tag = "v1"; contents = [ pkgs.hello pkgs.jq ]; maxLayers = 4; }"#);
     let (local, _) = layout_manifest(&built);
     let (a, b) = (layer_digests(&pulled), layer_digests(&local));
     assert_eq!(a.len(), 4);
@@ -473,7 +470,10 @@ fn unreachable_object_storage_in_netns() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot use the S3 bucket missing") && err.contains("Connection refused") && err.matches("Connection refused").count() == 1, "the cause, once: {err}");
+    assert!(
+        err.contains("cannot use the S3 bucket missing") && err.contains("Connection refused") && err.matches("Connection refused").count() == 1,
+        "the cause, once: {err}"
+    );
     let out = Command::new(helper()).arg("serve").env("NIXERY_STORAGE_BACKEND", "gcs").env_remove("GCS_BUCKET").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("GCS_BUCKET"));

@@ -71,7 +71,12 @@ fn builds_are_bounded_queued_and_failures_remembered() {
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
     let metrics = resp.text().unwrap();
     let value = |line: &str| -> f64 {
-        metrics.lines().find(|l| l.starts_with(line)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {line} in\n{metrics}"))
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in\n{metrics}"))
     };
     assert_eq!(value("nixery_builds_started_total "), 42.0);
     assert_eq!(value("nixery_builds_failed_total "), 2.0);
@@ -168,7 +173,12 @@ fn a_shim_killed_mid_build_leaves_no_build_and_two_shims_share_a_store() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let prepare_folders = || -> Vec<String> {
-        std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).filter(|n| n.starts_with("nixery-prepare.") && !n.ends_with(".owner")).collect()
+        std::fs::read_dir(&tmp)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("nixery-prepare.") && !n.ends_with(".owner"))
+            .collect()
     };
     assert_eq!(prepare_folders().len(), 1, "a killed shim cannot clean up its prepare folder");
 
@@ -180,7 +190,8 @@ fn a_shim_killed_mid_build_leaves_no_build_and_two_shims_share_a_store() {
     assert_eq!(prepare_folders().len(), 2, "the next shims remove the dead one's prepare folder, and keep each other's");
     let (la, lb) = pull_from_both(dir.path(), &a, &b, "shell/jq");
     assert_eq!(layout_manifest(&la).1, layout_manifest(&lb).1, "both shims serve the same image");
-    let staging: Vec<_> = std::fs::read_dir(store.join("staging")).unwrap().flatten().map(|e| e.file_name()).filter(|n| !n.to_string_lossy().ends_with(".owner")).collect();
+    let staging: Vec<_> =
+        std::fs::read_dir(store.join("staging")).unwrap().flatten().map(|e| e.file_name()).filter(|n| !n.to_string_lossy().ends_with(".owner")).collect();
     assert!(staging.is_empty(), "no staging file is left: {staging:?}");
     // The config is the one the original Nixery gives a shell image.
     let config = layout_config(&la);
@@ -262,7 +273,12 @@ fn clients_pull_with_credentials_over_tls_and_are_refused_without() {
     // podman logs in and pulls, trusting only the CA file.
     let root = dir.path().join("podman");
     let host = shim.host();
-    run(podman(&root).args(["login", "--cert-dir"]).arg(&certs).args(["-u", "ci", "-p", "s3cret pass", "--authfile"]).arg(dir.path().join("auth.json")).arg(&host));
+    run(podman(&root)
+        .args(["login", "--cert-dir"])
+        .arg(&certs)
+        .args(["-u", "ci", "-p", "s3cret pass", "--authfile"])
+        .arg(dir.path().join("auth.json"))
+        .arg(&host));
     run(podman(&root).args(["pull", "-q", "--cert-dir"]).arg(&certs).arg("--authfile").arg(dir.path().join("auth.json")).arg(format!("{host}/hello")));
 
     // A static token, as a script sends it; the challenge names the scheme.
@@ -423,9 +439,10 @@ fn the_start_page_shows_builds_live_in_chromium() {
     let mut buf = String::new();
     let mut chunk = [0u8; 4096];
     let snapshot_with = |buf: &str, key: &str| {
-        buf.lines().filter_map(|l| l.strip_prefix("data: ")).filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok()).any(|s| {
-            s[key].as_array().unwrap().iter().any(|b| b["image"] == "slow:latest")
-        })
+        buf.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+            .any(|s| s[key].as_array().unwrap().iter().any(|b| b["image"] == "slow:latest"))
     };
     while !snapshot_with(&buf, "running") {
         let n = events.read(&mut chunk).unwrap();
@@ -439,7 +456,10 @@ fn the_start_page_shows_builds_live_in_chromium() {
     assert!(running.contains("slow:latest: nix-build for"), "{dom}");
     assert!(dom.contains("new EventSource(\"/events\")"), "the page follows the event stream");
     let png = dir.path().join("start-page.png");
-    run(Command::new("chromium").args(["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1000,800", "--timeout=3000"]).arg(format!("--screenshot={}", png.display())).arg(shim.url("/")));
+    run(Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1000,800", "--timeout=3000"])
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(shim.url("/")));
     let image = std::fs::read(&png).unwrap();
     assert!(image.starts_with(b"\x89PNG") && image.len() > 10_000, "a screenshot of the page");
     // When it ends (past NIX_TIMEOUT), the stream says so at once.

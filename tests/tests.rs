@@ -4,17 +4,17 @@
 
 mod support;
 
+mod binary_cache;
 mod cli;
-mod nix_image;
-mod library;
 mod clients;
+mod deploy;
 mod differential;
+mod faults;
+mod flake;
+mod library;
+mod multiarch;
+mod nix_image;
+mod push;
 mod shim;
 mod shim_safety;
-mod push;
-mod multiarch;
-mod binary_cache;
-mod deploy;
 mod worlds;
-mod flake;
-mod faults;

@@ -357,12 +357,11 @@ pub fn assemble(plan: ImagePlan, store: &dyn LayerStore) -> Result<(Image, Assem
     for (i, result) in results {
         packed[i] = Some(result.map_err(store_error(&plan.jobs[i]))?);
     }
-    layers.extend(
-        plan.jobs
-            .into_iter()
-            .zip(packed)
-            .map(|(job, p)| ImageLayer { packed: p.expect("every layer was found or packed"), comment: job.comment, from_base: false }),
-    );
+    layers.extend(plan.jobs.into_iter().zip(packed).map(|(job, p)| ImageLayer {
+        packed: p.expect("every layer was found or packed"),
+        comment: job.comment,
+        from_base: false,
+    }));
     let image = Image { platform: plan.platform, created: plan.created, config: plan.config, layers, base_history: plan.base_history };
     Ok((image, stats))
 }
@@ -474,7 +473,8 @@ impl LayerStore for StreamStore {
             return self.dir.pack(job, opts);
         }
         let packed = packing::pack_to_sink(c, opts)?;
-        let recipe = crate::image::stream::LayerRecipe { digest: packed.digest.clone(), size: packed.size, store_paths: c.store_paths.clone(), perms: c.perms.clone() };
+        let recipe =
+            crate::image::stream::LayerRecipe { digest: packed.digest.clone(), size: packed.size, store_paths: c.store_paths.clone(), perms: c.perms.clone() };
         self.recipes.lock().unwrap_or_else(|e| e.into_inner()).push(recipe);
         Ok(packed)
     }

@@ -93,9 +93,8 @@ pub fn database(graph: &ClosureGraph, scratch: &Path) -> Result<Vec<u8>, NixDbEr
                 let hash = info.nar_hash.as_deref().ok_or_else(|| NixDbError::NoHash(path.clone()))?;
                 add.execute(rusqlite::params![path, hash, info.nar_size as i64])?;
             }
-            let mut link = tx.prepare(
-                "insert into Refs (referrer, reference) select a.id, b.id from ValidPaths a, ValidPaths b where a.path = ?1 and b.path = ?2",
-            )?;
+            let mut link =
+                tx.prepare("insert into Refs (referrer, reference) select a.id, b.id from ValidPaths a, ValidPaths b where a.path = ?1 and b.path = ?2")?;
             for (path, info) in &graph.paths {
                 for r in &info.references {
                     link.execute(rusqlite::params![path, r])?;

@@ -317,7 +317,10 @@ mod tests {
         symlink("app.conf", Path::new(&copied).join("etc/app.link")).unwrap();
         let mut b = RootBuilder::new(Path::new("/"));
         let app = Owner { uid: 1000, gid: 1000, uname: Some("app".into()), gname: Some("app".into()) };
-        b.generated(TreeEntry::File { path: "etc/passwd".into(), mode: 0o644, owner: Owner::default(), data: FileData::bytes("root:x:0:0::/root:/bin/sh\n") }, "users");
+        b.generated(
+            TreeEntry::File { path: "etc/passwd".into(), mode: 0o644, owner: Owner::default(), data: FileData::bytes("root:x:0:0::/root:/bin/sh\n") },
+            "users",
+        );
         b.generated(TreeEntry::Dir { path: "home/app".into(), mode: 0o755, owner: app.clone() }, "users");
         b.copy(std::slice::from_ref(&copied)).unwrap();
         b.link(std::slice::from_ref(&linked)).unwrap();

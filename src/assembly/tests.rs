@@ -4,10 +4,10 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::graph::PathInfo;
+use crate::image::base::{BaseImage, BaseLayer};
 use crate::image::{ManifestFlavour, DEFAULT_CREATED};
 use crate::packing::tests::{check_golden, golden, golden_store, GOLDEN_STORE_PATH};
 use crate::packing::Compression;
-use crate::image::base::{BaseImage, BaseLayer};
 
 fn spec(store_root: &Path, max_layers: usize) -> ImageSpec {
     ImageSpec {
@@ -37,7 +37,13 @@ fn chain(root: &Path, names: &[&str], roots: usize) -> ClosureGraph {
             let dir = root.join(path(n).trim_start_matches('/'));
             fs::create_dir_all(dir.join("bin")).unwrap();
             fs::write(dir.join("bin").join(n), format!("#!/bin/sh\necho {n}\n")).unwrap();
-            PathInfo { path: path(n), nar_size: 100 * (i as u64 + 1), closure_size: 0, references: names.get(i + 1).map(|m| vec![path(m)]).unwrap_or_default(), nar_hash: None }
+            PathInfo {
+                path: path(n),
+                nar_size: 100 * (i as u64 + 1),
+                closure_size: 0,
+                references: names.get(i + 1).map(|m| vec![path(m)]).unwrap_or_default(),
+                nar_hash: None,
+            }
         })
         .collect();
     ClosureGraph::new(infos, Some(names[..roots].iter().map(|n| path(n)).collect())).unwrap()
@@ -47,7 +53,11 @@ fn chain(root: &Path, names: &[&str], roots: usize) -> ClosureGraph {
 fn golden_image_documents_have_their_pinned_digests() {
     let tmp = tempfile::tempdir().unwrap();
     let root = golden_store(tmp.path());
-    let graph = ClosureGraph::new(vec![PathInfo { path: GOLDEN_STORE_PATH.into(), nar_size: 1, closure_size: 1, references: vec![], nar_hash: None }], Some(vec![GOLDEN_STORE_PATH.into()])).unwrap();
+    let graph = ClosureGraph::new(
+        vec![PathInfo { path: GOLDEN_STORE_PATH.into(), nar_size: 1, closure_size: 1, references: vec![], nar_hash: None }],
+        Some(vec![GOLDEN_STORE_PATH.into()]),
+    )
+    .unwrap();
     let plan = plan(&spec(&root, 100), &graph).unwrap();
     assert_eq!(plan.jobs.len(), 2);
     let (image, stats) = assemble(plan, &DigestOnlyStore).unwrap();
@@ -208,7 +218,12 @@ fn base_layers_come_first_and_count_against_the_budget() {
     let graph = chain(tmp.path(), &["app", "lib"], 1);
     let base_dir = tmp.path().join("base");
     let blob = |n: &str| {
-        let content = LayerContent::tree(vec![crate::packing::TreeEntry::File { path: n.into(), mode: 0o644, owner: Owner::default(), data: crate::packing::FileData::bytes(n) }]);
+        let content = LayerContent::tree(vec![crate::packing::TreeEntry::File {
+            path: n.into(),
+            mode: 0o644,
+            owner: Owner::default(),
+            data: crate::packing::FileData::bytes(n),
+        }]);
         let packed = packing::pack_to_dir(&content, &base_dir, PackOptions::default()).unwrap();
         BaseLayer { blob: base_dir.join(packed.digest.hex()), packed }
     };

@@ -101,7 +101,8 @@ pub fn entries(users: &[User], groups: &[Group]) -> Result<Vec<TreeEntry>, Users
         gecos: String,
     }
     let mut all: Vec<U> = Vec::new();
-    let builtin = |name: &str, id: u32, home: &str, shell: &str| U { name: name.into(), uid: id, gid: id, home: home.into(), shell: shell.into(), gecos: name.into() };
+    let builtin =
+        |name: &str, id: u32, home: &str, shell: &str| U { name: name.into(), uid: id, gid: id, home: home.into(), shell: shell.into(), gecos: name.into() };
     if !users.iter().any(|u| u.name == "root" || u.uid == 0) {
         all.push(builtin("root", 0, "/root", "/bin/sh"));
     }
@@ -168,10 +169,8 @@ pub fn entries(users: &[User], groups: &[Group]) -> Result<Vec<TreeEntry>, Users
         // No password: nobody logs in with one.
         shadow.push_str(&format!("{}:!:1::::::\n", u.name));
     }
-    let mut group_lines: Vec<(u32, String)> = by_name
-        .iter()
-        .map(|(name, (gid, members))| (*gid, format!("{name}:x:{gid}:{}\n", members.iter().cloned().collect::<Vec<_>>().join(","))))
-        .collect();
+    let mut group_lines: Vec<(u32, String)> =
+        by_name.iter().map(|(name, (gid, members))| (*gid, format!("{name}:x:{gid}:{}\n", members.iter().cloned().collect::<Vec<_>>().join(",")))).collect();
     group_lines.sort();
     let group: String = group_lines.into_iter().map(|(_, l)| l).collect();
 
@@ -223,7 +222,11 @@ mod tests {
         let home = e.iter().find(|x| x.path() == "home/app").unwrap();
         assert_eq!(
             home,
-            &TreeEntry::Dir { path: "home/app".into(), mode: 0o755, owner: Owner { uid: 1000, gid: 1000, uname: Some("app".into()), gname: Some("app".into()) } }
+            &TreeEntry::Dir {
+                path: "home/app".into(),
+                mode: 0o755,
+                owner: Owner { uid: 1000, gid: 1000, uname: Some("app".into()), gname: Some("app".into()) }
+            }
         );
         assert!(e.iter().any(|x| x.path() == "root"));
         assert!(!e.iter().any(|x| x.path() == "nonexistent"));

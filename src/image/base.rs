@@ -278,7 +278,11 @@ mod tests {
         let blobs = dir.join("blobs/sha256");
         let layers = [file("etc/os-release", "ID=base\n"), file("bin/tool", "#!/bin/sh\n")]
             .into_iter()
-            .map(|e| crate::image::ImageLayer { packed: packing::pack_to_dir(&LayerContent::tree(vec![e]), &blobs, opts).unwrap(), comment: "base".into(), from_base: false })
+            .map(|e| crate::image::ImageLayer {
+                packed: packing::pack_to_dir(&LayerContent::tree(vec![e]), &blobs, opts).unwrap(),
+                comment: "base".into(),
+                from_base: false,
+            })
             .collect();
         let image = crate::image::Image {
             platform: Platform::from_nix_system("x86_64-linux").unwrap(),

@@ -15,7 +15,9 @@ use crate::packing::Owner;
 /// is reproducible: fixed entry order and metadata.
 pub fn write_docker_archive(image: &LayoutImage, repo_tag: &str, out: &Path) -> Result<(), ImageError> {
     let file = File::create(out).map_err(io_err(out))?;
-    let mut w = write_docker_archive_to(&image.layers, &image.config, &image.config_digest, repo_tag, BufWriter::new(file), &mut |l| layout_blob(&image.dir, l)).map_err(io_err(out))?;
+    let mut w =
+        write_docker_archive_to(&image.layers, &image.config, &image.config_digest, repo_tag, BufWriter::new(file), &mut |l| layout_blob(&image.dir, l))
+            .map_err(io_err(out))?;
     w.flush().map_err(io_err(out))?;
     Ok(())
 }

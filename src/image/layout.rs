@@ -180,7 +180,8 @@ pub fn write_index_layout(images: &[PathBuf], name: &str, tag: &str, out: &Path)
     let mut recipes: Option<crate::image::stream::StreamDoc> = None;
     for dir in images {
         let bad = |m: String| ImageError::Config(format!("{}: {m}", dir.display()));
-        let index: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("index.json")).map_err(io_err(dir.join("index.json")))?).map_err(|e| bad(e.to_string()))?;
+        let index: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.join("index.json")).map_err(io_err(dir.join("index.json")))?).map_err(|e| bad(e.to_string()))?;
         let descs: Vec<Descriptor> = serde_json::from_value(index["manifests"].clone()).map_err(|e| bad(e.to_string()))?;
         let [desc] = descs.as_slice() else { return Err(bad("not a layout of one image".into())) };
         if desc.media_type != media_type::OCI_MANIFEST {

@@ -20,7 +20,7 @@ pub mod layout;
 pub mod stream;
 
 pub use docker_archive::{write_docker_archive, write_docker_archive_to};
-pub use layout::{read_oci_layout, write_oci_layout, LayoutImage, OciLayout, write_index_layout};
+pub use layout::{read_oci_layout, write_index_layout, write_oci_layout, LayoutImage, OciLayout};
 
 /// OCI media types.
 pub mod media_type {
@@ -339,7 +339,11 @@ struct RootFs<'a> {
 #[derive(Serialize)]
 #[serde(untagged)]
 enum History<'a> {
-    Ours { created: &'a str, created_by: &'a str, comment: String },
+    Ours {
+        created: &'a str,
+        created_by: &'a str,
+        comment: String,
+    },
     /// A base image's entry, as it was.
     Base(&'a serde_json::Value),
 }
@@ -420,7 +424,11 @@ impl Image {
                 .base_history
                 .iter()
                 .map(History::Base)
-                .chain(self.layers.iter().filter(|l| !l.from_base).map(|l| History::Ours { created: &self.created, created_by: "nixery", comment: l.comment.clone() }))
+                .chain(self.layers.iter().filter(|l| !l.from_base).map(|l| History::Ours {
+                    created: &self.created,
+                    created_by: "nixery",
+                    comment: l.comment.clone(),
+                }))
                 .collect(),
         };
         serde_json::to_vec(&doc).expect("config serialises")
@@ -444,11 +452,7 @@ impl Image {
             schema_version: 2,
             media_type: manifest_type,
             config: Descriptor::new(config_type, config_digest.clone(), config.len() as u64),
-            layers: self
-                .layers
-                .iter()
-                .map(|l| Descriptor::new(layer_type(l.packed.compression), l.packed.digest.clone(), l.packed.size))
-                .collect(),
+            layers: self.layers.iter().map(|l| Descriptor::new(layer_type(l.packed.compression), l.packed.digest.clone(), l.packed.size)).collect(),
         };
         let manifest = serde_json::to_vec(&doc).expect("manifest serialises");
         ImageDocs { manifest_digest: Digest::of(&manifest), manifest, config, config_digest, manifest_media_type: manifest_type }
@@ -479,9 +483,7 @@ mod tests {
         Image {
             platform: Platform::from_nix_system("x86_64-linux").unwrap(),
             created: DEFAULT_CREATED.into(),
-            config: RuntimeConfig::from_json_value(serde_json::json!({"Cmd": ["hello"], "ExposedPorts": ["80/tcp"]}))
-                .unwrap()
-                .with_default_path(),
+            config: RuntimeConfig::from_json_value(serde_json::json!({"Cmd": ["hello"], "ExposedPorts": ["80/tcp"]})).unwrap().with_default_path(),
             layers: vec![layer(1), layer(2)],
             base_history: Vec::new(),
         }
@@ -528,7 +530,8 @@ mod tests {
         }))
         .unwrap();
         assert!(base.extra.contains_key("Healthcheck"), "keys users cannot set are kept");
-        let ours = RuntimeConfig::from_json_value(serde_json::json!({"Env": ["LANG=C.UTF-8", "FOO=1"], "Labels": {"b": "3"}, "ExposedPorts": ["443/tcp"]})).unwrap();
+        let ours =
+            RuntimeConfig::from_json_value(serde_json::json!({"Env": ["LANG=C.UTF-8", "FOO=1"], "Labels": {"b": "3"}, "ExposedPorts": ["443/tcp"]})).unwrap();
         let c = ours.over(&base);
         assert_eq!(c.env, vec!["PATH=/base/bin", "LANG=C.UTF-8", "FOO=1"]);
         assert_eq!(c.cmd, Some(vec!["sh".to_string()]));

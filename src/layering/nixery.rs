@@ -163,4 +163,3 @@ fn dominators(succ: &[Vec<usize>]) -> Vec<usize> {
     }
     idom
 }
-

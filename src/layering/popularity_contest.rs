@@ -17,4 +17,3 @@ pub(crate) fn plan(graph: &ClosureGraph, budget: usize) -> Vec<PlannedLayer> {
     layers.push(layer_of(graph, rest.into_iter().map(str::to_string).collect()));
     layers
 }
-

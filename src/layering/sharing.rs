@@ -132,4 +132,3 @@ fn choose(graph: &ClosureGraph, popularity: &Popularity, budget: usize) -> Vec<P
     }
     layers
 }
-

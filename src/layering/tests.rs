@@ -20,11 +20,14 @@ fn graph(nodes: &[(&str, u64, &[&str])], roots: &[&str]) -> ClosureGraph {
 fn names(plan: &LayerPlan) -> Vec<Vec<String>> {
     let back: BTreeMap<String, String> =
         ["hello", "jq", "libjq", "onig", "glibc", "big", "a", "b", "c", "d", "e"].iter().map(|n| (sp(n), n.to_string())).collect();
-    plan.layers.iter().map(|l| {
-        let mut v: Vec<String> = l.paths.iter().map(|p| back[p].clone()).collect();
-        v.sort();
-        v
-    }).collect()
+    plan.layers
+        .iter()
+        .map(|l| {
+            let mut v: Vec<String> = l.paths.iter().map(|p| back[p].clone()).collect();
+            v.sort();
+            v
+        })
+        .collect()
 }
 
 fn sample() -> ClosureGraph {
@@ -176,10 +179,7 @@ fn sharing_gives_every_path_a_layer_within_budget() {
 fn sharing_over_budget_keeps_the_valuable_paths_apart() {
     // Roots a and b; big is large and shared, c and d are small and
     // needed by a alone, e by b alone.
-    let g = graph(
-        &[("a", 10, &["big", "c"]), ("b", 10, &["big", "e"]), ("big", 10_000, &[]), ("c", 5, &["d"]), ("d", 5, &[]), ("e", 5, &[])],
-        &["a", "b"],
-    );
+    let g = graph(&[("a", 10, &["big", "c"]), ("b", 10, &["big", "e"]), ("big", 10_000, &[]), ("c", 5, &["d"]), ("d", 5, &[]), ("e", 5, &[])], &["a", "b"]);
     let p = plan_with(&g, &Popularity::default(), 4, Algorithm::Sharing).unwrap();
     check_invariants(&g, &p, 4);
     // big and one more keep their own layers; what a alone needs stays

@@ -118,7 +118,6 @@ pub(crate) fn tail(log: &str) -> String {
     format!("…{}", &log[start..])
 }
 
-
 pub(crate) fn run_sync(cmd: &mut std::process::Command, what: &str) -> Result<String, NixError> {
     let out = cmd.stdin(Stdio::null()).output().map_err(|source| NixError::Spawn { command: what.to_string(), source })?;
     if !out.status.success() {

@@ -122,13 +122,7 @@ impl Prepare {
     }
 
     /// Runs prepare-image for `packages` on `system`.
-    pub async fn run(
-        &self,
-        source: &ResolvedSource,
-        packages: &[String],
-        base_packages: &[String],
-        system: &str,
-    ) -> Result<Prepared, NixError> {
+    pub async fn run(&self, source: &ResolvedSource, packages: &[String], base_packages: &[String], system: &str) -> Result<Prepared, NixError> {
         let mut cmd = self.containment.command();
         cmd.arg(&self.expression)
             .arg("--no-out-link")

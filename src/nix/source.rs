@@ -145,26 +145,17 @@ impl PackageSource {
                 Ok(ResolvedSource { src_type: "path", src_args: p.display().to_string(), revision: format!("path:{hash}") })
             }
             PackageSource::Git(url) => {
-                let commit = if is_commit(tag) {
-                    tag.to_ascii_lowercase()
-                } else {
-                    ls_remote(url, if tag == "latest" { "HEAD" } else { tag }).await?
-                };
+                let commit = if is_commit(tag) { tag.to_ascii_lowercase() } else { ls_remote(url, if tag == "latest" { "HEAD" } else { tag }).await? };
                 let args = serde_json::json!({ "url": url, "rev": commit }).to_string();
                 Ok(ResolvedSource { src_type: "git", src_args: args, revision: format!("git:{commit}") })
             }
             PackageSource::Channel(channel) => {
-                let commit = if is_commit(channel) {
-                    channel.to_ascii_lowercase()
-                } else {
-                    ls_remote("https://github.com/NixOS/nixpkgs", channel).await?
-                };
+                let commit = if is_commit(channel) { channel.to_ascii_lowercase() } else { ls_remote("https://github.com/NixOS/nixpkgs", channel).await? };
                 Ok(ResolvedSource { src_type: "channel", src_args: commit.clone(), revision: format!("nixpkgs:{commit}") })
             }
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -185,10 +176,13 @@ mod tests {
         let changes: Vec<Change> = vec![
             ("contents", Box::new(|| std::fs::write(d.join("sub/a"), "b").unwrap())),
             ("executable bit", Box::new(|| std::fs::set_permissions(d.join("sub/a"), std::fs::Permissions::from_mode(0o755)).unwrap())),
-            ("symlink target", Box::new(|| {
-                std::fs::remove_file(d.join("sub/link")).unwrap();
-                std::os::unix::fs::symlink("default.nix", d.join("sub/link")).unwrap();
-            })),
+            (
+                "symlink target",
+                Box::new(|| {
+                    std::fs::remove_file(d.join("sub/link")).unwrap();
+                    std::os::unix::fs::symlink("default.nix", d.join("sub/link")).unwrap();
+                }),
+            ),
             ("a new empty directory", Box::new(|| std::fs::create_dir(d.join("empty")).unwrap())),
             ("a rename", Box::new(|| std::fs::rename(d.join("sub/a"), d.join("sub/b")).unwrap())),
         ];

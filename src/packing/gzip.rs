@@ -152,7 +152,11 @@ mod tests {
         (0..n)
             .map(|i| {
                 x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                if (i / 4096) % 3 == 0 { (i % 7) as u8 } else { (x >> 16) as u8 }
+                if (i / 4096) % 3 == 0 {
+                    (i % 7) as u8
+                } else {
+                    (x >> 16) as u8
+                }
             })
             .collect()
     }

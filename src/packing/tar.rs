@@ -294,7 +294,8 @@ mod tests {
         fs::create_dir_all(&target).unwrap();
         fs::write(target.join("big"), vec![0u8; 10_000]).unwrap();
         std::os::unix::fs::symlink("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-target", store.join("1123456789abcdfghijklmnpqrsvwxyz-link")).unwrap();
-        let content = LayerContent { store_root: tmp.path().to_path_buf(), ..LayerContent::store_paths(vec!["/nix/store/1123456789abcdfghijklmnpqrsvwxyz-link".into()]) };
+        let content =
+            LayerContent { store_root: tmp.path().to_path_buf(), ..LayerContent::store_paths(vec!["/nix/store/1123456789abcdfghijklmnpqrsvwxyz-link".into()]) };
         let es = entries(&write_tar(&content, Vec::new()).unwrap());
         assert_eq!(es.len(), 3, "nix, nix/store and the link itself: {es:?}");
         assert_eq!(es[2].1, tar::EntryType::Symlink);

@@ -23,7 +23,11 @@ pub(crate) fn golden_store(root: &Path) -> PathBuf {
     let data: Vec<u8> = (0..(3usize << 19))
         .map(|i| {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            if (i / 8192) % 2 == 0 { (i % 13) as u8 } else { (x >> 16) as u8 }
+            if (i / 8192) % 2 == 0 {
+                (i % 13) as u8
+            } else {
+                (x >> 16) as u8
+            }
         })
         .collect();
     fs::write(p.join("lib/data.bin"), data).unwrap();
@@ -86,16 +90,16 @@ pub(crate) const GOLDEN: &[(u32, Golden)] = &[
     // Version 1: one gzip member of zlib-compressed chunks primed with the
     // previous chunk's window (before libdeflate).
     (
-    1,
-    Golden {
-        gzip_layer: "sha256:55c91af29ecb1c3dbcadea4d3227aed131095b42bf81c420a50d0a8eb2eca5ac",
-        gzip_diff_id: "sha256:6160952dc1c639d59476881980154fa541f1a39fa72afa200dd251279de5884a",
-        zstd_layer: "sha256:c86d440d3c0e5a0092960e78454410a25ec1c1cebe977e2807cd4c4828c2dc45",
-        root_layer: "sha256:5d9f88814c7ce3b1037d49ab5d756a2d404d0355221fed4ea8b99df4fd4fb028",
-        config: "sha256:59f39a039ef56966552d22c4776e1391965f641105f8481b0d4671f07f12321b",
-        oci_manifest: "sha256:f336c2fbeddfa3e8206e37c95036a305d121897ba2076b2c01ee89f05e517084",
-        docker_manifest: "sha256:a26623233f55932840bc70a2613cb16bfda5d9d9d5ac3dd0b90a373692551cf5",
-    },
+        1,
+        Golden {
+            gzip_layer: "sha256:55c91af29ecb1c3dbcadea4d3227aed131095b42bf81c420a50d0a8eb2eca5ac",
+            gzip_diff_id: "sha256:6160952dc1c639d59476881980154fa541f1a39fa72afa200dd251279de5884a",
+            zstd_layer: "sha256:c86d440d3c0e5a0092960e78454410a25ec1c1cebe977e2807cd4c4828c2dc45",
+            root_layer: "sha256:5d9f88814c7ce3b1037d49ab5d756a2d404d0355221fed4ea8b99df4fd4fb028",
+            config: "sha256:59f39a039ef56966552d22c4776e1391965f641105f8481b0d4671f07f12321b",
+            oci_manifest: "sha256:f336c2fbeddfa3e8206e37c95036a305d121897ba2076b2c01ee89f05e517084",
+            docker_manifest: "sha256:a26623233f55932840bc70a2613cb16bfda5d9d9d5ac3dd0b90a373692551cf5",
+        },
     ),
 ];
 
@@ -183,7 +187,8 @@ fn pack_to_dir_names_blobs_by_digest_and_leaves_no_temporary_files() {
     let tmp = tempfile::tempdir().unwrap();
     let blobs = tmp.path().join("blobs");
     let a = pack_to_dir(&golden_root_layer(), &blobs, PackOptions::default()).unwrap();
-    let b = pack_to_dir(&LayerContent::tree(vec![TreeEntry::Dir { path: "etc".into(), mode: 0o755, owner: Owner::default() }]), &blobs, PackOptions::default()).unwrap();
+    let b = pack_to_dir(&LayerContent::tree(vec![TreeEntry::Dir { path: "etc".into(), mode: 0o755, owner: Owner::default() }]), &blobs, PackOptions::default())
+        .unwrap();
     for p in [&a, &b] {
         assert_eq!(Digest::of(&fs::read(blobs.join(p.digest.hex())).unwrap()), p.digest);
     }
@@ -211,7 +216,8 @@ fn keys_name_exactly_what_decides_the_bytes() {
     assert_eq!(a.key(opts), b.key(opts), "order, repetition and the store's location do not matter");
     assert_ne!(a.key(opts), a.key(PackOptions::new(Compression::Gzip, Some(6)).unwrap()));
     assert_ne!(a.key(opts), a.key(PackOptions::new(Compression::Zstd, None).unwrap()));
-    let ruled = LayerContent { perms: vec![PermRule { path: "/nix/store/a".into(), regex: ".*".into(), mode: Some(0o700), ..Default::default() }], ..a.clone() };
+    let ruled =
+        LayerContent { perms: vec![PermRule { path: "/nix/store/a".into(), regex: ".*".into(), mode: Some(0o700), ..Default::default() }], ..a.clone() };
     assert_ne!(a.key(opts), ruled.key(opts));
     let root_layer = golden_root_layer();
     let mut reordered = root_layer.clone();

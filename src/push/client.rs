@@ -240,15 +240,24 @@ impl Client {
             .into();
         let scheme = if connection.plain_http || is_loopback(&dest.registry) { "http" } else { "https" };
         let mut client = Client { agent, base: format!("{scheme}://{}", dest.registry), repository: dest.repository.clone(), authorization: None };
-        let probe = with_retries(&format!("GET {}/v2/", client.base), || client.call(client.agent.get(format!("{}/v2/", client.base))).and_then(|r| client.fail_transient(r)))?;
+        let probe = with_retries(&format!("GET {}/v2/", client.base), || {
+            client.call(client.agent.get(format!("{}/v2/", client.base))).and_then(|r| client.fail_transient(r))
+        })?;
         match probe.status {
             200 => {}
             401 => {
-                let challenge = probe.challenge.ok_or_else(|| PushError::Registry { what: "GET /v2/".into(), status: 401, body: "401 without a WWW-Authenticate challenge".into() })?;
+                let challenge = probe.challenge.ok_or_else(|| PushError::Registry {
+                    what: "GET /v2/".into(),
+                    status: 401,
+                    body: "401 without a WWW-Authenticate challenge".into(),
+                })?;
                 client.authorization = Some(client.authenticate(&challenge, connection.login.as_ref(), mount_from)?);
                 let again = client.call(client.request("GET", &format!("{}/v2/", client.base)))?;
                 if again.status != 200 {
-                    return Err(PushError::Unauthorized { registry: dest.registry.clone(), detail: format!("the registry refused the credentials ({})", again.status) });
+                    return Err(PushError::Unauthorized {
+                        registry: dest.registry.clone(),
+                        detail: format!("the registry refused the credentials ({})", again.status),
+                    });
                 }
             }
             status => return Err(PushError::Registry { what: "GET /v2/".into(), status, body: printable(&probe.body) }),
@@ -259,16 +268,21 @@ impl Client {
     /// The `Authorization` value a challenge asks for.
     fn authenticate(&self, challenge: &str, login: Option<&Login>, mount_from: Option<&str>) -> Result<String, PushError> {
         let registry = self.base.split("://").nth(1).unwrap_or(&self.base).to_string();
-        let no_login = || PushError::Unauthorized {
+        let no_login = || {
+            PushError::Unauthorized {
             registry: registry.clone(),
             detail: "the registry wants credentials: give --creds USER:PASSWORD, or log in (podman login, docker login) so REGISTRY_AUTH_FILE or ~/.docker/config.json has them".into(),
+        }
         };
         let (scheme, params) = parse_challenge(challenge);
         match scheme.as_str() {
             "basic" => Ok(login.ok_or_else(no_login)?.basic()),
             "bearer" => {
                 let param = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-                let realm = param("realm").ok_or_else(|| PushError::Unauthorized { registry: registry.clone(), detail: format!("a bearer challenge without a realm: {}", printable(challenge)) })?;
+                let realm = param("realm").ok_or_else(|| PushError::Unauthorized {
+                    registry: registry.clone(),
+                    detail: format!("a bearer challenge without a realm: {}", printable(challenge)),
+                })?;
                 // Credentials go to the realm only as securely as to the
                 // registry: never from https down to plain http.
                 if self.base.starts_with("https://") && !realm.starts_with("https://") {
@@ -295,11 +309,19 @@ impl Client {
                 if resp.status != 200 {
                     return Err(match login {
                         None => no_login(),
-                        Some(_) => PushError::Unauthorized { registry, detail: format!("the token endpoint refused the credentials ({}): {}", resp.status, printable(&resp.body)) },
+                        Some(_) => PushError::Unauthorized {
+                            registry,
+                            detail: format!("the token endpoint refused the credentials ({}): {}", resp.status, printable(&resp.body)),
+                        },
                     });
                 }
-                let doc: serde_json::Value = serde_json::from_str(&resp.body).map_err(|e| PushError::Unauthorized { registry: registry.clone(), detail: format!("the token endpoint's answer is not JSON: {e}") })?;
-                let token = doc.get("token").or_else(|| doc.get("access_token")).and_then(|t| t.as_str()).ok_or_else(|| PushError::Unauthorized { registry, detail: "the token endpoint gave no token".into() })?;
+                let doc: serde_json::Value = serde_json::from_str(&resp.body)
+                    .map_err(|e| PushError::Unauthorized { registry: registry.clone(), detail: format!("the token endpoint's answer is not JSON: {e}") })?;
+                let token = doc
+                    .get("token")
+                    .or_else(|| doc.get("access_token"))
+                    .and_then(|t| t.as_str())
+                    .ok_or_else(|| PushError::Unauthorized { registry, detail: "the token endpoint gave no token".into() })?;
                 Ok(format!("Bearer {token}"))
             }
             other => Err(PushError::Unauthorized { registry, detail: format!("unsupported authentication scheme {other:?}") }),
@@ -391,7 +413,8 @@ impl Client {
         let r = self.with_body("POST", &start).header("Content-Length", "0").send_empty().map(reply).map_err(|e| self.http_error(e))?;
         let r = self.fail_transient(r)?;
         let r = self.expect(format!("POST {start}"), r, &[202])?;
-        let location = r.location.ok_or_else(|| PushError::Registry { what: format!("POST {start}"), status: 202, body: "no Location for the upload".into() })?;
+        let location =
+            r.location.ok_or_else(|| PushError::Registry { what: format!("POST {start}"), status: 202, body: "no Location for the upload".into() })?;
         let mut url = self.absolute(&location);
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(&format!("digest={digest}"));
@@ -407,12 +430,21 @@ impl Client {
     pub fn put_manifest(&self, reference: &str, media_type: &str, bytes: &[u8]) -> Result<Digest, PushError> {
         let url = format!("{}/v2/{}/manifests/{reference}", self.base, self.repository);
         let r = with_retries(&format!("PUT {url}"), || {
-            self.with_body("PUT", &url).header("Content-Type", media_type).send(bytes).map(reply).map_err(|e| self.http_error(e)).and_then(|r| self.fail_transient(r))
+            self.with_body("PUT", &url)
+                .header("Content-Type", media_type)
+                .send(bytes)
+                .map(reply)
+                .map_err(|e| self.http_error(e))
+                .and_then(|r| self.fail_transient(r))
         })?;
         let r = self.expect(format!("PUT {url}"), r, &[201])?;
         let own = Digest::of(bytes);
         match r.digest.and_then(|d| d.parse::<Digest>().ok()) {
-            Some(d) if d != own => Err(PushError::Registry { what: format!("PUT {url}"), status: 201, body: format!("the registry reports the digest {d}, the manifest's is {own}") }),
+            Some(d) if d != own => Err(PushError::Registry {
+                what: format!("PUT {url}"),
+                status: 201,
+                body: format!("the registry reports the digest {d}, the manifest's is {own}"),
+            }),
             _ => Ok(own),
         }
     }

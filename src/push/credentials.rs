@@ -85,7 +85,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("config.json");
         let auth = base64::engine::general_purpose::STANDARD.encode("ci:pa:ss");
-        std::fs::write(&f, format!(r#"{{"auths":{{"https://registry.example/v1/":{{"auth":"x"}},"127.0.0.1:5000":{{"auth":"{auth}"}},"ghcr.io":{{"auth":"{auth}"}}}}}}"#)).unwrap();
+        std::fs::write(
+            &f,
+            format!(r#"{{"auths":{{"https://registry.example/v1/":{{"auth":"x"}},"127.0.0.1:5000":{{"auth":"{auth}"}},"ghcr.io":{{"auth":"{auth}"}}}}}}"#),
+        )
+        .unwrap();
         assert_eq!(in_file(&f, "127.0.0.1:5000"), Some(Login { user: "ci".into(), password: "pa:ss".into() }));
         assert_eq!(in_file(&f, "ghcr.io").unwrap().user, "ci");
         assert_eq!(in_file(&f, "registry.example"), None, "an entry that does not decode is none");

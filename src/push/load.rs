@@ -57,7 +57,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PushError + '_ {
 /// Loads `source` into `target`.
 pub fn load(source: &Source, target: &Target) -> Result<(), PushError> {
     if !source.children.is_empty() && !matches!(target, Target::Oci { .. }) {
-        return Err(PushError::Source { path: source.dir.display().to_string(), detail: "an image index loads only into an OCI layout (oci:DIR); podman and docker take one image".into() });
+        return Err(PushError::Source {
+            path: source.dir.display().to_string(),
+            detail: "an image index loads only into an OCI layout (oci:DIR); podman and docker take one image".into(),
+        });
     }
     let name = source.image_name.clone().unwrap_or_else(|| "nixery-image:latest".to_string());
     match target {
@@ -147,7 +150,8 @@ fn write_oci(source: &Source, dir: &Path, tag: &str) -> Result<(), PushError> {
     };
     let mut desc = Descriptor::new(&source.media_type, manifest_digest, source.manifest.len() as u64);
     desc.annotations.insert("org.opencontainers.image.ref.name".into(), tag.to_string());
-    let manifests = index["manifests"].as_array_mut().ok_or_else(|| PushError::Source { path: index_path.display().to_string(), detail: "no manifests list".into() })?;
+    let manifests =
+        index["manifests"].as_array_mut().ok_or_else(|| PushError::Source { path: index_path.display().to_string(), detail: "no manifests list".into() })?;
     manifests.retain(|m| m["annotations"]["org.opencontainers.image.ref.name"] != tag);
     manifests.push(serde_json::to_value(&desc).expect("json"));
     std::fs::write(&index_path, serde_json::to_vec(&index).expect("json")).map_err(io(&index_path))?;

@@ -29,8 +29,8 @@ pub mod client;
 pub mod credentials;
 pub mod load;
 
-pub use client::{Connection, Destination};
 pub use crate::image::stream::{LayerRecipe, StreamDoc, STREAM_FILE};
+pub use client::{Connection, Destination};
 
 /// Errors pushing.
 #[derive(Debug, thiserror::Error)]
@@ -174,7 +174,15 @@ impl Source {
             (Some(t), []) => return Err(source_error(&dir, format!("no image tagged {t:?} (it has {})", layout.tags()))),
             (Some(_), [first, ..]) => (*first).clone(),
             (None, []) => return Err(source_error(&dir, "index.json lists no image")),
-            (None, many) => return Err(source_error(&dir, format!("several images: name one as SOURCE:TAG ({})", many.iter().map(|d| OciLayout::tag_of(d).unwrap_or_default()).collect::<Vec<_>>().join(", ")))),
+            (None, many) => {
+                return Err(source_error(
+                    &dir,
+                    format!(
+                        "several images: name one as SOURCE:TAG ({})",
+                        many.iter().map(|d| OciLayout::tag_of(d).unwrap_or_default()).collect::<Vec<_>>().join(", ")
+                    ),
+                ))
+            }
         };
         let manifest = layout.read_blob(&chosen.digest).map_err(image_err)?;
         let image_blobs = |manifest: &[u8]| -> Result<Vec<Descriptor>, PushError> {
@@ -269,7 +277,8 @@ impl Source {
         }
         let (opts, recipe) = self.recipe(d).ok_or_else(|| source_error(&self.dir, format!("no blob {d}")))?;
         let content = LayerContent { perms: recipe.perms.clone(), ..LayerContent::store_paths(recipe.store_paths.clone()) };
-        let (_, packed) = crate::packing::pack_to_writer(&content, out, opts, Path::new("<push>")).map_err(|source| PushError::Pack { digest: d.clone(), source })?;
+        let (_, packed) =
+            crate::packing::pack_to_writer(&content, out, opts, Path::new("<push>")).map_err(|source| PushError::Pack { digest: d.clone(), source })?;
         if &packed.digest != d {
             return Err(PushError::PackedOther { digest: d.clone(), actual: packed.digest });
         }
@@ -354,7 +363,13 @@ impl Progress {
 /// asked, uploaded otherwise), then the manifest.
 pub fn push(source: &Source, dest: &Destination, opts: &PushOptions) -> Result<PushReport, PushError> {
     let client = client::Client::connect(dest, &opts.connection, opts.mount_from.as_deref())?;
-    let progress = Progress { total: source.blobs.len(), done: AtomicUsize::new(0), bytes: AtomicU64::new(0), terminal: std::io::stderr().is_terminal(), line: Mutex::new(()) };
+    let progress = Progress {
+        total: source.blobs.len(),
+        done: AtomicUsize::new(0),
+        bytes: AtomicU64::new(0),
+        terminal: std::io::stderr().is_terminal(),
+        line: Mutex::new(()),
+    };
     let report = Mutex::new(PushReport::default());
     let next = AtomicUsize::new(0);
     let first_error: Mutex<Option<PushError>> = Mutex::new(None);

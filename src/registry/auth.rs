@@ -288,7 +288,11 @@ pub async fn require(State(gate): State<Gate>, request: Request, next: Next) -> 
         }
         Verdict::TooMany => {
             gate.metrics.refused("rate");
-            ErrorCode::TooManyRequests.plain().message("too many failed logins from this address; try again later").retry_after(FAILURE_WINDOW.as_secs()).into_response()
+            ErrorCode::TooManyRequests
+                .plain()
+                .message("too many failed logins from this address; try again later")
+                .retry_after(FAILURE_WINDOW.as_secs())
+                .into_response()
         }
     };
     resp.headers_mut().insert("Docker-Distribution-API-Version", HeaderValue::from_static("registry/2.0"));

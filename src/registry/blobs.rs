@@ -67,9 +67,11 @@ fn etag(digest: &Digest) -> String {
 
 /// Whether `If-None-Match` names `tag` (the blob's ETag) or `*`.
 fn if_none_match(headers: &HeaderMap, tag: &str) -> bool {
-    headers.get_all(header::IF_NONE_MATCH).iter().filter_map(|v| v.to_str().ok()).any(|v| {
-        v.split(',').map(str::trim).any(|t| t == "*" || t == tag || t.strip_prefix("W/") == Some(tag))
-    })
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').map(str::trim).any(|t| t == "*" || t == tag || t.strip_prefix("W/") == Some(tag)))
 }
 
 fn hv(s: &str) -> HeaderValue {

@@ -100,9 +100,7 @@ pub async fn get_manifest(state: &AppState, method: &Method, headers: &HeaderMap
         None => {
             // Not in memory (cannot happen for images this process built or
             // loaded): serve from storage.
-            stat(state, &chosen.digest)
-                .await?
-                .ok_or_else(|| ErrorCode::ManifestUnknown.with_detail(serde_json::json!({ "Name": name, "Tag": reference })))?;
+            stat(state, &chosen.digest).await?.ok_or_else(|| ErrorCode::ManifestUnknown.with_detail(serde_json::json!({ "Name": name, "Tag": reference })))?;
             let served = Served { digest: &chosen.digest, info: &info, content_type: &chosen.media_type, ranges: false, in_memory: None, by_tag: true };
             Ok(serve_stored(state, method, headers, served).await)
         }
@@ -135,7 +133,11 @@ mod tests {
         assert_eq!(negotiate(&accept(&["*/*"]), &img).media_type, media_type::OCI_MANIFEST);
         assert_eq!(negotiate(&accept(&[media_type::DOCKER_MANIFEST]), &img).media_type, media_type::DOCKER_MANIFEST);
         assert_eq!(
-            negotiate(&accept(&["application/vnd.docker.distribution.manifest.v2+json; q=0.9, application/vnd.docker.distribution.manifest.v1+prettyjws"]), &img).media_type,
+            negotiate(
+                &accept(&["application/vnd.docker.distribution.manifest.v2+json; q=0.9, application/vnd.docker.distribution.manifest.v1+prettyjws"]),
+                &img
+            )
+            .media_type,
             media_type::DOCKER_MANIFEST
         );
         assert_eq!(negotiate(&accept(&[media_type::DOCKER_MANIFEST, media_type::OCI_MANIFEST]), &img).media_type, media_type::OCI_MANIFEST);

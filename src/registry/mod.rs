@@ -69,14 +69,12 @@ pub fn unsupported() -> Response {
 /// page. With `credentials`, every
 /// request needs them.
 pub fn router(state: Arc<AppState>, web_dir: Option<PathBuf>, credentials: Option<Arc<auth::Credentials>>) -> Router {
-    let v2 = Router::new()
-        .route("/v2", any(base))
-        .route("/v2/", any(base))
-        .route("/v2/{*rest}", any(dispatch))
-        .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+    let v2 = Router::new().route("/v2", any(base)).route("/v2/", any(base)).route("/v2/{*rest}", any(dispatch)).layer(
+        tower_http::set_header::SetResponseHeaderLayer::overriding(
             axum::http::HeaderName::from_static("docker-distribution-api-version"),
             HeaderValue::from_static("registry/2.0"),
-        ));
+        ),
+    );
     let web = match web_dir {
         Some(dir) => Router::new().fallback_service(tower_http::services::ServeDir::new(dir)),
         None => Router::new().route("/", axum::routing::get(web::start_page)),
@@ -218,7 +216,9 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, Refusal
     let rest = path.strip_prefix("/v2/").unwrap_or("");
     let r = route(rest);
     match &r {
-        Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::Tags { name } if !valid_repository_name(name) => Err(Refusal::NameInvalid(name.to_string())),
+        Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::Tags { name } if !valid_repository_name(name) => {
+            Err(Refusal::NameInvalid(name.to_string()))
+        }
         Route::Unsupported => Err(Refusal::Unsupported),
         _ => Ok(r),
     }

@@ -85,7 +85,8 @@ pub fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<r
         let path = path.display().to_string();
         move |e: rustls::pki_types::pem::Error| TlsError::File { path, detail: e.to_string() }
     };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert).map_err(file_error(cert))?.collect::<Result<_, _>>().map_err(file_error(cert))?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(cert).map_err(file_error(cert))?.collect::<Result<_, _>>().map_err(file_error(cert))?;
     if certs.is_empty() {
         return Err(TlsError::File { path: cert.display().to_string(), detail: "no certificate in it".into() });
     }
@@ -169,7 +170,11 @@ impl<I> Watched<I> {
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
-    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         use std::task::Poll;
         let before = buf.filled().len();
         let this = &mut *self;
@@ -215,7 +220,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
-    fn poll_write_vectored(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> std::task::Poll<std::io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
         match std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
             std::task::Poll::Pending => self.stalled(cx),
             ready => {
@@ -278,7 +287,10 @@ struct TrackedBody {
 impl hyper::body::Body for TrackedBody {
     type Data = bytes::Bytes;
     type Error = axum::Error;
-    fn poll_frame(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         std::pin::Pin::new(&mut self.inner).poll_frame(cx)
     }
     fn is_end_stream(&self) -> bool {

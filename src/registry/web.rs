@@ -48,7 +48,11 @@ pub async fn events(State(state): State<Arc<AppState>>) -> axum::response::Respo
     use axum::response::sse::{Event, KeepAlive, Sse};
     use axum::response::IntoResponse;
     let Some(watcher) = state.shim.activity().watch() else {
-        return super::errors::ErrorCode::Unavailable.plain().message("too many start pages are watching; try again in a moment").retry_after(EVENT_STREAM_RETRY.as_secs().max(1)).into_response();
+        return super::errors::ErrorCode::Unavailable
+            .plain()
+            .message("too many start pages are watching; try again in a moment")
+            .retry_after(EVENT_STREAM_RETRY.as_secs().max(1))
+            .into_response();
     };
     let gauge = StreamGauge::new(state.shim.metrics_handle());
     let until = tokio::time::Instant::now() + EVENT_STREAM_LIFETIME;
@@ -91,7 +95,16 @@ pub async fn start_page(State(state): State<Arc<AppState>>, headers: HeaderMap) 
         snapshot
             .recent
             .iter()
-            .map(|f| format!("{}: {} in {:.1} s, {} layers reused, {} packed", f.image, if f.ok { "built" } else { "failed" }, f.ms as f64 / 1000.0, f.reused, f.packed))
+            .map(|f| {
+                format!(
+                    "{}: {} in {:.1} s, {} layers reused, {} packed",
+                    f.image,
+                    if f.ok { "built" } else { "failed" },
+                    f.ms as f64 / 1000.0,
+                    f.reused,
+                    f.packed
+                )
+            })
             .collect(),
     );
     let errors = state.shim.recent_errors();

@@ -72,7 +72,11 @@ pub const MAX_WATCHERS: usize = 32;
 
 impl Default for Activity {
     fn default() -> Self {
-        Activity { state: Mutex::new(State::default()), changed: tokio::sync::watch::channel(0).0, watchers: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_WATCHERS)) }
+        Activity {
+            state: Mutex::new(State::default()),
+            changed: tokio::sync::watch::channel(0).0,
+            watchers: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_WATCHERS)),
+        }
     }
 }
 

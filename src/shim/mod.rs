@@ -392,7 +392,11 @@ impl Shim {
             }
         }
         let multi = self.config.platforms.len() > 1 && parse_image_name(name, &self.config.meta).is_ok_and(|r| r.system == self.config.meta.default_system);
-        let image = if multi { self.index_for(name, tag, source.clone(), request_id).await? } else { self.image_for(name, tag, source.clone(), None, request_id).await? };
+        let image = if multi {
+            self.index_for(name, tag, source.clone(), request_id).await?
+        } else {
+            self.image_for(name, tag, source.clone(), None, request_id).await?
+        };
         self.warm.insert(warm_key, Arc::new(WarmImage { source, image: image.clone() }));
         Ok(image)
     }
@@ -427,7 +431,14 @@ impl Shim {
 
     /// The image for `name` at the pinned `source`: from the manifest cache
     /// (memory, then storage) or built; one load per image at a time.
-    async fn image_for(self: &Arc<Self>, name: &str, tag: &str, source: Arc<ResolvedSource>, system: Option<&str>, request_id: &str) -> Result<Arc<BuiltImage>, Arc<ShimError>> {
+    async fn image_for(
+        self: &Arc<Self>,
+        name: &str,
+        tag: &str,
+        source: Arc<ResolvedSource>,
+        system: Option<&str>,
+        request_id: &str,
+    ) -> Result<Arc<BuiltImage>, Arc<ShimError>> {
         let mut request = parse_image_name(name, &self.config.meta).map_err(|e| Arc::new(e.into()))?;
         if let Some(s) = system {
             request.system = s.to_string();
@@ -458,20 +469,23 @@ impl Shim {
         // only: warm requests pay for no span).
         use tracing::Instrument;
         let span = tracing::info_span!("request", id = %request_id);
-        let task = tokio::spawn(async move {
-            let loader = this.clone();
-            let loading_key = key.clone();
-            let result = this
-                .images
-                .try_get_with(key.clone(), async move { loader.load_or_build(&loading_key, &request, &source, &label).await.map(Arc::new) })
-                .await;
-            if let Err(e) = &result {
-                if e.is_lasting() {
-                    this.failures.insert(key, e.clone());
+        let task = tokio::spawn(
+            async move {
+                let loader = this.clone();
+                let loading_key = key.clone();
+                let result = this
+                    .images
+                    .try_get_with(key.clone(), async move { loader.load_or_build(&loading_key, &request, &source, &label).await.map(Arc::new) })
+                    .await;
+                if let Err(e) = &result {
+                    if e.is_lasting() {
+                        this.failures.insert(key, e.clone());
+                    }
                 }
+                result
             }
-            result
-        }.instrument(span));
+            .instrument(span),
+        );
         match task.await {
             Ok(result) => result,
             Err(e) => Err(Arc::new(ShimError::Task(e))),

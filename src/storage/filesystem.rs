@@ -268,10 +268,9 @@ impl Storage for FilesystemStorage {
         tokio::task::spawn_blocking(move || {
             let path = this.blob_path(&digest);
             match fs::metadata(&path) {
-                Ok(m) => Ok(Some(BlobInfo {
-                    size: m.len(),
-                    media_type: this.read_media_type(&path).unwrap_or_else(|| "application/octet-stream".to_string()),
-                })),
+                Ok(m) => {
+                    Ok(Some(BlobInfo { size: m.len(), media_type: this.read_media_type(&path).unwrap_or_else(|| "application/octet-stream".to_string()) }))
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(io_err(&path)(e)),
             }
@@ -360,7 +359,10 @@ mod tests {
         let s = FilesystemStorage::open_with(dir.path().to_path_buf(), false).unwrap();
         super::super::conformance(&s).await;
         assert!(empty_dir(&dir.path().join("staging")));
-        let sidecars = fs::read_dir(dir.path().join("blobs/sha256")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(SIDECAR_SUFFIX)).count();
+        let sidecars = fs::read_dir(dir.path().join("blobs/sha256"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(SIDECAR_SUFFIX))
+            .count();
         assert!(sidecars > 0, "the fallback keeps media types beside the blobs");
     }
 

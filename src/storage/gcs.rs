@@ -217,14 +217,19 @@ impl GcsBucket {
             // An emulator takes no tokens, as with Google's clients.
             (Some(_), _) => base.anonymous(),
             (None, Some(c)) => base.with_credentials(c.clone()).await.map_err(|e| GcsError::Auth(e.to_string()))?,
-            (None, None) => base.with_auth().await.map_err(|e| GcsError::Auth(format!("{e} (set GOOGLE_APPLICATION_CREDENTIALS, or run where the metadata server answers)")))?,
+            (None, None) => base
+                .with_auth()
+                .await
+                .map_err(|e| GcsError::Auth(format!("{e} (set GOOGLE_APPLICATION_CREDENTIALS, or run where the metadata server answers)")))?,
         };
         let signing = match (&config.signing_key, &config.signing_account) {
             (Some(key), Some(account)) => Some(Signing { account: Some(account.clone()), key: Some(SignBy::PrivateKey(read_signing_key(key)?)) }),
             (Some(_), None) => return Err(GcsError::Config("GCS_SIGNING_KEY needs GCS_SIGNING_ACCOUNT, the email of the key's service account".into())),
             (None, Some(_)) => return Err(GcsError::Config("GCS_SIGNING_ACCOUNT needs GCS_SIGNING_KEY, a PEM file of the account's private key".into())),
             (None, None) => match credentials.as_ref().and_then(|c| Some((c.client_email.clone()?, c.private_key.clone()?))) {
-                Some((account, key)) if !account.is_empty() && !key.is_empty() => Some(Signing { account: Some(account), key: Some(SignBy::PrivateKey(key.into_bytes())) }),
+                Some((account, key)) if !account.is_empty() && !key.is_empty() => {
+                    Some(Signing { account: Some(account), key: Some(SignBy::PrivateKey(key.into_bytes())) })
+                }
                 // Application Default Credentials sign through IAM.
                 _ if emulator.is_none() => Some(Signing { account: None, key: None }),
                 _ => None,
@@ -295,7 +300,12 @@ impl Bucket for GcsBucket {
 
     async fn signed_url(&self, key: &str, lifetime: Duration) -> io::Result<Option<String>> {
         let Some(signing) = &self.signing else { return Ok(None) };
-        let opts = SignedURLOptions { expires: lifetime, style: Box::new(PathOnHost(self.url_base.host.clone())), insecure: self.url_base.insecure, ..Default::default() };
+        let opts = SignedURLOptions {
+            expires: lifetime,
+            style: Box::new(PathOnHost(self.url_base.host.clone())),
+            insecure: self.url_base.insecure,
+            ..Default::default()
+        };
         match self.client.signed_url(&self.bucket, key, signing.account.clone(), signing.key.clone(), opts).await {
             Ok(url) => Ok(Some(url)),
             // Credentials with no key and no IAM identity (user credentials):

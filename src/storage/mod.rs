@@ -174,9 +174,7 @@ pub fn put_bytes(storage: &dyn Storage, bytes: &[u8], media_type: &str) -> Resul
 /// `..`. Backends call this before touching anything.
 pub fn check_key(key: &str) -> Result<(), StorageError> {
     let ok = !key.is_empty()
-        && key.split('/').all(|seg| {
-            !seg.is_empty() && seg != "." && seg != ".." && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        });
+        && key.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != ".." && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
     if ok {
         Ok(())
     } else {

@@ -188,7 +188,13 @@ impl Storage for ObjectStorage {
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         let tmp = spool.join(n.to_string());
         // Read and write: commit reads the spool back to upload it.
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).map_err(|e| StorageError::Io { path: tmp.display().to_string(), source: e })?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| StorageError::Io { path: tmp.display().to_string(), source: e })?;
         Ok(Box::new(ObjectBlobWriter { storage: self.clone(), tmp, file: Some(HashingWriter::new(BufWriter::with_capacity(1 << 20, file))) }))
     }
 

@@ -47,7 +47,8 @@ impl Hostile {
         let handler = Arc::new(handler);
         let config = tls.map(|(cert, key)| {
             use rustls::pki_types::pem::PemObject;
-            let certs: Vec<rustls::pki_types::CertificateDer<'static>> = rustls::pki_types::CertificateDer::pem_file_iter(cert).unwrap().map(|c| c.unwrap()).collect();
+            let certs: Vec<rustls::pki_types::CertificateDer<'static>> =
+                rustls::pki_types::CertificateDer::pem_file_iter(cert).unwrap().map(|c| c.unwrap()).collect();
             let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
             Arc::new(
                 rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))

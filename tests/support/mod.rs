@@ -182,11 +182,14 @@ pub fn skopeo() -> Command {
 /// this machine (vfs storage, cgroupfs, no event journal).
 pub fn podman(root: &Path) -> Command {
     let mut c = Command::new("podman");
-    c.arg("--root")
-        .arg(root.join("storage"))
-        .arg("--runroot")
-        .arg(root.join("run"))
-        .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]);
+    c.arg("--root").arg(root.join("storage")).arg("--runroot").arg(root.join("run")).args([
+        "--storage-driver",
+        "vfs",
+        "--cgroup-manager",
+        "cgroupfs",
+        "--events-backend",
+        "file",
+    ]);
     c
 }
 
@@ -302,7 +305,12 @@ impl Shim {
     /// with its labels and a space).
     pub fn metric(&self, line: &str) -> f64 {
         let metrics = http().get(self.url("/metrics")).send().unwrap().text().unwrap();
-        metrics.lines().find(|l| l.starts_with(line)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {line:?} in\n{metrics}"))
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line:?} in\n{metrics}"))
     }
 
     /// Polls `/metrics` until `line`'s value satisfies `ok`, for at most
@@ -720,7 +728,11 @@ pub fn certificates_for(dir: &Path, ip: &str) -> (std::path::PathBuf, std::path:
     let cert = dir.join("server.crt");
     let ext = dir.join("san.ext");
     std::fs::write(&ext, format!("subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")).unwrap();
-    run(Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=nixery test CA", "-keyout"]).arg(&ca_key).arg("-out").arg(&ca));
+    run(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=nixery test CA", "-keyout"])
+        .arg(&ca_key)
+        .arg("-out")
+        .arg(&ca));
     run(Command::new("openssl").args(["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={ip}"), "-keyout"]).arg(&key).arg("-out").arg(&csr));
     run(Command::new("openssl")
         .args(["x509", "-req", "-days", "2", "-in"])
