@@ -330,7 +330,7 @@ let
         system = buildSystem;
         inherit nixery;
         builder = helperExe;
-        args = [ subcommand ];
+        args = [ "internal" subcommand ];
         __structuredAttrs = true;
         exportReferencesGraph.graph = closureRoots;
         # The result is a pure function of the inputs.
@@ -349,7 +349,7 @@ let
           name = if digestOnly then "nixery-explicit-layer-digest" else "nixery-explicit-layer";
           system = buildSystem;
           builder = helperExe;
-          args = [ "pack-group" ];
+          args = [ "internal" "pack-group" ];
           __structuredAttrs = true;
           exportReferencesGraph.graph = builtins.elemAt layerGroups i ++ before;
           nixeryGroup = {
@@ -368,15 +368,17 @@ let
       # builtins.appendContext, which pure evaluation allows.
       layerDerivationsFor = digestOnly:
         let
-          plan = fromJSON (builtins.unsafeDiscardStringContext
+          planDoc = fromJSON (builtins.unsafeDiscardStringContext
             (builtins.readFile (helperDerivation "${drvName}-layer-plan" "plan-layers" spec)));
+          plan = if planDoc.version or null == specVersion then planDoc
+            else throw "in nixery image ${args.name}: the helper wrote a layer plan of version ${toJSON (planDoc.version or null)}, this lib.nix reads version ${toString specVersion}: use the helper that matches lib.nix";
           withContext = path: builtins.appendContext path { ${path} = { path = true; }; };
         in
         map (layer: derivation {
           name = if digestOnly then "nixery-layer-digest" else "nixery-layer";
           system = buildSystem;
           builder = helperExe;
-          args = [ "pack-layer" ];
+          args = [ "internal" "pack-layer" ];
           __structuredAttrs = true;
           nixeryLayer = {
             version = specVersion;
@@ -413,7 +415,7 @@ let
           name = "${drvName}-docker-archive.tar";
           system = buildSystem;
           builder = helperExe;
-          args = [ "docker-archive" "--oci" "${image}" "--repo-tag" "${name}:${imageTag}" "--out" (builtins.placeholder "out") ];
+          args = [ "internal" "docker-archive" "--oci" "${image}" "--repo-tag" "${name}:${imageTag}" "--out" (builtins.placeholder "out") ];
         };
     in
     p.withPassthru image ({
@@ -439,7 +441,7 @@ let
         name = "${drvName}-copy-to-${target}";
         system = buildSystem;
         builder = helperExe;
-        args = [ "write-script" "--action" "load" "--out" (builtins.placeholder "out") "--name" "copy-to-${target}"
+        args = [ "internal" "write-script" "--action" "load" "--out" (builtins.placeholder "out") "--name" "copy-to-${target}"
           "--helper" helperExe "--image" "${image}" "--default-dest" target ];
       };
     in
@@ -458,7 +460,7 @@ let
         name = "${drvName}-copy-to-registry";
         system = buildSystem;
         builder = helperExe;
-        args = [ "write-script" "--out" (builtins.placeholder "out") "--name" "copy-to-registry"
+        args = [ "internal" "write-script" "--out" (builtins.placeholder "out") "--name" "copy-to-registry"
           "--helper" helperExe "--image" "${image}" ]
           ++ (if namesRegistry then [ "--default-dest" "${name}:${imageTag}" ] else [ ]);
       };
@@ -505,7 +507,7 @@ let
         name = "${drvName}-index";
         system = buildSystem;
         builder = helperExe;
-        args = [ "build-index" "--name" name "--tag" tag "--out" (builtins.placeholder "out") ] ++ map (i: "${i}") images;
+        args = [ "internal" "build-index" "--name" name "--tag" tag "--out" (builtins.placeholder "out") ] ++ map (i: "${i}") images;
       };
       self = image // {
         imageName = name;

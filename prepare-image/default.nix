@@ -103,7 +103,7 @@ derivation {
   # The helper runs on this machine whatever system the image is for.
   system = builtins.currentSystem;
   inherit builder;
-  args = [ "write-graph" ];
+  args = [ "internal" "write-graph" ];
   __structuredAttrs = true;
   exportReferencesGraph.graph = if notFound == [ ] then contents else [ ];
   nixeryGraph = { version = 1; inherit notFound; };

@@ -9,8 +9,8 @@
 //! docker-archive) to the `out` output.
 //!
 //! With `incremental = true`, `lib.nix` runs three kinds of derivation:
-//! `plan-layers` writes the store layers of the plan, one `pack-layer`
-//! derivation per layer packs it, and `build-image` links those layers in
+//! `internal plan-layers` writes the store layers of the plan, one `internal pack-layer`
+//! derivation per layer packs it, and `internal build-image` links those layers in
 //! by key and packs only the rest (the root layer).
 
 use std::collections::BTreeMap;
@@ -20,10 +20,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::assembly::{self, AssemblyError, DirStore, ImageSpec, RootSpec};
-use crate::graph::{ClosureGraph, GraphError, PathInfo, Popularity};
+use crate::graph::{ClosureGraph, GraphDoc, GraphError, PathInfo, Popularity, GRAPH_VERSION};
 use crate::image::{self, ImageError, Platform, RuntimeConfig};
 use crate::layering::Algorithm;
-use crate::nix::prepare::{GraphDoc, GRAPH_VERSION};
 use crate::packing::{self, Compression, LayerContent, Owner, OwnerRule, PackError, PackOptions, PackedLayer, PermRule};
 
 /// Version of the JSON contract between `lib.nix` and the helper.
@@ -51,13 +50,23 @@ pub enum BuildError {
     /// `lib.nix` and the helper disagree on the contract.
     #[error("the build description has version {0}, this helper understands version {SPEC_VERSION}; use the helper that matches lib.nix")]
     Version(u32),
-    /// An argument is not valid; the message names it.
+    /// The derivation is not what lib.nix makes; the message says how.
     #[error("in image {name}: {message}")]
     Invalid {
         /// The image.
         name: String,
         /// What is wrong.
         message: String,
+    },
+    /// An argument of the image is not valid: which one, and why.
+    #[error("in image {name}: `{argument}`: {source}")]
+    Argument {
+        /// The image.
+        name: String,
+        /// The argument of buildNixeryImage.
+        argument: &'static str,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Writing the output failed.
     #[error("cannot write {path}: {source}")]
@@ -253,6 +262,11 @@ impl BuildSpec {
         BuildError::Invalid { name: self.name.clone(), message: message.to_string() }
     }
 
+    /// `argument` is not valid, for the reason `source` gives.
+    fn argument(&self, argument: &'static str) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> BuildError + '_ {
+        move |source| BuildError::Argument { name: self.name.clone(), argument, source }
+    }
+
     fn check_version(&self) -> Result<(), BuildError> {
         if self.version != SPEC_VERSION {
             return Err(BuildError::Version(self.version));
@@ -261,14 +275,14 @@ impl BuildSpec {
     }
 
     fn pack_options(&self) -> Result<PackOptions, BuildError> {
-        PackOptions::new(self.compression, self.compression_level).map_err(|e| self.invalid(e))
+        PackOptions::new(self.compression, self.compression_level).map_err(|e| self.argument("compressionLevel")(e.into()))
     }
 
     /// The platform recorded in the image: the contents' system (the
     /// build machine's when not given), with `architecture` and `variant`
     /// overriding.
     fn platform(&self, build_system: &str) -> Result<Platform, BuildError> {
-        let mut p = Platform::from_nix_system(self.image_system.as_deref().unwrap_or(build_system)).map_err(|e| self.invalid(e))?;
+        let mut p = Platform::from_nix_system(self.image_system.as_deref().unwrap_or(build_system)).map_err(|e| self.argument("contents")(e.into()))?;
         if let Some(a) = &self.architecture {
             p.architecture = a.clone();
             p.variant = self.variant.clone();
@@ -279,10 +293,12 @@ impl BuildSpec {
     /// The assembly inputs of this image, built on `build_system`, reading
     /// the local store. `scratch` is where a base image tarball is unpacked.
     pub fn image_spec(&self, build_system: &str, scratch: &Path) -> Result<ImageSpec, BuildError> {
-        let config = RuntimeConfig::from_json_value(self.config.clone()).map_err(|e| self.invalid(e))?;
+        let config = RuntimeConfig::from_json_value(self.config.clone()).map_err(|e| self.argument("config")(e.into()))?;
         let platform = self.platform(build_system)?;
         let base = match &self.from_image {
-            Some(path) => Some(crate::image::base::open(path, self.from_image_tag.as_deref(), &platform, scratch).map_err(|e| self.invalid(e))?),
+            Some(path) => {
+                Some(crate::image::base::open(path, self.from_image_tag.as_deref(), &platform, scratch).map_err(|e| self.argument("fromImage")(e.into()))?)
+            }
             None => None,
         };
         let created = match self.created.as_deref() {
@@ -308,7 +324,7 @@ impl BuildSpec {
                 groups: self.groups.clone(),
                 nix_db: self.initialize_nix_database.then_some(Owner { uid: self.nix_uid, gid: self.nix_gid, uname: None, gname: None }),
             },
-            perms: self.perms.iter().map(PermSpec::rule).collect::<Result<_, _>>().map_err(|e| self.invalid(e))?,
+            perms: self.perms.iter().map(PermSpec::rule).collect::<Result<_, _>>().map_err(|e| self.argument("perms")(e.into()))?,
         })
     }
 }
@@ -438,7 +454,7 @@ fn read_build(attrs_path: &Path) -> Result<Build, BuildError> {
     Ok(Build { spec: attrs.nixery, system: attrs.system, out, graph })
 }
 
-/// The first stage of an incremental build (`nixery plan-layers`): writes
+/// The first stage of an incremental build (`nixery internal plan-layers`): writes
 /// the store-path layers of the image's plan ([`IncrementalPlan`]) to the
 /// `out` output.
 pub fn plan_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
@@ -456,7 +472,7 @@ pub fn plan_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     write_out(&b.out, &serde_json::to_vec(&doc).expect("a plan serialises"))
 }
 
-/// The second stage (`nixery pack-layer`): packs one layer's store paths
+/// The second stage (`nixery internal pack-layer`): packs one layer's store paths
 /// into `out/blob`, with `out/layer.json` ([`PrepackedLayer`]) beside it.
 pub fn pack_layer_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     let attrs: PackLayerAttrs = read_json(attrs_path)?;
@@ -534,7 +550,7 @@ pub fn pack_group_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     write_out(&out.join("layer.json"), &serde_json::to_vec(&PrepackedLayer { paths, perms, packed }).expect("a layer serialises"))
 }
 
-/// Runs a build from an attributes file (`nixery build-image`), logging
+/// Runs a build from an attributes file (`nixery internal build-image`), logging
 /// to stderr.
 pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     let b = read_build(attrs_path)?;
@@ -554,7 +570,7 @@ pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
         spec.layering
     );
     if b.spec.format == Format::Stream {
-        let mut store = assembly::StreamStore::new(b.out.join("blobs/sha256"));
+        let mut store = assembly::StreamStore::new(image::oci::blobs_dir(&b.out));
         for dir in b.spec.prepacked.iter().flatten() {
             let doc: PrepackedLayer = read_json(&dir.join("layer.json"))?;
             let key = LayerContent { perms: doc.perms.clone(), ..LayerContent::store_paths(doc.paths.clone()) }.key(spec.pack);
@@ -563,7 +579,12 @@ pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
         let (image, _) = assembly::assemble(plan, &store).map_err(assembly_error)?;
         image::write_oci_layout(&image, name, &tag, &b.out)?;
         let recipes = store.recipes();
-        let doc = crate::image::stream::StreamDoc { version: 1, compression: spec.pack.compression, level: spec.pack.level, layers: recipes };
+        let doc = crate::image::stream::StreamDoc {
+            version: crate::image::stream::STREAM_VERSION,
+            compression: spec.pack.compression,
+            level: spec.pack.level,
+            layers: recipes,
+        };
         let path = b.out.join(crate::image::stream::STREAM_FILE);
         fs::write(&path, serde_json::to_vec_pretty(&doc).expect("json")).map_err(|source| BuildError::Write { path: path.clone(), source })?;
         eprintln!("nixery: wrote stream image {name}:{tag} with {} layers ({} packed on push) to {}", image.layers.len(), doc.layers.len(), b.out.display());
@@ -573,7 +594,7 @@ pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
         Format::OciDir | Format::Stream => b.out.clone(),
         Format::DockerArchive => std::env::temp_dir().join(format!("nixery-layout-{}", std::process::id())),
     };
-    let mut store = DirStore::new(layout_dir.join("blobs/sha256"));
+    let mut store = DirStore::new(image::oci::blobs_dir(&layout_dir));
     for dir in b.spec.prepacked.iter().flatten() {
         let doc: PrepackedLayer = read_json(&dir.join("layer.json"))?;
         let key = LayerContent { perms: doc.perms, ..LayerContent::store_paths(doc.paths) }.key(spec.pack);
@@ -614,7 +635,7 @@ struct WriteGraphSpec {
     not_found: Vec<String>,
 }
 
-/// The builder of prepare-image's graph derivation (`nixery write-graph`):
+/// The builder of prepare-image's graph derivation (`nixery internal write-graph`):
 /// copies the closure graph Nix exported into the output as a
 /// [`GraphDoc`], for the registry shim to read.
 pub fn write_graph_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {

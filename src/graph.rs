@@ -44,9 +44,50 @@ pub enum GraphError {
     #[error("store path {0} appears twice in the graph")]
     /// A path listed twice.
     Duplicate(String),
+    /// A versioned document of another version than this helper reads.
+    #[error("a {what} of version {found}; this helper reads version {expected}: use the helper that matches lib.nix")]
+    Version {
+        /// Which document.
+        what: &'static str,
+        /// Its version.
+        found: u32,
+        /// The version this helper reads.
+        expected: u32,
+    },
     #[error("popularity data is not a JSON object of name to count: {0}")]
     /// Popularity data that is not a JSON object of name to count.
     Popularity(serde_json::Error),
+}
+
+/// Version of the graph document `internal write-graph` writes.
+pub const GRAPH_VERSION: u32 = 1;
+
+/// The closure graph of the packages prepare-image found, as its
+/// derivation (`nixery internal write-graph`) writes it for the registry
+/// shim to read: the names the package set lacks, the packages found (in
+/// the order asked) and their closure.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GraphDoc {
+    /// [`GRAPH_VERSION`].
+    pub version: u32,
+    /// The names the package set does not have.
+    pub not_found: Vec<String>,
+    /// The packages found, in the order asked (the image's contents).
+    pub roots: Vec<String>,
+    /// Their closure.
+    pub graph: Vec<PathInfo>,
+}
+
+impl GraphDoc {
+    /// Reads one, refusing another version than this program writes.
+    pub fn from_json(text: &str) -> Result<GraphDoc, GraphError> {
+        let doc: GraphDoc = serde_json::from_str(text)?;
+        if doc.version != GRAPH_VERSION {
+            return Err(GraphError::Version { what: "closure graph document", found: doc.version, expected: GRAPH_VERSION });
+        }
+        Ok(doc)
+    }
 }
 
 /// One store path of the closure.

@@ -49,6 +49,7 @@ pub mod packing;
 pub mod push;
 pub mod registry;
 pub mod scratch;
+pub mod serve;
 pub mod shim;
 pub mod storage;
 

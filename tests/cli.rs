@@ -104,7 +104,8 @@ fn bad_input_gives_a_one_line_error() {
     assert_one_line_error(&layers(dir.path(), &graph_json(), &["--max-layers", "0"]), "budget must be at least 1");
     let out = layers(dir.path(), &graph_json(), &["--algorithm", "bogus"]);
     assert_eq!(out.status.code(), Some(2), "clap's usage error");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown layering algorithm"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("'bogus'") && err.contains("[possible values: nixery, popularity-contest, sharing]"), "{err}");
     let out = Command::new(helper()).args(["layers", "--graph", "/nonexistent/graph.json"]).output().unwrap();
     assert_one_line_error(&out, "/nonexistent/graph.json");
     let pop = dir.path().join("bad-pop.json");
@@ -115,8 +116,13 @@ fn bad_input_gives_a_one_line_error() {
 #[test]
 fn build_image_outside_nix_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let out =
-        Command::new(helper()).current_dir(dir.path()).env_remove("NIX_ATTRS_JSON_FILE").env("NIX_BUILD_TOP", dir.path()).arg("build-image").output().unwrap();
+    let out = Command::new(helper())
+        .current_dir(dir.path())
+        .env_remove("NIX_ATTRS_JSON_FILE")
+        .env("NIX_BUILD_TOP", dir.path())
+        .args(["internal", "build-image"])
+        .output()
+        .unwrap();
     assert_one_line_error(&out, ".attrs.json");
 }
 

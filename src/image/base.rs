@@ -46,12 +46,17 @@ pub struct BaseImage {
 }
 
 fn bad(path: &Path, message: impl std::fmt::Display) -> ImageError {
-    ImageError::Config(format!("the base image {}: {message}", path.display()))
+    ImageError::Layout { dir: path.to_path_buf(), detail: message.to_string() }
 }
 
 /// Reads the base image at `path` (see the module documentation).
-/// `scratch` is a directory where tarballs are unpacked.
+/// `scratch` is a directory where tarballs are unpacked. What goes wrong
+/// is said of the base image, once.
 pub fn open(path: &Path, tag: Option<&str>, platform: &Platform, scratch: &Path) -> Result<BaseImage, ImageError> {
+    open_unnamed(path, tag, platform, scratch).map_err(|e| ImageError::Base { path: path.to_path_buf(), source: Box::new(e) })
+}
+
+fn open_unnamed(path: &Path, tag: Option<&str>, platform: &Platform, scratch: &Path) -> Result<BaseImage, ImageError> {
     let meta = fs::metadata(path).map_err(io_err(path))?;
     let dir = if meta.is_dir() {
         path.to_path_buf()
@@ -131,11 +136,7 @@ fn unpack(tarball: &Path, dir: &Path, limit: u64) -> Result<(), ImageError> {
 
 fn read_json(path: &Path) -> Result<serde_json::Value, ImageError> {
     let bytes = super::layout::read_document(path)?;
-    serde_json::from_slice(&bytes).map_err(|e| bad(path, e))
-}
-
-fn blob_path(dir: &Path, digest: &Digest) -> PathBuf {
-    dir.join("blobs/sha256").join(digest.hex())
+    serde_json::from_slice(&bytes).map_err(|source| ImageError::Document { what: path.display().to_string(), source })
 }
 
 /// The compression a layer media type says.
@@ -151,17 +152,8 @@ fn compression_of(media: &str) -> Option<Compression> {
     }
 }
 
-/// A layout reader's error, said of the base image (its messages start
-/// with the layout's path).
-fn base_error(e: ImageError) -> ImageError {
-    match e {
-        ImageError::Config(m) => ImageError::Config(format!("the base image {m}")),
-        other => other,
-    }
-}
-
 fn from_oci_layout(dir: &Path, tag: Option<&str>, platform: &Platform) -> Result<BaseImage, ImageError> {
-    let layout = super::OciLayout::open(dir).map_err(base_error)?;
+    let layout = super::OciLayout::open(dir)?;
     let mut chosen = layout.tagged(tag);
     if chosen.len() > 1 {
         let on_platform: Vec<&Descriptor> = chosen.iter().copied().filter(|d| d.platform.as_ref() == Some(platform)).collect();
@@ -174,23 +166,26 @@ fn from_oci_layout(dir: &Path, tag: Option<&str>, platform: &Platform) -> Result
         [] => return Err(bad(dir, format!("has no image tagged {:?}", tag.unwrap_or("")))),
         _ => return Err(bad(dir, format!("holds several images; choose one with fromImageTag (tags: {})", layout.tags()))),
     };
-    let mut manifest = layout.read_json(&desc.digest).map_err(base_error)?;
     // An index of platforms: the one asked for.
-    if manifest["mediaType"] == media_type::OCI_INDEX || manifest["mediaType"] == media_type::DOCKER_MANIFEST_LIST {
-        let entries: Vec<Descriptor> = serde_json::from_value(manifest["manifests"].clone()).map_err(|e| bad(dir, e))?;
-        let entry = entries
+    let manifest_digest = if desc.media_type == media_type::OCI_INDEX || desc.media_type == media_type::DOCKER_MANIFEST_LIST {
+        let index = layout.index(&desc.digest)?;
+        let entry = index
+            .manifests
             .iter()
             .find(|d| d.platform.as_ref() == Some(platform))
             .ok_or_else(|| bad(dir, format!("has no image for {}/{}", platform.os, platform.architecture)))?;
-        manifest = layout.read_json(&entry.digest).map_err(base_error)?;
-    }
-    let (config_desc, layers) = layout.manifest_parts(&manifest).map_err(base_error)?;
-    let config = layout.read_json(&config_desc.digest).map_err(base_error)?;
+        entry.digest.clone()
+    } else {
+        desc.digest.clone()
+    };
+    let manifest = layout.manifest(&manifest_digest)?;
+    let config = layout.config(&manifest.config.digest)?;
+    let layers = manifest.layers;
     let with_blobs = layers
         .iter()
         .map(|l| {
             let compression = compression_of(&l.media_type).ok_or_else(|| bad(dir, format!("layer media type {} is not a tar layer", l.media_type)))?;
-            Ok((l.digest.clone(), l.size, compression, blob_path(dir, &l.digest)))
+            Ok((l.digest.clone(), l.size, compression, layout.blob_path(&l.digest)))
         })
         .collect::<Result<Vec<_>, ImageError>>()?;
     from_config(dir, config, with_blobs)

@@ -24,7 +24,7 @@ pub fn write_docker_archive(image: &LayoutImage, repo_tag: &str, out: &Path) -> 
 
 /// A blob of the layout at `dir`.
 fn layout_blob(dir: &Path, l: &Descriptor) -> io::Result<Box<dyn Read + 'static>> {
-    let src = dir.join("blobs/sha256").join(l.digest.hex());
+    let src = super::oci::blob_path(dir, &l.digest);
     Ok(Box::new(File::open(&src).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", src.display())))?))
 }
 

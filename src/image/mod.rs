@@ -17,10 +17,12 @@ use crate::packing::PackedLayer;
 pub mod base;
 pub mod docker_archive;
 pub mod layout;
+pub mod oci;
 pub mod stream;
 
 pub use docker_archive::{write_docker_archive, write_docker_archive_to};
 pub use layout::{read_oci_layout, write_index_layout, write_oci_layout, LayoutImage, OciLayout};
+pub use oci::Descriptor;
 
 /// OCI media types.
 pub mod media_type {
@@ -49,10 +51,21 @@ pub mod media_type {
 
     /// The OCI media type of a layer compressed so.
     pub fn oci_layer(c: crate::packing::Compression) -> &'static str {
-        match c {
-            crate::packing::Compression::Gzip => OCI_LAYER_GZIP,
-            crate::packing::Compression::Zstd => OCI_LAYER_ZSTD,
-            crate::packing::Compression::None => OCI_LAYER_TAR,
+        layer(super::ManifestFlavour::Oci, c)
+    }
+
+    /// The media type of a layer compressed so, in a manifest of
+    /// `flavour` (zstd layers have OCI's type in both, as Docker 23+ reads
+    /// them).
+    pub fn layer(flavour: super::ManifestFlavour, c: crate::packing::Compression) -> &'static str {
+        use super::ManifestFlavour::*;
+        use crate::packing::Compression::*;
+        match (flavour, c) {
+            (Oci, Gzip) => OCI_LAYER_GZIP,
+            (Oci, None) => OCI_LAYER_TAR,
+            (Docker, Gzip) => DOCKER_LAYER_GZIP,
+            (Docker, None) => DOCKER_LAYER_TAR,
+            (_, Zstd) => OCI_LAYER_ZSTD,
         }
     }
 }
@@ -62,7 +75,7 @@ pub const DEFAULT_CREATED: &str = "1970-01-01T00:00:01Z";
 /// The `PATH` an image gets when its config sets none.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Errors building or writing an image.
+/// Errors building, writing or reading an image.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("{path}: {source}")]
@@ -73,9 +86,60 @@ pub enum ImageError {
         /// Why.
         source: io::Error,
     },
-    /// The runtime config, or a document read back, is not valid.
+    /// A user's runtime config (`config` of buildNixeryImage) is not
+    /// valid; the message names the key.
     #[error("invalid image config: {0}")]
-    Config(String),
+    RuntimeConfig(String),
+    /// A layout (an image read back, a base image, an image to push or
+    /// load) is not what it must be.
+    #[error("{dir}: {detail}")]
+    Layout {
+        /// The layout or archive.
+        dir: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A base image (`fromImage`) cannot be built on.
+    #[error("the base image {path}: {source}")]
+    Base {
+        /// What `fromImage` named.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<ImageError>,
+    },
+    /// A document is not the JSON it must be.
+    #[error("the {what} is not valid: {source}")]
+    Document {
+        /// Which document.
+        what: String,
+        /// What is wrong.
+        source: serde_json::Error,
+    },
+    /// A versioned document of another version.
+    #[error("the {what} has schemaVersion {found}, not {expected}")]
+    Version {
+        /// Which document.
+        what: String,
+        /// Its version.
+        found: u32,
+        /// The version nixery reads.
+        expected: u32,
+    },
+    /// A file that should be a document or a blob is a device, a FIFO or
+    /// a folder (it is not opened).
+    #[error("{0} is not a regular file")]
+    NotRegular(PathBuf),
+    /// A document larger than any image's.
+    #[error("{path} has {size} bytes, more than a document of an image may have ({max})")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The most a document may have.
+        max: u64,
+    },
     /// A Nix system images cannot be made for.
     #[error("unsupported system {0:?} (expected e.g. x86_64-linux or aarch64-linux)")]
     System(String),
@@ -216,9 +280,9 @@ impl RuntimeConfig {
         }
         if let Some(unknown) = v.as_object().and_then(|o| o.keys().find(|k| !CONFIG_KEYS.contains(&k.as_str()))) {
             let expected: Vec<String> = CONFIG_KEYS.iter().map(|k| format!("`{k}`")).collect();
-            return Err(ImageError::Config(format!("unknown field `{unknown}`, expected one of {}", expected.join(", "))));
+            return Err(ImageError::RuntimeConfig(format!("unknown field `{unknown}`, expected one of {}", expected.join(", "))));
         }
-        let c: RuntimeConfig = serde_json::from_value(v).map_err(|e| ImageError::Config(e.to_string()))?;
+        let c: RuntimeConfig = serde_json::from_value(v).map_err(|e| ImageError::RuntimeConfig(e.to_string()))?;
         c.validate()?;
         Ok(c)
     }
@@ -229,7 +293,7 @@ impl RuntimeConfig {
         if v.is_null() {
             return Ok(RuntimeConfig::default());
         }
-        serde_json::from_value(v).map_err(|e| ImageError::Config(format!("the base image's config: {e}")))
+        serde_json::from_value(v).map_err(|source| ImageError::Document { what: "runtime config".into(), source })
     }
 
     /// This config with `base`'s as its defaults, as a Dockerfile's `FROM`
@@ -279,7 +343,7 @@ impl RuntimeConfig {
 
     fn validate(&self) -> Result<(), ImageError> {
         if let Some(bad) = self.env.iter().find(|e| !e.contains('=')) {
-            return Err(ImageError::Config(format!("Env entry {bad:?} is not of the form NAME=value")));
+            return Err(ImageError::RuntimeConfig(format!("Env entry {bad:?} is not of the form NAME=value")));
         }
         Ok(())
     }
@@ -290,30 +354,6 @@ impl RuntimeConfig {
             self.env.insert(0, DEFAULT_PATH.to_string());
         }
         self
-    }
-}
-
-/// A descriptor: media type, digest and size of a blob.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Descriptor {
-    /// The blob's media type.
-    #[serde(rename = "mediaType")]
-    pub media_type: String,
-    /// The blob's digest.
-    pub digest: Digest,
-    /// The blob's size in bytes.
-    pub size: u64,
-    /// The platform of a manifest in an index.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
-    /// Annotations (`org.opencontainers.image.ref.name`, …).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-}
-
-impl Descriptor {
-    pub(crate) fn new(media_type: &str, digest: Digest, size: u64) -> Descriptor {
-        Descriptor { media_type: media_type.to_string(), digest, size, platform: None, annotations: BTreeMap::new() }
     }
 }
 
@@ -346,16 +386,6 @@ enum History<'a> {
     },
     /// A base image's entry, as it was.
     Base(&'a serde_json::Value),
-}
-
-#[derive(Serialize)]
-struct ManifestDoc<'a> {
-    #[serde(rename = "schemaVersion")]
-    schema_version: u32,
-    #[serde(rename = "mediaType")]
-    media_type: &'a str,
-    config: Descriptor,
-    layers: Vec<Descriptor>,
 }
 
 /// A layer of an image, with a note for its history entry.
@@ -437,24 +467,18 @@ impl Image {
     /// The config and manifest documents in the given flavour.
     pub fn docs(&self, flavour: ManifestFlavour) -> ImageDocs {
         use media_type::*;
-        let (manifest_type, config_type, gzip_layer, tar_layer) = match flavour {
-            ManifestFlavour::Oci => (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR),
-            ManifestFlavour::Docker => (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_LAYER_TAR),
-        };
-        let layer_type = |c: crate::packing::Compression| match c {
-            crate::packing::Compression::Gzip => gzip_layer,
-            crate::packing::Compression::Zstd => OCI_LAYER_ZSTD,
-            crate::packing::Compression::None => tar_layer,
+        let (manifest_type, config_type) = match flavour {
+            ManifestFlavour::Oci => (OCI_MANIFEST, OCI_CONFIG),
+            ManifestFlavour::Docker => (DOCKER_MANIFEST, DOCKER_CONFIG),
         };
         let config = self.config_json();
         let config_digest = Digest::of(&config);
-        let doc = ManifestDoc {
-            schema_version: 2,
-            media_type: manifest_type,
-            config: Descriptor::new(config_type, config_digest.clone(), config.len() as u64),
-            layers: self.layers.iter().map(|l| Descriptor::new(layer_type(l.packed.compression), l.packed.digest.clone(), l.packed.size)).collect(),
-        };
-        let manifest = serde_json::to_vec(&doc).expect("manifest serialises");
+        let doc = oci::ImageManifest::new(
+            manifest_type,
+            Descriptor::new(config_type, config_digest.clone(), config.len() as u64),
+            self.layers.iter().map(|l| Descriptor::new(layer(flavour, l.packed.compression), l.packed.digest.clone(), l.packed.size)).collect(),
+        );
+        let manifest = doc.to_bytes();
         ImageDocs { manifest_digest: Digest::of(&manifest), manifest, config, config_digest, manifest_media_type: manifest_type }
     }
 }

@@ -28,10 +28,13 @@ pub struct LayerRecipe {
     pub perms: Vec<PermRule>,
 }
 
+/// The version of [`StreamDoc`] this helper writes and reads.
+pub const STREAM_VERSION: u32 = 1;
+
 /// What [`STREAM_FILE`] holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StreamDoc {
-    /// 1.
+    /// [`STREAM_VERSION`].
     pub version: u32,
     /// The compression of every layer.
     pub compression: crate::packing::Compression,
@@ -39,4 +42,15 @@ pub struct StreamDoc {
     pub level: u32,
     /// The layers packed on demand.
     pub layers: Vec<LayerRecipe>,
+}
+
+impl StreamDoc {
+    /// Reads one, refusing another version than this helper writes.
+    pub fn from_slice(bytes: &[u8]) -> Result<StreamDoc, String> {
+        let doc: StreamDoc = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if doc.version != STREAM_VERSION {
+            return Err(format!("version {} (this helper reads version {STREAM_VERSION}: use the helper that built the image)", doc.version));
+        }
+        Ok(doc)
+    }
 }

@@ -59,9 +59,20 @@ pub struct LayerPlan {
     pub layers: Vec<PlannedLayer>,
 }
 
+impl LayerPlan {
+    /// Reads a plan as `nixery layers` prints it, refusing another version.
+    pub fn from_json(text: &str) -> Result<LayerPlan, String> {
+        let plan: LayerPlan = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if plan.version != PLAN_VERSION {
+            return Err(format!("a layer plan of version {}; this helper reads version {PLAN_VERSION}", plan.version));
+        }
+        Ok(plan)
+    }
+}
+
 /// A layering algorithm, chosen by name (`nixery layers --algorithm`,
 /// `buildNixeryImage { layering = …; }`, `NIXERY_LAYERING`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
 pub enum Algorithm {
     /// The original Nixery's dominator-tree algorithm (described above).
     Nixery,

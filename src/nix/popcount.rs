@@ -10,6 +10,30 @@ use super::{run_sync, NixError};
 /// Each store path's references.
 pub type References = BTreeMap<String, Vec<String>>;
 
+/// The references of `nix path-info --json` output: a list of `{path,
+/// references}` (Nix before 2.19) or an object from path to
+/// `{references}` (2.19 and later).
+pub fn path_info_references(text: &str) -> Result<References, NixError> {
+    #[derive(serde::Deserialize)]
+    struct Info {
+        path: Option<String>,
+        #[serde(default)]
+        references: Vec<String>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Doc {
+        List(Vec<Info>),
+        Map(BTreeMap<String, Info>),
+    }
+    let unreadable = |detail: String| NixError::Output { what: "nix path-info --json".into(), detail };
+    let doc: Doc = serde_json::from_str(text).map_err(|e| unreadable(format!("not its JSON: {e}")))?;
+    match doc {
+        Doc::List(v) => v.into_iter().map(|i| i.path.map(|p| (p, i.references)).ok_or_else(|| unreadable("an entry has no \"path\"".into()))).collect(),
+        Doc::Map(m) => Ok(m.into_iter().map(|(p, i)| (p, i.references)).collect()),
+    }
+}
+
 /// Lists a package set's top-level outputs, embedded like prepare-image.
 pub const TOP_LEVEL_OUTPUTS_NIX: &str = include_str!("../../nix/top-level-outputs.nix");
 

@@ -7,17 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use super::{tail, NixError, ResolvedSource};
-use crate::graph::{ClosureGraph, PathInfo};
+use crate::graph::{ClosureGraph, GraphDoc};
 
 /// The prepare-image expression, embedded so the binary is self-contained.
 pub const PREPARE_IMAGE_NIX: &str = include_str!("../../prepare-image/default.nix");
-
-/// Version of the graph document `write-graph` writes.
-pub const GRAPH_VERSION: u32 = 1;
 
 /// What `prepare-image` found.
 #[derive(Debug, Clone)]
@@ -98,20 +94,6 @@ impl Containment {
     }
 }
 
-/// What the graph derivation writes (`nixery write-graph`).
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GraphDoc {
-    /// [`GRAPH_VERSION`].
-    pub version: u32,
-    /// The names the package set does not have.
-    pub not_found: Vec<String>,
-    /// The packages found, in the order asked (the image's contents).
-    pub roots: Vec<String>,
-    /// Their closure.
-    pub graph: Vec<PathInfo>,
-}
-
 impl Prepare {
     /// Writes the embedded expression under `dir` and returns the settings.
     pub fn install(dir: &Path, helper: PathBuf, timeout: Duration) -> std::io::Result<Prepare> {
@@ -189,7 +171,7 @@ impl Prepare {
         }
         let out_path = out.trim();
         let text = tokio::fs::read_to_string(out_path).await.map_err(|source| NixError::Io { path: out_path.into(), source })?;
-        let doc: GraphDoc = serde_json::from_str(&text).map_err(|e| NixError::Output { what: out_path.into(), detail: e.to_string() })?;
+        let doc = GraphDoc::from_json(&text).map_err(|e| NixError::Output { what: out_path.into(), detail: e.to_string() })?;
         if !doc.not_found.is_empty() {
             return Ok(Prepared::NotFound(doc.not_found));
         }

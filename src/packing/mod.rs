@@ -333,7 +333,7 @@ pub struct PackedLayer {
 }
 
 /// A layer compression.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// gzip (`tar+gzip`), which every client reads. The default.

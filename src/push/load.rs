@@ -118,16 +118,18 @@ fn read_small(source: &Source, d: &Descriptor) -> Result<Vec<u8>, PushError> {
     Ok(bytes)
 }
 
-/// Adds the image to the OCI layout at `dir` under `tag`.
+/// Adds the image to the OCI layout at `dir` under `tag` (replacing what
+/// had that tag).
 fn write_oci(source: &Source, dir: &Path, tag: &str) -> Result<(), PushError> {
-    let blobs = dir.join("blobs/sha256");
+    use crate::image::oci;
+    let blobs = oci::blobs_dir(dir);
     std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
     let manifest_digest = Digest::of(&source.manifest);
     for (digest, _, bytes) in &source.children {
-        std::fs::write(blobs.join(digest.hex()), bytes).map_err(io(&blobs))?;
+        std::fs::write(oci::blob_path(dir, digest), bytes).map_err(io(&blobs))?;
     }
     for d in &source.blobs {
-        let dest = blobs.join(d.digest.hex());
+        let dest = oci::blob_path(dir, &d.digest);
         if dest.exists() {
             continue;
         }
@@ -142,19 +144,10 @@ fn write_oci(source: &Source, dir: &Path, tag: &str) -> Result<(), PushError> {
         }
         tmp.persist().map_err(io(&dest))?;
     }
-    std::fs::write(blobs.join(manifest_digest.hex()), &source.manifest).map_err(io(&blobs))?;
-    let index_path = dir.join("index.json");
-    let mut index: serde_json::Value = match std::fs::read(&index_path) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| PushError::Source { path: index_path.display().to_string(), detail: e.to_string() })?,
-        Err(_) => serde_json::json!({ "schemaVersion": 2, "mediaType": crate::image::media_type::OCI_INDEX, "manifests": [] }),
-    };
-    let mut desc = Descriptor::new(&source.media_type, manifest_digest, source.manifest.len() as u64);
-    desc.annotations.insert("org.opencontainers.image.ref.name".into(), tag.to_string());
-    let manifests =
-        index["manifests"].as_array_mut().ok_or_else(|| PushError::Source { path: index_path.display().to_string(), detail: "no manifests list".into() })?;
-    manifests.retain(|m| m["annotations"]["org.opencontainers.image.ref.name"] != tag);
-    manifests.push(serde_json::to_value(&desc).expect("json"));
-    std::fs::write(&index_path, serde_json::to_vec(&index).expect("json")).map_err(io(&index_path))?;
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io(dir))?;
+    std::fs::write(oci::blob_path(dir, &manifest_digest), &source.manifest).map_err(io(&blobs))?;
+    let mut entries = if dir.join("index.json").exists() { crate::image::OciLayout::open(dir)?.entries } else { Vec::new() };
+    entries.retain(|e| e.tag() != Some(tag));
+    entries.push(Descriptor::new(&source.media_type, manifest_digest, source.manifest.len() as u64).tagged(None, tag));
+    oci::write_layout_index(dir, entries)?;
     Ok(())
 }

@@ -46,6 +46,9 @@ pub enum PushError {
         /// What is wrong.
         detail: String,
     },
+    /// The source's layout cannot be read.
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
     /// A file cannot be read.
     #[error("{path}: {source}")]
     Io {
@@ -143,18 +146,6 @@ fn source_error(path: &Path, detail: impl Into<String>) -> PushError {
     PushError::Source { path: path.display().to_string(), detail: detail.into() }
 }
 
-/// The layout reader's error, as a push error about the source `dir`.
-fn from_image_error(dir: &Path, e: crate::image::ImageError) -> PushError {
-    match e {
-        crate::image::ImageError::Io { path, source } => PushError::Io { path: path.display().to_string(), source },
-        other => {
-            let message = other.to_string();
-            let prefix = format!("{}: ", dir.display());
-            source_error(dir, message.strip_prefix(&prefix).unwrap_or(&message))
-        }
-    }
-}
-
 impl Source {
     /// Opens `SOURCE[:TAG]`: an OCI layout directory (a `buildNixeryImage`
     /// or `streamNixeryImage` result). The tag picks an image when the
@@ -167,37 +158,29 @@ impl Source {
         if dir.is_file() {
             return Err(source_error(&dir, "a file, not an OCI layout directory (build with format = \"oci-dir\", the default)"));
         }
-        let image_err = |e: crate::image::ImageError| from_image_error(&dir, e);
-        let layout = OciLayout::open(&dir).map_err(image_err)?;
+        let layout = OciLayout::open(&dir)?;
         let chosen = match (tag, layout.tagged(tag).as_slice()) {
             (_, [one]) => (*one).clone(),
             (Some(t), []) => return Err(source_error(&dir, format!("no image tagged {t:?} (it has {})", layout.tags()))),
             (Some(_), [first, ..]) => (*first).clone(),
             (None, []) => return Err(source_error(&dir, "index.json lists no image")),
             (None, many) => {
-                return Err(source_error(
-                    &dir,
-                    format!(
-                        "several images: name one as SOURCE:TAG ({})",
-                        many.iter().map(|d| OciLayout::tag_of(d).unwrap_or_default()).collect::<Vec<_>>().join(", ")
-                    ),
-                ))
+                let tags: Vec<&str> = many.iter().map(|d| d.tag().unwrap_or_default()).collect();
+                return Err(source_error(&dir, format!("several images: name one as SOURCE:TAG ({})", tags.join(", "))));
             }
         };
-        let manifest = layout.read_blob(&chosen.digest).map_err(image_err)?;
+        let manifest = layout.read_document(&chosen.digest)?;
         let image_blobs = |manifest: &[u8]| -> Result<Vec<Descriptor>, PushError> {
-            let doc: serde_json::Value = serde_json::from_slice(manifest).map_err(|e| source_error(&dir, format!("manifest: {e}")))?;
-            let (config, layers) = layout.manifest_parts(&doc).map_err(image_err)?;
-            Ok(std::iter::once(config).chain(layers).collect())
+            let m = crate::image::oci::ImageManifest::from_slice(manifest)?;
+            Ok(std::iter::once(m.config).chain(m.layers).collect())
         };
         let mut children = Vec::new();
         let blobs = if chosen.media_type == crate::image::media_type::OCI_INDEX {
             // An index (buildNixeryIndex): every image's blobs, once.
-            let doc: serde_json::Value = serde_json::from_slice(&manifest).map_err(|e| source_error(&dir, format!("index: {e}")))?;
-            let entries: Vec<Descriptor> = serde_json::from_value(doc["manifests"].clone()).map_err(|e| source_error(&dir, format!("index: {e}")))?;
+            let index = crate::image::oci::ImageIndex::from_slice(&manifest)?;
             let mut all: Vec<Descriptor> = Vec::new();
-            for e in entries {
-                let bytes = layout.read_blob(&e.digest).map_err(image_err)?;
+            for e in index.manifests {
+                let bytes = layout.read_document(&e.digest)?;
                 for b in image_blobs(&bytes)? {
                     if !all.iter().any(|a| a.digest == b.digest) {
                         all.push(b);
@@ -211,13 +194,13 @@ impl Source {
         };
         let stream = match std::fs::read(dir.join(STREAM_FILE)) {
             Ok(bytes) => {
-                let s: StreamDoc = serde_json::from_slice(&bytes).map_err(|e| source_error(&dir, format!("{STREAM_FILE}: {e}")))?;
+                let s = StreamDoc::from_slice(&bytes).map_err(|e| source_error(&dir, format!("{STREAM_FILE}: {e}")))?;
                 let opts = PackOptions::new(s.compression, Some(s.level)).map_err(|e| source_error(&dir, format!("{STREAM_FILE}: {e}")))?;
                 Some((opts, s.layers))
             }
             Err(_) => None,
         };
-        let image_name = chosen.annotations.get("io.containerd.image.name").cloned();
+        let image_name = chosen.annotations.get(crate::image::oci::annotation::IMAGE_NAME).cloned();
         let source = Source { media_type: chosen.media_type.clone(), dir, manifest, blobs, image_name, children, stream, checked: Default::default() };
         for b in &source.blobs {
             let path = source.blob_path(&b.digest);
@@ -258,7 +241,7 @@ impl Source {
     }
 
     fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.dir.join("blobs/sha256").join(d.hex())
+        crate::image::oci::blob_path(&self.dir, d)
     }
 
     fn recipe(&self, d: &Digest) -> Option<(PackOptions, &LayerRecipe)> {

@@ -753,14 +753,16 @@ const CA_BUNDLE: &str = "etc/ssl/certs/ca-bundle.crt";
 /// list of the Docker ones.
 fn store_index(storage: &dyn Storage, entries: &[(Platform, Arc<BuiltImage>)]) -> Result<BuiltImage, ShimError> {
     let flavour = |index_type: &str, pick: &dyn Fn(&BuiltImage) -> &StoredManifest| -> Result<StoredManifest, ShimError> {
-        let manifests: Vec<serde_json::Value> = entries
+        let manifests = entries
             .iter()
             .map(|(platform, image)| {
                 let m = pick(image);
-                serde_json::json!({ "mediaType": m.media_type, "digest": m.digest, "size": m.size, "platform": platform })
+                let mut d = crate::image::Descriptor::new(&m.media_type, m.digest.clone(), m.size);
+                d.platform = Some(platform.clone());
+                d
             })
             .collect();
-        let bytes = serde_json::to_vec(&serde_json::json!({ "schemaVersion": 2, "mediaType": index_type, "manifests": manifests })).expect("json");
+        let bytes = crate::image::oci::ImageIndex::new(index_type, manifests).to_bytes();
         put_bytes(storage, &bytes, index_type)?;
         Ok(StoredManifest { digest: Digest::of(&bytes), size: bytes.len() as u64, media_type: index_type.to_string(), bytes: Some(bytes.into()) })
     };

@@ -149,7 +149,7 @@ impl FilesystemStorage {
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.inner.root.join("blobs/sha256").join(digest.hex())
+        crate::image::oci::blob_path(&self.inner.root, digest)
     }
 
     fn read_media_type(&self, path: &Path) -> Option<String> {

@@ -158,6 +158,150 @@ pub async fn hash_blob(storage: &dyn Storage, digest: &Digest) -> Result<Option<
     Ok(Some((info, hasher.finish().1)))
 }
 
+/// Which backend keeps the shim's blobs and caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Backend {
+    /// A directory ([`filesystem`]).
+    #[default]
+    Filesystem,
+    /// A Google Cloud Storage bucket ([`gcs`]).
+    Gcs,
+    /// An S3 (or S3-compatible) bucket ([`s3`]).
+    S3,
+}
+
+/// Where `nixery serve` keeps blobs and caches: the settings of every
+/// backend, each a flag that also reads the original Nixery's (or the
+/// cloud's usual) environment variable.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Settings {
+    /// Where layers and manifests are stored.
+    #[arg(long, env = "NIXERY_STORAGE_BACKEND", value_enum, default_value_t = Backend::Filesystem)]
+    pub storage_backend: Backend,
+    /// The storage directory of the filesystem backend.
+    #[arg(long, env = "STORAGE_PATH")]
+    pub storage_path: Option<std::path::PathBuf>,
+    /// The bucket of the gcs backend.
+    #[arg(long, env = "GCS_BUCKET")]
+    pub gcs_bucket: Option<String>,
+    /// Service account credentials of the gcs backend (else Application
+    /// Default Credentials: the metadata server on Google's machines).
+    #[arg(long, env = "GOOGLE_APPLICATION_CREDENTIALS")]
+    pub google_application_credentials: Option<std::path::PathBuf>,
+    /// A GCS emulator (host:port or URL) for the gcs backend; no tokens are
+    /// asked for.
+    #[arg(long, env = "STORAGE_EMULATOR_HOST")]
+    pub storage_emulator_host: Option<String>,
+    /// A PEM file (PKCS#8) with the private key that signs blob URLs of
+    /// the gcs backend (with --gcs-signing-account).
+    #[arg(long, env = "GCS_SIGNING_KEY", requires = "gcs_signing_account")]
+    pub gcs_signing_key: Option<std::path::PathBuf>,
+    /// The email of the service account whose key GCS_SIGNING_KEY is.
+    #[arg(long, env = "GCS_SIGNING_ACCOUNT", requires = "gcs_signing_key")]
+    pub gcs_signing_account: Option<String>,
+    /// Scheme and host that signed GCS URLs point at (a bucket-bound
+    /// hostname or a proxy); by default the endpoint's.
+    #[arg(long, env = "NIXERY_GCS_SIGNED_URL_BASE")]
+    pub gcs_signed_url_base: Option<String>,
+    /// The bucket of the s3 backend (credentials, region and endpoint come
+    /// from the AWS_* variables).
+    #[arg(long, env = "NIXERY_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// With gcs or s3: redirect blob GETs to signed URLs of the bucket
+    /// (true), or stream blobs through the shim (false).
+    #[arg(long, env = "NIXERY_BLOB_REDIRECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub blob_redirect: bool,
+    /// Seconds a signed blob URL stays valid.
+    #[arg(long, env = "NIXERY_SIGNED_URL_EXPIRY", default_value_t = object::SIGNED_URL_LIFETIME.as_secs(), value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub signed_url_expiry: u64,
+}
+
+/// Why a storage backend cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A setting the backend needs is missing.
+    #[error("the {backend} storage backend needs {variable} ({flag})")]
+    Missing {
+        /// The backend.
+        backend: &'static str,
+        /// Its variable.
+        variable: &'static str,
+        /// Its flag.
+        flag: &'static str,
+    },
+    /// The GCS bucket cannot be used.
+    #[error("cannot use the GCS bucket {bucket}")]
+    Gcs {
+        /// The bucket.
+        bucket: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The S3 bucket cannot be used.
+    #[error("cannot use the S3 bucket {bucket}")]
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The storage does not answer.
+    #[error("cannot reach the {backend} storage")]
+    Unreachable {
+        /// The backend.
+        backend: &'static str,
+        /// Why.
+        #[source]
+        source: StorageError,
+    },
+    /// The filesystem storage cannot be opened.
+    #[error(transparent)]
+    Filesystem(#[from] StorageError),
+}
+
+/// Opens the storage `settings` name, on `runtime` (which object storage
+/// runs its uploads on), and checks that it answers: a bucket that does
+/// not exist, or an endpoint out of reach, fails here, at start, not at
+/// the first pull.
+pub fn open(settings: &Settings, runtime: &tokio::runtime::Runtime) -> Result<std::sync::Arc<dyn Storage>, OpenError> {
+    use std::sync::Arc;
+    let redirect = settings.blob_redirect.then(|| std::time::Duration::from_secs(settings.signed_url_expiry));
+    let storage: Arc<dyn Storage> = match settings.storage_backend {
+        Backend::Filesystem => {
+            let path = settings.storage_path.as_ref().ok_or(OpenError::Missing { backend: "filesystem", variable: "STORAGE_PATH", flag: "--storage-path" })?;
+            Arc::new(filesystem::FilesystemStorage::open(path)?)
+        }
+        Backend::Gcs => {
+            let bucket = settings.gcs_bucket.clone().ok_or(OpenError::Missing { backend: "gcs", variable: "GCS_BUCKET", flag: "--gcs-bucket" })?;
+            let config = gcs::GcsConfig {
+                bucket: bucket.clone(),
+                emulator_host: settings.storage_emulator_host.clone(),
+                credentials: settings.google_application_credentials.clone(),
+                signing_key: settings.gcs_signing_key.clone(),
+                signing_account: settings.gcs_signing_account.clone(),
+                signed_url_base: settings.gcs_signed_url_base.clone(),
+            };
+            let failed = |e: Box<dyn std::error::Error + Send + Sync>| OpenError::Gcs { bucket: bucket.clone(), source: e };
+            let gcs = runtime.block_on(gcs::GcsBucket::connect(&config)).map_err(|e| failed(Box::new(e)))?;
+            let storage = object::ObjectStorage::new("gcs", Arc::new(gcs), redirect, runtime.handle().clone());
+            runtime.block_on(storage.check()).map_err(|e| failed(Box::new(e)))?;
+            Arc::new(storage)
+        }
+        Backend::S3 => {
+            let bucket = settings.s3_bucket.clone().ok_or(OpenError::Missing { backend: "s3", variable: "NIXERY_S3_BUCKET", flag: "--s3-bucket" })?;
+            let failed = |e: Box<dyn std::error::Error + Send + Sync>| OpenError::S3 { bucket: bucket.clone(), source: e };
+            let s3 = s3::StoreBucket::s3(&bucket).map_err(|e| failed(Box::new(e)))?;
+            let storage = object::ObjectStorage::new("s3", Arc::new(s3), redirect, runtime.handle().clone());
+            runtime.block_on(storage.check()).map_err(|e| failed(Box::new(e)))?;
+            Arc::new(storage)
+        }
+    };
+    runtime.block_on(storage.get_meta("startup-check")).map_err(|source| OpenError::Unreachable { backend: storage.name(), source })?;
+    Ok(storage)
+}
+
 /// Stores `bytes` as a blob (for small documents: configs, manifests).
 pub fn put_bytes(storage: &dyn Storage, bytes: &[u8], media_type: &str) -> Result<Digest, StorageError> {
     let digest = Digest::of(bytes);

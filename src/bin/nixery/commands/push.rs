@@ -1,0 +1,70 @@
+//! `nixery push`: an image that buildNixeryImage or streamNixeryImage
+//! built, to a registry.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use nixery::push;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The image: the build's result (an OCI layout directory), with
+    /// `:TAG` when it holds several.
+    source: String,
+    /// Where to: `REGISTRY/REPOSITORY[:TAG]` (tag: latest).
+    dest: String,
+    #[command(flatten)]
+    flags: Flags,
+}
+
+/// How `nixery push` (and a `copyToRegistry` program) talks to the registry.
+#[derive(clap::Args)]
+pub struct Flags {
+    /// Credentials, `USER:PASSWORD`; by default from
+    /// `REGISTRY_AUTH_FILE`, the containers auth file, or
+    /// `~/.docker/config.json`.
+    #[arg(long)]
+    creds: Option<String>,
+    /// A repository of the same registry that has some of the blobs:
+    /// they are mounted from it instead of uploaded.
+    #[arg(long)]
+    mount_from: Option<String>,
+    /// Plain HTTP to a registry that is not on a loopback address
+    /// (loopback addresses always get plain HTTP, as with docker).
+    #[arg(long)]
+    plain_http: bool,
+    /// A PEM file of CA certificates to trust instead of the bundled roots.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Uploads at once.
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+    /// Seconds a request may stall (nothing sent or received) before it
+    /// fails; a failed request is tried three times in all.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: u64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    push_image(&args.source, &args.dest, args.flags)
+}
+
+/// Pushes `source` to `dest` and prints the manifest's digest.
+pub fn push_image(source: &str, dest: &str, flags: Flags) -> anyhow::Result<()> {
+    let dest: push::Destination = dest.parse()?;
+    let login = match flags.creds {
+        Some(c) => Some(push::credentials::Login::parse(&c).context("--creds is USER:PASSWORD")?),
+        None => push::credentials::find(&dest.registry),
+    };
+    let source = push::Source::open(source)?;
+    let connection = push::Connection { plain_http: flags.plain_http, ca_file: flags.ca_file, login, stall_timeout: Some(Duration::from_secs(flags.timeout)) };
+    let opts = push::PushOptions { connection, mount_from: flags.mount_from, jobs: flags.jobs };
+    let report = push::push(&source, &dest, &opts)?;
+    eprintln!(
+        "nixery: pushed {}/{}:{}: {} blobs uploaded ({} bytes), {} mounted, {} already there",
+        dest.registry, dest.repository, dest.tag, report.uploaded, report.uploaded_bytes, report.mounted, report.present
+    );
+    println!("{}", report.digest.map(|d| d.to_string()).unwrap_or_default());
+    Ok(())
+}
