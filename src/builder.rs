@@ -690,6 +690,6 @@ mod tests {
         assert!(e.contains("lz4"), "{e}");
         assert!(spec(serde_json::json!({"layering": "bogus"})).unwrap_err().to_string().contains("bogus"));
         let bad = spec(serde_json::json!({"compressionLevel": 13})).unwrap();
-        assert_eq!(bad.pack_options().unwrap_err().to_string(), "in image x: compression level 13 is out of range for gzip (0 to 12)");
+        assert_eq!(bad.pack_options().unwrap_err().to_string(), "in image x: `compressionLevel`: compression level 13 is out of range for gzip (0 to 12)");
     }
 }

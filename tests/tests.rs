@@ -17,4 +17,5 @@ mod nix_image;
 mod push;
 mod shim;
 mod shim_safety;
+mod storage;
 mod worlds;

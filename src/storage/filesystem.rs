@@ -307,6 +307,21 @@ impl Storage for FilesystemStorage {
         self.remove_file(digest)
     }
 
+    fn leftovers(&self) -> Vec<String> {
+        // This process's staging files; its owner file is not one.
+        let staging = self.inner.root.join("staging");
+        let Ok(own) = crate::scratch::owned(&staging, STAGING_PREFIX, None) else { return Vec::new() };
+        let own = own.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        std::fs::read_dir(&staging)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&format!("{own}.")) && !n.ends_with(".owner"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         check_key(key)?;
         let path = self.inner.root.join("meta").join(key);
@@ -387,6 +402,22 @@ mod tests {
         let mut left: Vec<_> = fs::read_dir(&staging).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_none_or(|e| e != "owner")).collect();
         left.sort();
         assert_eq!(left, vec![live]);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_blob_is_found_removed_and_replaced_by_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FilesystemStorage::open(dir.path()).unwrap();
+        let d = crate::storage::put_bytes(&s, b"the right bytes", "application/octet-stream").unwrap();
+        let path = s.blob_path(&d);
+        fs::write(&path, b"the wrong bytes").unwrap();
+        // A commit of the right bytes replaces the wrong ones.
+        crate::storage::put_bytes(&s, b"the right bytes", "application/octet-stream").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"the right bytes");
+        // Found by a check: removed, and said so.
+        fs::write(&path, b"the wrong bytes").unwrap();
+        assert_eq!(s.verify_blob(&d).await.unwrap(), crate::storage::BlobCheck::Removed { actual: Digest::of(b"the wrong bytes") });
+        assert!(!path.exists());
     }
 
     #[tokio::test]

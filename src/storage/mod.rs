@@ -20,7 +20,8 @@
 //! - Cache entries ([`Storage::get_meta`], [`Storage::put_meta`]) are small
 //!   documents under a key; writes replace them atomically.
 //!
-//! `conformance` (compiled for tests) is the suite every backend runs.
+//! [`conformance`] is the suite every backend runs (public, so that the
+//! integration tests run it against GCS's and S3's emulators).
 
 use std::io::{self, Write};
 use std::pin::Pin;
@@ -95,26 +96,36 @@ pub trait BlobWriter: Write + Send {
     fn cancel(self: Box<Self>);
 }
 
-/// A storage backend.
+/// A storage backend. Every backend keeps these semantics, which
+/// [`conformance`] checks (every backend runs it: the filesystem, an
+/// in-memory object store, and GCS and S3 against their emulators).
 #[async_trait]
 pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Short name for logs (`filesystem`, `gcs`, …).
     fn name(&self) -> &'static str;
 
-    /// Starts writing a blob.
+    /// Starts writing a blob: nothing is visible until the writer's
+    /// [`BlobWriter::commit`], which checks the digest of what was
+    /// written and, for a blob that exists, keeps it unless its bytes are
+    /// not its digest's (then replaces it). Committing works from any
+    /// thread, inside an async runtime of any flavour or outside one. A
+    /// writer dropped without a commit leaves nothing behind.
     fn blob_writer(&self) -> Result<Box<dyn BlobWriter>, StorageError>;
 
     /// Size and media type of a blob, or `None` when it is not stored.
+    /// Cheap (a stat, a HEAD): no bytes are read.
     async fn stat_blob(&self, digest: &Digest) -> Result<Option<BlobInfo>, StorageError>;
 
     /// The bytes of a blob from `offset`, `len` bytes long (the caller has
-    /// checked the range against [`Storage::stat_blob`]).
+    /// checked the range against [`Storage::stat_blob`]); a range past the
+    /// end gives fewer bytes, never an error.
     async fn read_blob(&self, digest: &Digest, offset: u64, len: u64) -> Result<ByteStream, StorageError>;
 
-    /// A cache entry, or `None`.
+    /// A cache entry, or `None`. The key is checked ([`check_key`]).
     async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
 
-    /// Writes a cache entry, replacing any earlier one.
+    /// Writes a cache entry, replacing any earlier one atomically: a reader
+    /// sees the old value or the new, never half of one.
     async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StorageError>;
 
     /// A URL clients can fetch the blob from themselves (a signed object
@@ -122,6 +133,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     async fn blob_url(&self, _digest: &Digest) -> Result<Option<String>, StorageError> {
         Ok(None)
     }
+
+    /// What writes left in this process's scratch (staging files, spool
+    /// files), by name: empty whenever every writer has committed or been
+    /// dropped.
+    fn leftovers(&self) -> Vec<String>;
 
     /// Whether the blob's bytes are known to be its digest's, since they
     /// were written or last checked, without reading them. Readers that
@@ -337,8 +353,9 @@ pub async fn collect(mut s: ByteStream) -> io::Result<Vec<u8>> {
 }
 
 /// The conformance suite: every backend runs this against a fresh, empty
-/// instance of itself.
-#[cfg(test)]
+/// instance of itself (it panics on the first broken promise). It checks
+/// the semantics [`Storage`] states, and that nothing is left behind.
+#[doc(hidden)]
 pub async fn conformance(storage: &dyn Storage) {
     use crate::image::media_type::OCI_LAYER_GZIP;
 
@@ -395,6 +412,33 @@ pub async fn conformance(storage: &dyn Storage) {
     for bad in ["../escape", "a//b", "", "a/../b", "with space"] {
         assert!(matches!(storage.put_meta(bad, b"x").await, Err(StorageError::InvalidKey(_))), "{bad}");
     }
+
+    // A removed blob is stored again by a commit of its bytes.
+    let fixed = put_bytes(storage, b"a blob to corrupt", OCI_LAYER_GZIP).unwrap();
+    storage.remove_blob(&fixed).await.unwrap();
+    put_bytes(storage, b"a blob to corrupt", OCI_LAYER_GZIP).unwrap();
+    assert_eq!(collect(storage.read_blob(&fixed, 0, 17).await.unwrap()).await.unwrap(), b"a blob to corrupt");
+
+    // A dropped writer (an error, a panic) leaves nothing.
+    let mut w = storage.blob_writer().unwrap();
+    w.write_all(b"half a blob").unwrap();
+    drop(w);
+
+    // Commits work from a thread outside any runtime, and from inside a
+    // current-thread runtime (where blocking in place is not allowed).
+    let in_thread = std::thread::scope(|s| s.spawn(|| put_bytes(storage, b"from a plain thread", OCI_LAYER_GZIP)).join().unwrap());
+    assert_eq!(in_thread.unwrap(), Digest::of(b"from a plain thread"));
+    let current_thread = std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async { put_bytes(storage, b"from a current-thread runtime", OCI_LAYER_GZIP) })
+        })
+        .join()
+        .unwrap()
+    });
+    assert_eq!(current_thread.unwrap(), Digest::of(b"from a current-thread runtime"));
+
+    assert_eq!(storage.leftovers(), Vec::<String>::new(), "every write committed or dropped leaves nothing in scratch");
 }
 
 #[cfg(test)]

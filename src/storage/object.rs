@@ -117,11 +117,18 @@ impl ObjectStorage {
 
     /// Runs `f` to completion from synchronous code: on the backend's
     /// runtime, or, when called on a runtime worker, in place.
-    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::task::block_in_place(|| self.inner.runtime.block_on(f))
-        } else {
-            self.inner.runtime.block_on(f)
+    /// Runs `f` to completion from synchronous code, whatever runs the
+    /// caller: in place outside a runtime; on a multi-threaded runtime's
+    /// worker, blocking in place; on a current-thread runtime (which may
+    /// not block in place), on a thread of its own.
+    fn block_on<F: std::future::Future + Send>(&self, f: F) -> F::Output
+    where
+        F::Output: Send,
+    {
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Err(_) => self.inner.runtime.block_on(f),
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| self.inner.runtime.block_on(f)),
+            Ok(_) => std::thread::scope(|s| s.spawn(|| self.inner.runtime.block_on(f)).join().expect("the storage thread panicked")),
         }
     }
 }
@@ -245,6 +252,10 @@ impl Storage for ObjectStorage {
             Some(info) => super::BlobCheck::Good(info),
             None => super::BlobCheck::Missing,
         })
+    }
+
+    fn leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(&self.inner.spool).map(|d| d.flatten().map(|e| e.path().display().to_string()).collect()).unwrap_or_default()
     }
 
     async fn remove_blob(&self, digest: &Digest) -> Result<(), StorageError> {
