@@ -92,23 +92,34 @@ fn the_shim_image_serves_images_its_own_nix_builds() {
         .arg(id.trim())
         .args(&command[1..]));
     assert!(volume.join("var/nix/db/db.sqlite").exists());
-    let port = free_port();
-    let container = Container { root: &root, name: format!("nixery-shim-{port}") };
+    let container = Container { root: &root, name: format!("nixery-shim-{}", unique_in_run()) };
     let mount = |host: &Path, inside: &str| format!("{}:{inside}:ro", host.display());
     run(podman(&root)
         .args(["run", "-d", "--name", &container.name, "--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"])
         // The host's network namespace, so that the test reaches the shim
         // on the loopback (it binds 127.0.0.1 here, 0.0.0.0 by default).
-        .args(["--network", "host", "-e", &format!("PORT={port}"), "-e", "NIXERY_BIND=127.0.0.1", "-e", "NIXERY_PKGS_PATH=/pkgswrap"])
+        .args(["--network", "host", "-e", "PORT=0", "-e", "NIXERY_BIND=127.0.0.1", "-e", "NIXERY_PKGS_PATH=/pkgswrap"])
         .args(["-v", &mount(Path::new("/usr"), "/host/usr"), "-v", &mount(Path::new("/etc"), "/host/etc")])
         .args(["-v", &mount(&repo().join("tests/pkgs"), "/pkgs"), "-v", &mount(&pkgs, "/pkgswrap")])
         .args(["-v", &format!("{}:/nix", volume.display())])
         .arg(id.trim()));
+    // The shim picks a free port (PORT=0) and its log names it.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the shim in the container does not listen:\n{}", container.logs());
+    let port: u16 = loop {
+        let logs = container.logs();
+        if let Some(port) = logs
+            .lines()
+            .find(|l| l.contains("nixery is serving"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .and_then(|a| a.split_whitespace().next())
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+        {
+            break port;
+        }
+        assert!(Instant::now() < deadline, "the shim in the container does not listen:\n{logs}");
         std::thread::sleep(Duration::from_millis(100));
-    }
+    };
 
     // A client pulls an image the container's Nix builds, and runs it.
     // (podman names an oci: image by its path, which must be lower-case.)

@@ -15,18 +15,18 @@ struct Reference {
 
 impl Reference {
     fn start(data: &std::path::Path, readonly: bool) -> Reference {
-        let port = free_port();
-        let config = data.with_extension(format!("config-{port}.yml"));
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  maintenance:\n    readonly:\n      enabled: {readonly}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                data.display()
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new("docker-registry").arg("serve").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        wait_for_port(port, &mut child);
+        let (port, child) = serve_on_free_port(|port| {
+            let config = data.with_extension(format!("config-{port}.yml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  maintenance:\n    readonly:\n      enabled: {readonly}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                    data.display()
+                ),
+            )
+            .unwrap();
+            Command::new("docker-registry").arg("serve").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+        });
         Reference { port, child }
     }
 }

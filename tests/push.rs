@@ -19,28 +19,28 @@ struct AuthRegistry {
 impl AuthRegistry {
     fn start() -> AuthRegistry {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let htpasswd = dir.path().join("htpasswd");
         std::fs::write(&htpasswd, format!("ci:{}\n", bcrypt::hash("s3cret", 6).unwrap())).unwrap();
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nauth:\n  htpasswd:\n    realm: test\n    path: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display(),
-                htpasswd.display()
-            ),
-        )
-        .unwrap();
         let log = dir.path().join("registry.log");
-        let mut child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("docker-registry (scripts/setup installs it)");
-        wait_for_port(port, &mut child);
+        let (port, child) = serve_on_free_port(|port| {
+            let config = dir.path().join(format!("config-{port}.yml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nauth:\n  htpasswd:\n    realm: test\n    path: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                    dir.path().join("data").display(),
+                    htpasswd.display()
+                ),
+            )
+            .unwrap();
+            Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("docker-registry (scripts/setup installs it)")
+        });
         AuthRegistry { port, log, child, _dir: dir }
     }
 

@@ -264,9 +264,16 @@ fn git_sources_build_each_ref_and_share_unchanged_layers() {
     let src = std::fs::read_to_string(pkgs.join("default.nix")).unwrap();
     std::fs::write(pkgs.join("default.nix"), src.replace("echo nano 8;", "echo nano 9;")).unwrap();
     run(Command::new("git").arg("-C").arg(&pkgs).args(["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "v3"]));
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    let (moved, _) = manifest(&shim, "shell/hello", "latest", OCI);
-    assert_ne!(moved, m2, "latest follows the branch");
+    // Polled: the shim looks the branch up again once the TTL has passed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (moved, _) = manifest(&shim, "shell/hello", "latest", OCI);
+        if moved != m2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "latest did not follow the branch");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 #[test]
@@ -278,15 +285,15 @@ fn popularity_from_a_url_and_a_static_web_dir() {
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(site.join("popularity.json"), r#"{"oniguruma-6.9.8": 1000}"#).unwrap();
     std::fs::write(site.join("index.html"), "<h1>our own page</h1>").unwrap();
-    let port = free_port();
-    let mut server = Command::new("python3")
-        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
-        .current_dir(&site)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, &mut server);
+    let (port, mut server) = serve_on_free_port(|port| {
+        Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+            .current_dir(&site)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    });
     let url = format!("http://127.0.0.1:{port}/popularity.json");
     let shim = Shim::start(&dir.path().join("store"), &[("NIX_POPULARITY_URL", &url), ("WEB_DIR", site.to_str().unwrap()), ("NIXERY_BASE_PACKAGES", "")]);
     let _ = server.kill();

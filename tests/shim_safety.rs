@@ -101,6 +101,24 @@ fn closed_by_server(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
     }
 }
 
+/// How many connections the shim has open, asked over `conn` (one of
+/// them), from /metrics.
+fn shim_connections(conn: &TcpStream) -> u32 {
+    let mut conn = conn.try_clone().unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut buf).unwrap();
+        got.extend_from_slice(&buf[..n]);
+        if n == 0 || got.ends_with(b"# EOF\n") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    text.lines().find(|l| l.starts_with("nixery_connections_open ")).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 #[test]
 fn slow_clients_are_cut_off_and_connections_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
@@ -123,7 +141,14 @@ fn slow_clients_are_cut_off_and_connections_are_bounded() {
     // Four connections hold every slot: the fifth client gets 503 with the
     // spec's error, not a refused or hanging connection.
     let held: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // Once the shim has taken all four (/metrics needs no slot of its own
+    // here: it is asked before the fifth and answered on a fresh slot only
+    // while one is free, so the count is read from a held connection).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shim_connections(&held[0]) < 4 {
+        assert!(Instant::now() < deadline, "the shim did not take the four connections");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut fifth = TcpStream::connect(addr).unwrap();
     fifth.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let answer = String::from_utf8_lossy(&closed_by_server(&mut fifth, Duration::from_secs(60))).into_owned();

