@@ -526,4 +526,12 @@ let
 in
 {
   inherit buildNixeryImage streamNixeryImage buildNixeryIndex;
+
+  # The arguments each function takes, by name (for tools and docs; a test
+  # checks docs/library.md against them).
+  arguments = {
+    buildNixeryImage = attrNames (builtins.functionArgs prepare);
+    streamNixeryImage = filter (a: a != "format") (attrNames (builtins.functionArgs prepare));
+    buildNixeryIndex = attrNames (builtins.functionArgs buildNixeryIndex);
+  };
 }

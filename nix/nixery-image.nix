@@ -8,7 +8,7 @@
 # paths are registered in the image's Nix database, so that Nix knows it
 # has them. It listens on 0.0.0.0:8080 and keeps layers in
 # /var/lib/nixery unless told otherwise; everything else is configured
-# with the usual variables (README), the package source first
+# with the usual variables (docs/shim.md), the package source first
 # (NIXERY_CHANNEL, NIXERY_PKGS_REPO or NIXERY_PKGS_PATH).
 #
 # Nix inside builds without its sandbox and without build users: a

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! The binary runs [`run`]; [`Settings`] is also what the NixOS module's
-//! list of variables and the README's table are checked against.
+//! list of variables and docs/shim.md's table are checked against.
 
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -325,58 +325,12 @@ fn clients_pull_with_credentials_over_tls_and_are_refused_without() {
     assert!(bad.contains(" 401"), "{bad}");
 }
 
-/// A Docker engine of its own (data under `dir`), stopped on drop.
-struct Dockerd {
-    child: std::process::Child,
-    socket: std::path::PathBuf,
-}
-
-impl Dockerd {
-    fn start(dir: &Path) -> Dockerd {
-        std::fs::create_dir_all(dir).unwrap();
-        let socket = dir.join("docker.sock");
-        let child = Command::new("dockerd")
-            .args(["--iptables=false", "--bridge=none", "--storage-driver=vfs", "--data-root"])
-            .arg(dir.join("data"))
-            .arg("--exec-root")
-            .arg(dir.join("exec"))
-            .arg("--pidfile")
-            .arg(dir.join("docker.pid"))
-            .arg("-H")
-            .arg(format!("unix://{}", socket.display()))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.join("dockerd.log")).unwrap())
-            .spawn()
-            .expect("dockerd (scripts/setup installs docker.io)");
-        let d = Dockerd { child, socket };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !d.docker().arg("info").output().is_ok_and(|o| o.status.success()) {
-            assert!(Instant::now() < deadline, "dockerd did not start: {}", std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        d
-    }
-
-    fn docker(&self) -> Command {
-        let mut c = Command::new("docker");
-        c.arg("-H").arg(format!("unix://{}", self.socket.display()));
-        c
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn docker_push_fails_at_once_and_errors_name_no_host_path() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let shim = Shim::start(&store, &[]);
-    let docker = Dockerd::start(&dir.path().join("docker"));
+    let docker = Dockerd::start(&dir.path().join("docker"), Dockerd::MINIMAL);
     let image = format!("{}/hello", shim.host());
     run(docker.docker().args(["pull", "-q"]).arg(&image));
     let pushed = format!("{}/pushed", shim.host());

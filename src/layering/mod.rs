@@ -74,12 +74,14 @@ impl LayerPlan {
 /// `buildNixeryImage { layering = …; }`, `NIXERY_LAYERING`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
 pub enum Algorithm {
-    /// The original Nixery's dominator-tree algorithm (described above).
+    /// The original Nixery's: popular or large paths hang off the image
+    /// root, dominator-tree groups, the least valuable groups merged to fit.
     Nixery,
     /// nixpkgs' `buildLayeredImage`: the `budget - 1` paths most referenced
     /// within the image get a layer each, the rest share one.
     PopularityContest,
-    /// The default, measured to share the most: see [`sharing`].
+    /// The default: a layer per store path while the budget allows, then
+    /// the paths whose sharing saves most; measured in BENCHMARKS.md.
     #[default]
     Sharing,
 }

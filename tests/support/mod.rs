@@ -168,7 +168,6 @@ fn listening(port: u16, child: &mut Child) -> bool {
     panic!("nothing listens on port {port} after 30 s");
 }
 
-
 /// A running reference registry (distribution), stopped on drop.
 pub struct Registry {
     pub port: u16,
@@ -789,4 +788,63 @@ pub fn certificates_for(dir: &Path, ip: &str) -> (std::path::PathBuf, std::path:
         .arg("-out")
         .arg(&cert));
     (ca, cert, key)
+}
+
+/// A Docker engine of its own (data, state and socket under `dir`),
+/// stopped on drop.
+pub struct Dockerd {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Dockerd {
+    /// No bridge, no iptables, vfs: the least a pull needs.
+    pub const MINIMAL: &'static [&'static str] = &["--iptables=false", "--bridge=none", "--storage-driver=vfs"];
+    /// Docker's own defaults, as `dockerd &` runs (in a test's network
+    /// namespace, where its bridge and iptables rules stay).
+    pub const DEFAULTS: &'static [&'static str] = &[];
+
+    pub fn start(dir: &Path, flags: &[&str]) -> Dockerd {
+        std::fs::create_dir_all(dir).unwrap();
+        let socket = dir.join("docker.sock");
+        let child = Command::new("dockerd")
+            .args(flags)
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", socket.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("dockerd.log")).unwrap())
+            .spawn()
+            .expect("dockerd (scripts/setup installs docker.io)");
+        let d = Dockerd { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !d.docker().arg("info").output().is_ok_and(|o| o.status.success()) {
+            assert!(Instant::now() < deadline, "dockerd did not start: {}", std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        d
+    }
+
+    /// `DOCKER_HOST` for a client of this engine.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    pub fn docker(&self) -> Command {
+        let mut c = Command::new("docker");
+        c.arg("-H").arg(self.host());
+        c
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
 }
