@@ -206,8 +206,9 @@ pub struct BuildSpec {
 }
 
 /// A permission rule as `lib.nix` passes it (nix2container's shape).
+/// lib.nix writes every key itself, so none is unknown (`flatten` does
+/// not allow denying them).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PermSpec {
     /// A store path or a path in the image.
     pub path: String,
@@ -218,18 +219,9 @@ pub struct PermSpec {
     /// Octal permission bits, as a string (`"0750"`).
     #[serde(default)]
     pub mode: Option<String>,
-    /// New uid.
-    #[serde(default)]
-    pub uid: Option<u32>,
-    /// New gid.
-    #[serde(default)]
-    pub gid: Option<u32>,
-    /// New user name.
-    #[serde(default)]
-    pub uname: Option<String>,
-    /// New group name.
-    #[serde(default)]
-    pub gname: Option<String>,
+    /// The owner it sets (`uid`, `gid`, `uname`, `gname`).
+    #[serde(flatten)]
+    pub owner: OwnerRule,
 }
 
 impl PermSpec {
@@ -243,7 +235,7 @@ impl PermSpec {
                     .ok_or_else(|| format!("perms: mode {m:?} is not octal permission bits such as \"0750\""))?,
             ),
         };
-        for n in [&self.uname, &self.gname].into_iter().flatten() {
+        for n in [&self.owner.uname, &self.owner.gname].into_iter().flatten() {
             if n.len() > 31 {
                 return Err(format!("perms: the name {n:?} is longer than a tar header holds (31 bytes)"));
             }
@@ -252,7 +244,7 @@ impl PermSpec {
             path: self.path.clone(),
             regex: self.regex.clone().unwrap_or_else(|| ".*".into()),
             mode,
-            owner: OwnerRule { uid: self.uid, gid: self.gid, uname: self.uname.clone(), gname: self.gname.clone() },
+            owner: self.owner.clone(),
         })
     }
 }
