@@ -240,12 +240,7 @@ impl PermSpec {
                 return Err(format!("perms: the name {n:?} is longer than a tar header holds (31 bytes)"));
             }
         }
-        Ok(PermRule {
-            path: self.path.clone(),
-            regex: self.regex.clone().unwrap_or_else(|| ".*".into()),
-            mode,
-            owner: self.owner.clone(),
-        })
+        Ok(PermRule { path: self.path.clone(), regex: self.regex.clone().unwrap_or_else(|| ".*".into()), mode, owner: self.owner.clone() })
     }
 }
 
