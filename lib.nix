@@ -26,6 +26,8 @@ let
 
   helperExe =
     if isAttrs helper then "${helper}/bin/nixery"
+    else if (isPath helper || (isString helper && substring 0 1 helper == "/")) && !(builtins.pathExists helper) then
+      throw "nixery: the helper ${toString helper} does not exist: build one with `cargo install --locked --path .` in nixery's checkout and pass `$(command -v nixery)`, or use the flake's packages.default (in nixery's checkout, scripts/helper-path builds it and prints its path)"
     else if isPath helper then "${helper}"
     else if isString helper && substring 0 1 helper == "/" then "${/. + helper}"
     else throw "nixery: `helper` must be a derivation with bin/nixery or a path to the nixery binary";
@@ -75,6 +77,112 @@ let
   systemOf = p: p.stdenv.hostPlatform.system or p.system or null;
 
   fail = name: msg: throw "in nixery image ${name}: ${msg}";
+
+  # "Did you mean": the edit distance of two names (case aside), and the
+  # closest of some names.
+  toLower = replaceStrings
+    [ "A" "B" "C" "D" "E" "F" "G" "H" "I" "J" "K" "L" "M" "N" "O" "P" "Q" "R" "S" "T" "U" "V" "W" "X" "Y" "Z" ]
+    [ "a" "b" "c" "d" "e" "f" "g" "h" "i" "j" "k" "l" "m" "n" "o" "p" "q" "r" "s" "t" "u" "v" "w" "x" "y" "z" ];
+  chars = s: builtins.genList (i: substring i 1 s) (stringLength s);
+  min = a: b: if a < b then a else b;
+  editDistance = a: b:
+    let
+      ca = chars (toLower a);
+      cb = chars (toLower b);
+      n = length cb;
+      nextRow = prev: c: builtins.foldl'
+        (row: j: row ++ [ (min (min (builtins.elemAt prev (j + 1) + 1) (builtins.elemAt row j + 1))
+          (builtins.elemAt prev j + (if builtins.elemAt cb j == c then 0 else 1))) ])
+        [ (head prev + 1) ]
+        (builtins.genList (j: j) n);
+    in
+    builtins.elemAt (builtins.foldl' nextRow (builtins.genList (j: j) (n + 1)) ca) n;
+  didYouMean = word: names:
+    let
+      # Half the name's length (one edit for short names): the names
+      # compared with are few, so a loose bound suggests little amiss.
+      limit = let l = stringLength word / 2; in if l < 1 then 1 else l;
+      near = builtins.foldl' (best: c: let d = editDistance word c; in
+        if d <= limit && (best == null || d < best.d) then { inherit c d; } else best) null names;
+    in
+    if near == null then "" else ": did you mean `${near.c}`?";
+
+  # The first attribute of `set` that is not one of `known`, said with
+  # the closest known one, or null.
+  unknownAttr = what: set: known:
+    let extra = filter (k: !(elem k known)) (attrNames set); in
+    if extra == [ ] then null
+    else "${what} has no `${head extra}`${didYouMean (head extra) known} (it takes ${builtins.concatStringsSep ", " known})";
+
+  # What a value is, for messages.
+  describe = v:
+    let t = builtins.typeOf v; in
+    if t == "string" then "the string ${toJSON (builtins.unsafeDiscardStringContext v)}"
+    else if t == "set" then (if v ? outPath then "a derivation" else "an attribute set")
+    else if t == "list" then
+      (let j = if builtins.all isString v then toJSON (map builtins.unsafeDiscardStringContext v) else ""; in
+        if j != "" && stringLength j <= 80 then "the list ${j}" else "a list")
+    else if t == "lambda" then "a function"
+    else if t == "null" then "null"
+    else if t == "int" then "the integer ${toJSON v}"
+    else "the ${t} ${toJSON v}";
+
+  firstOf = list: let found = filter (x: x != null) list; in if found == [ ] then null else head found;
+
+  isStringList = v: isList v && builtins.all isString v;
+
+  # The runtime config's keys, and what each must be.
+  configRules = {
+    Cmd = { ok = isStringList; expect = "a list of strings, as [ \"hello\" \"--greeting\" \"hi\" ]"; };
+    Entrypoint = { ok = isStringList; expect = "a list of strings, as [ \"\${pkgs.jq}/bin/jq\" ]"; };
+    Env = { ok = v: isStringList v && builtins.all (e: match "[^=]+=.*" e != null) v; expect = "a list of \"NAME=value\" strings"; };
+    WorkingDir = { ok = isString; expect = "a string (a directory in the image)"; };
+    User = { ok = isString; expect = "a string, as \"app\" or \"1000:1000\""; };
+    StopSignal = { ok = isString; expect = "a string, as \"SIGTERM\""; };
+    Labels = { ok = v: isAttrs v && builtins.all isString (builtins.attrValues v); expect = "an attribute set of strings"; };
+    ExposedPorts = { ok = v: isStringList v || isAttrs v; expect = "a list of strings, as [ \"8080/tcp\" ], or an attribute set of them"; };
+    Volumes = { ok = v: isStringList v || isAttrs v; expect = "a list of paths in the image, or an attribute set of them"; };
+  };
+  configProblem = config:
+    firstOf ([ (unknownAttr "config" config (attrNames configRules)) ]
+      ++ map (k: if config.${k} == null || configRules.${k}.ok config.${k} then null
+        else "config.${k} must be ${configRules.${k}.expect}, got ${describe config.${k}}")
+        (filter (k: hasAttr k configRules) (attrNames config)));
+
+  # Users, groups and permission rules: their fields, and what each must be.
+  isIntOrNull = v: v == null || isInt v;
+  isStringOrNull = v: v == null || isString v;
+  field = ok: expect: { inherit ok expect; };
+  userFields = {
+    name = field isString "a string"; uid = field isInt "an integer"; gid = field isIntOrNull "an integer";
+    home = field isStringOrNull "a string"; shell = field isStringOrNull "a string";
+    description = field isStringOrNull "a string"; groups = field isStringList "a list of group names";
+  };
+  groupFields = { name = field isString "a string"; gid = field isInt "an integer"; members = field isStringList "a list of user names"; };
+  permFields = {
+    path = field (v: true) "a package or a path"; regex = field isStringOrNull "a regular expression (a string)";
+    mode = field isStringOrNull "an octal string, as \"0750\""; uid = field isIntOrNull "an integer";
+    gid = field isIntOrNull "an integer"; uname = field isStringOrNull "a string"; gname = field isStringOrNull "a string";
+  };
+  entryProblem = what: fields: required: example: i: e:
+    let who = if isAttrs e && e ? name && isString e.name then "${what} ${toJSON e.name}" else "${what}s[${toString i}]"; in
+    if !(isAttrs e) then "${who} must be an attribute set, as ${example}, got ${describe e}"
+    else firstOf ([ (unknownAttr who e (attrNames fields)) ]
+      ++ map (f: if e ? ${f} then null else "${who} has no `${f}`, which is required, as in ${example}") required
+      ++ map (f: if fields.${f}.ok e.${f} then null else "${who}: `${f}` must be ${fields.${f}.expect}, got ${describe e.${f}}") (filter (f: hasAttr f fields) (attrNames e)));
+  listProblem = what: fields: required: example: list:
+    if !(isList list) then "`${what}s` must be a list, as [ ${example} ], got ${describe list}"
+    else firstOf (builtins.genList (i: entryProblem what fields required example i (builtins.elemAt list i)) (length list));
+
+  # Checks the names of a function's arguments before the call, so that a
+  # misspelt one is named with the one meant.
+  checkArguments = function: known: args:
+    if !(isAttrs args) then throw "nixery: ${function} takes an attribute set of arguments, as { name = \"app\"; contents = [ … ]; }, not ${describe args}"
+    else if !(args ? name) then throw "nixery: ${function} needs `name`, the image's name, as name = \"app\""
+    else
+      let problem = unknownAttr function args known; in
+      if problem == null then args
+      else throw "in nixery ${if function == "buildNixeryIndex" then "index" else "image"} ${toString args.name}: ${builtins.replaceStrings [ " has no " ] [ " has no argument " ] problem}";
 
   # A derivation name for an image name ("ghcr.io/acme/app" →
   # "ghcr.io-acme-app", "127.0.0.1:5000/app" → "127.0.0.1_5000-app"): `/`
@@ -258,6 +366,10 @@ let
       groupPackages = g: if isList g then g else if isAttrs g && g ? deps then g.deps else fail name "each of `layers` must be a list of packages or { deps = [ … ]; }";
       layerGroups = map groupPackages layers;
       permPath = p: if isAttrs p.path then "${p.path}" else toString p.path;
+      configIssue = configProblem config;
+      usersIssue = listProblem "user" userFields [ "name" "uid" ] "{ name = \"app\"; uid = 1000; }" users;
+      groupsIssue = listProblem "group" groupFields [ "name" "gid" ] "{ name = \"app\"; gid = 1000; }" groups;
+      permsIssue = listProblem "perm" permFields [ "path" ] "{ path = pkgs.app; mode = \"0750\"; }" perms;
 
       checked =
         if !(isString name) || name == "" then fail "<unnamed>" "`name` must be a non-empty string"
@@ -271,12 +383,14 @@ let
           fail name "`format` must be \"oci-dir\" or \"docker-archive\", got ${toJSON format}"
         else if !(isList contents) then fail name "`contents` must be a list of packages"
         else if !(isList copyToRoot) then fail name "`copyToRoot` must be a list of packages"
-        else if !(isAttrs config) then fail name "`config` must be an attribute set"
+        else if !(isAttrs config) then fail name "`config` must be an attribute set, as { Cmd = [ \"hello\" ]; }, got ${describe config}"
+        else if configIssue != null then fail name configIssue
         else if !(isList layers) then fail name "`layers` must be a list of package groups"
-        else if !(isList users) || !(builtins.all isAttrs users) then fail name "`users` must be a list of { name; uid; … }"
-        else if !(isList groups) || !(builtins.all isAttrs groups) then fail name "`groups` must be a list of { name; gid; … }"
-        else if !(isList perms) || !(builtins.all (p: isAttrs p && p ? path) perms) then fail name "`perms` must be a list of { path; regex; mode; … }"
-        else if !(builtins.all (p: !(p ? mode) || p.mode == null || isString p.mode) perms) then fail name "`perms`: `mode` must be an octal string such as \"0750\""
+        else if usersIssue != null then fail name usersIssue
+        else if groupsIssue != null then fail name groupsIssue
+        else if permsIssue != null then fail name permsIssue
+        else if !(fromImage == null || isPath fromImage || (isAttrs fromImage && fromImage ? outPath) || (isString fromImage && substring 0 1 fromImage == "/")) then
+          fail name "`fromImage` must be an image: a buildNixeryImage result, an OCI layout directory or an image tarball (a path or a derivation), got ${describe fromImage}"
         else if !(elem compression [ "gzip" "zstd" "none" ]) then
           fail name "`compression` must be \"gzip\", \"zstd\" or \"none\", got ${toJSON compression}"
         else if compressionLevel != null && !(isInt compressionLevel
@@ -397,8 +511,11 @@ let
     assert checked;
     { inherit spec helperDerivation drvName withPassthru imageSystem explicitLayersFor layerDerivationsFor; args = args; };
 
-  buildNixeryImage = args:
+  imageArguments = attrNames (builtins.functionArgs prepare);
+
+  buildNixeryImage = userArgs:
     let
+      args = checkArguments "buildNixeryImage" imageArguments userArgs;
       p = prepare args;
       inherit (p) spec drvName;
       name = args.name;
@@ -474,8 +591,9 @@ let
   # `copyToRegistry` passthru) packs those layers on the fly, only the
   # ones the registry lacks. Building it packs each layer once into a
   # hashing sink, writing nothing, to know the digests.
-  streamNixeryImage = args:
+  streamNixeryImage = userArgs:
     let
+      args = checkArguments "streamNixeryImage" imageArguments userArgs;
       p = prepare (builtins.removeAttrs args [ "format" ]);
       inherit (p) drvName;
       name = args.name;
@@ -500,7 +618,8 @@ let
   # `pkgs` and of `pkgsCross.aarch64-multiplatform`). `skopeo copy --all
   # oci:result:TAG docker://…` and `nixery push result …` push it; each
   # client pulls its platform.
-  buildNixeryIndex = { name, tag ? "latest", images }:
+  buildNixeryIndex = args: indexOf (checkArguments "buildNixeryIndex" (attrNames (builtins.functionArgs indexOf)) args);
+  indexOf = { name, tag ? "latest", images }:
     let
       drvName = storeName name;
       image = derivation {
@@ -532,6 +651,6 @@ in
   arguments = {
     buildNixeryImage = attrNames (builtins.functionArgs prepare);
     streamNixeryImage = filter (a: a != "format") (attrNames (builtins.functionArgs prepare));
-    buildNixeryIndex = attrNames (builtins.functionArgs buildNixeryIndex);
+    buildNixeryIndex = attrNames (builtins.functionArgs indexOf);
   };
 }

@@ -2,10 +2,14 @@
 # for, and builds a derivation whose output is the image's runtime closure
 # graph, as JSON written by the nixery helper (`nixery write-graph`):
 #
-#   { "version": 1, "notFound": [names…], "roots": [store paths…],
+#   { "version": 1, "notFound": [names…], "missing": [why…],
+#     "roots": [store paths…],
 #     "graph": [{ "path", "narSize", "closureSize", "references" }…] }
 #
-# When a name is not found, nothing is built and `notFound` lists it.
+# When a name is not found, nothing is built: `notFound` lists it and
+# `missing` says why ({ name, kind: absent | notPackage | refused }, and
+# for absent names the component that failed, the set it was looked up
+# in and that set's names of about its length, for "did you mean").
 #
 # Every argument is a string passed with --argstr; lists are JSON. User
 # input (package names, refs) is data here, never Nix code. Nothing is
@@ -67,22 +71,56 @@ let
 
   components = name: builtins.filter builtins.isString (builtins.split "\\." name);
 
-  # A package by (dotted) name, or null. Evaluation errors (a broken or
-  # disallowed package) count as not found.
+  isDerivation = v: builtins.isAttrs v && v ? outPath;
+
+  # The names of `set` close enough in length to `name` to be what was
+  # meant (an edit distance within a third of the name's length needs a
+  # length within that too): the helper picks the closest.
+  closeNames = set: name:
+    let
+      len = builtins.stringLength name;
+      slack = if len < 6 then 1 else len / 3;
+      near = n: let d = builtins.stringLength n - len; in d <= slack && d >= 0 - slack;
+    in
+    if builtins.isAttrs set && !(isDerivation set) then builtins.filter near (builtins.attrNames set) else [ ];
+
+  # Walks a dotted name component by component: { value } when every
+  # component is found, else { stop } saying where it stopped.
+  walk = name:
+    builtins.foldl'
+      (acc: c:
+        if acc ? stop then acc
+        else
+          let v = lookupOne acc.value c; in
+          if v == null then { stop = { component = c; within = acc.path; candidates = closeNames acc.value c; }; }
+          else { value = v; path = acc.path ++ [ c ]; })
+      { value = pkgs; path = [ ]; }
+      (components name);
+
+  # A package by (dotted) name: { value } or { missing } saying why not:
+  # absent (with the names near the one that failed), not a package (a
+  # set of packages), or refused (its evaluation throws: broken, unfree,
+  # insecure or failing, as nixpkgs reports them).
   lookup = name:
     let
-      value = builtins.foldl' (acc: c: if acc == null then null else lookupOne acc c) pkgs (components name);
-      isPackage = value != null && builtins.isAttrs value && value ? outPath;
-      tried = builtins.tryEval (if isPackage then builtins.seq (toString value.outPath) value else null);
+      walked = builtins.tryEval (walk name);
+      value = walked.value.value;
+      evaluated = builtins.tryEval (builtins.seq (toString value.outPath) value);
+      missing = kind: extra: { missing = { inherit name kind; } // extra; };
     in
-    if tried.success then tried.value else null;
+    if !walked.success then missing "refused" { }
+    else if walked.value ? stop then missing "absent" (walked.value.stop // { within = builtins.concatStringsSep "." walked.value.stop.within; })
+    else if !(isDerivation value) then missing "notPackage" { }
+    else if !evaluated.success then missing "refused" { }
+    else { inherit value; };
 
-  found = names: builtins.filter (x: x.value != null) (map (n: { name = n; value = lookup n; }) names);
+  found = names: builtins.filter (x: x ? value) (map (n: { name = n; } // lookup n) names);
 
   requested = builtins.fromJSON packages;
-  requestedFound = found requested;
-  foundNames = map (x: x.name) requestedFound;
-  notFound = builtins.filter (n: !(builtins.elem n foundNames)) requested;
+  looked = map (n: { name = n; } // lookup n) requested;
+  requestedFound = builtins.filter (x: x ? value) looked;
+  missing = map (x: x.missing) (builtins.filter (x: x ? missing) looked);
+  notFound = map (m: m.name) missing;
   bases = found (builtins.filter (n: !(builtins.elem n requested)) (builtins.fromJSON basePackages));
   # The base packages first: every image has them, and layers are ordered
   # by the contents they come from.
@@ -106,6 +144,6 @@ derivation {
   args = [ "internal" "write-graph" ];
   __structuredAttrs = true;
   exportReferencesGraph.graph = if notFound == [ ] then contents else [ ];
-  nixeryGraph = { version = 1; inherit notFound; };
+  nixeryGraph = { version = 1; inherit notFound missing; };
   allowSubstitutes = false;
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::assembly::{self, AssemblyError, DirStore, ImageSpec, RootSpec};
-use crate::graph::{ClosureGraph, GraphDoc, GraphError, PathInfo, Popularity, GRAPH_VERSION};
+use crate::graph::{ClosureGraph, GraphDoc, GraphError, MissingPackage, PathInfo, Popularity, GRAPH_VERSION};
 use crate::image::{self, ImageError, Platform, RuntimeConfig};
 use crate::layering::Algorithm;
 use crate::packing::{self, Compression, LayerContent, Owner, OwnerRule, PackError, PackOptions, PackedLayer, PermRule};
@@ -620,6 +620,8 @@ struct WriteGraphAttrs {
 struct WriteGraphSpec {
     version: u32,
     not_found: Vec<String>,
+    #[serde(default)]
+    missing: Vec<MissingPackage>,
 }
 
 /// The builder of prepare-image's graph derivation (`nixery internal write-graph`):
@@ -632,7 +634,7 @@ pub fn write_graph_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     }
     let out = attrs.outputs.get("out").ok_or_else(|| BuildError::Invalid { name: "graph".into(), message: "the derivation has no `out` output".into() })?;
     let roots = attrs.export.and_then(|mut e| e.remove("graph")).unwrap_or_default();
-    let doc = GraphDoc { version: GRAPH_VERSION, not_found: attrs.spec.not_found, roots, graph: attrs.graph };
+    let doc = GraphDoc { version: GRAPH_VERSION, not_found: attrs.spec.not_found, missing: attrs.spec.missing, roots, graph: attrs.graph };
     write_out(out, &serde_json::to_vec(&doc).expect("a graph serialises"))
 }
 

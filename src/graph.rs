@@ -73,6 +73,9 @@ pub struct GraphDoc {
     pub version: u32,
     /// The names the package set does not have.
     pub not_found: Vec<String>,
+    /// Why each of them is missing (absent from older documents).
+    #[serde(default)]
+    pub missing: Vec<MissingPackage>,
     /// The packages found, in the order asked (the image's contents).
     pub roots: Vec<String>,
     /// Their closure.
@@ -88,6 +91,37 @@ impl GraphDoc {
         }
         Ok(doc)
     }
+}
+
+/// A name prepare-image did not find, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MissingPackage {
+    /// The (dotted) name asked for.
+    pub name: String,
+    /// Why it is missing.
+    pub kind: MissingKind,
+    /// For [`MissingKind::Absent`]: the component that was not found.
+    #[serde(default)]
+    pub component: String,
+    /// The dotted name of the set it was looked up in (empty: the top).
+    #[serde(default)]
+    pub within: String,
+    /// Names of that set of about the component's length.
+    #[serde(default)]
+    pub candidates: Vec<String>,
+}
+
+/// Why a name is not a package of the set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MissingKind {
+    /// The set has no such attribute.
+    Absent,
+    /// The attribute is a set of packages, not a package.
+    NotPackage,
+    /// Its evaluation throws (broken, unfree, insecure or failing).
+    Refused,
 }
 
 /// One store path of the closure.

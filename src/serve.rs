@@ -210,9 +210,82 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The package set cannot be pinned: nothing could be built.
+    #[error("cannot use the package set, {description}: {cause}{hint}")]
+    Source {
+        /// What the set is, and where the setting came from.
+        description: String,
+        /// What may be wrong with the settings (a stray variable).
+        hint: String,
+        /// Why, in one line (git's and Nix's messages span several).
+        cause: String,
+    },
     /// This program's own path cannot be found (prepare-image runs it).
     #[error("cannot find this program's path")]
     CurrentExe(#[source] std::io::Error),
+}
+
+/// Variables of this repository's scripts and tests, which share the
+/// prefix and are no setting of the shim.
+const OTHER_NIXERY_VARIABLES: &[&str] = &[
+    "NIXERY_DEBIAN_MIRROR",
+    "NIXERY_EXAMPLE_STATE",
+    "NIXERY_PRINT_GOLDEN",
+    "NIXERY_TESTS_HOST_ROOT",
+    "NIXERY_TEST_LOOPBACK_NETNS",
+    "NIXERY_TEST_WORLD",
+    "NIXERY_WORLD_ROOT",
+];
+
+/// Every environment variable a setting of `nixery serve` reads.
+pub fn setting_variables() -> Vec<String> {
+    use clap::Args;
+    Settings::augment_args(clap::Command::new("serve")).get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()).collect()
+}
+
+/// An environment variable that looks like a setting and is none (most
+/// often a misspelt one, which would otherwise be ignored in silence).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrayVariable {
+    /// Its name.
+    pub name: String,
+    /// The setting's variable it is closest to, if one is close.
+    pub closest: Option<String>,
+}
+
+impl std::fmt::Display for StrayVariable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.closest {
+            Some(c) => write!(f, "{} is set, which is no setting of nixery serve: did you mean {c}?", self.name),
+            None => write!(f, "{} is set, which is no setting of nixery serve (docs/shim.md lists them)", self.name),
+        }
+    }
+}
+
+/// The variables among `names` that look like settings and are none:
+/// every `NIXERY_…` one that is not a setting (nor one of this
+/// repository's scripts), and any other within two edits of a setting's
+/// variable of eight or more characters (`NIX_TIMOUT`).
+pub fn stray_variables(names: impl IntoIterator<Item = String>) -> Vec<StrayVariable> {
+    let known = setting_variables();
+    let closest = |name: &str, most: usize| {
+        known.iter().map(|k| (strsim::damerau_levenshtein(name, k), k)).filter(|(d, _)| (1..=most).contains(d)).min().map(|(_, k)| k.clone())
+    };
+    let mut stray: Vec<StrayVariable> = names
+        .into_iter()
+        .filter(|n| !known.contains(n) && !OTHER_NIXERY_VARIABLES.contains(&n.as_str()))
+        .filter_map(|name| {
+            if name.starts_with("NIXERY_") {
+                let closest = closest(&name, (name.len() / 4).max(2));
+                Some(StrayVariable { name, closest })
+            } else {
+                let near = known.iter().filter(|k| k.len() >= 8).map(|k| (strsim::damerau_levenshtein(&name, k), k)).filter(|(d, _)| (1..=2).contains(d)).min();
+                near.map(|(_, k)| StrayVariable { closest: Some(k.clone()), name })
+            }
+        })
+        .collect();
+    stray.sort_by(|a, b| a.name.cmp(&b.name));
+    stray
 }
 
 /// The name prefix of the shim's prepare-image folder in the temporary
@@ -253,6 +326,10 @@ fn start_logging(format: LogFormat) {
 /// the requests in progress finish.
 pub fn run(settings: Settings) -> Result<(), ServeError> {
     start_logging(settings.log_format);
+    let stray = stray_variables(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()));
+    for s in &stray {
+        tracing::warn!("{s}");
+    }
     let (source, source_description) = package_source(&settings)?;
     let rt = tokio::runtime::Runtime::new().map_err(ServeError::Runtime)?;
     let storage = crate::storage::open(&settings.storage, &rt)?;
@@ -286,6 +363,19 @@ pub fn run(settings: Settings) -> Result<(), ServeError> {
         .into_iter()
         .map(|p| crate::image::Platform::nix_system_of(&p).map_err(|source| ServeError::Platform { platform: p.clone(), source }))
         .collect::<Result<Vec<_>, _>>()?;
+    // The package set is pinned once, after the settings are checked and
+    // before anything is served: a source that cannot be reached is the
+    // operator's to fix, said here.
+    if let Err(e) = rt.block_on(source.resolve("latest")) {
+        let description = if settings.channel.is_none() && settings.pkgs_repo.is_none() && settings.pkgs_path.is_none() {
+            format!("{source_description} (the default: none of NIXERY_PKGS_PATH, NIXERY_PKGS_REPO or NIXERY_CHANNEL is set)")
+        } else {
+            source_description.clone()
+        };
+        let hint = stray.iter().map(|s| format!("; {s}")).collect();
+        let cause = e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+        return Err(ServeError::Source { description, hint, cause });
+    }
     let config = crate::shim::ShimConfig {
         source,
         meta: crate::image_name::MetaPackages { shell: non_empty(&settings.shell_packages), ..Default::default() },
@@ -312,7 +402,12 @@ pub fn run(settings: Settings) -> Result<(), ServeError> {
         tls,
         metrics: shim.metrics_handle(),
     };
-    let state = Arc::new(crate::registry::AppState { shim, source_description: source_description.clone(), debug_errors: settings.debug_errors });
+    let state = Arc::new(crate::registry::AppState {
+        shim,
+        source_description: source_description.clone(),
+        debug_errors: settings.debug_errors,
+        tls: server_options.tls.is_some(),
+    });
     let app = crate::registry::router(state, settings.web_dir.clone(), credentials.clone());
     let addr = std::net::SocketAddr::new(settings.bind, settings.port);
 

@@ -187,3 +187,107 @@ fn pack_gives_the_same_digests_whatever_the_thread_count() {
     assert_eq!(results[2], results[3], "zstd");
     assert_ne!(results[0][1]["digest"], results[2][1]["digest"]);
 }
+
+/// `nixery serve` in an environment of only `env` (and PATH, and storage
+/// in a folder of its own).
+fn serve(env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let storage = tempfile::tempdir().unwrap();
+    let mut c = Command::new(helper());
+    c.env_clear().env("PATH", std::env::var_os("PATH").unwrap()).env("TMPDIR", std::env::temp_dir()).env("STORAGE_PATH", storage.path());
+    c.args(["serve", "--port", "0"]).args(args).envs(env.iter().copied());
+    c.stdin(std::process::Stdio::null()).output().unwrap()
+}
+
+#[test]
+fn serve_names_the_variable_a_bad_value_came_from() {
+    for (var, value, why) in [
+        ("NIXERY_MAX_BUILDS", "two", "expected a whole number"),
+        ("NIXERY_MAX_LAYERS", "500", "500 is not in 2..=125"),
+        ("NIXERY_LAYERING", "popular", "expected one of nixery, popularity-contest, sharing"),
+        ("NIXERY_STORAGE_BACKEND", "s4", "expected one of filesystem, gcs, s3"),
+    ] {
+        let out = serve(&[(var, value)], &[]);
+        assert_eq!(out.status.code(), Some(2), "a bad setting");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err, format!("nixery: error: {var}={value:?} is not a valid value: {why}\n"));
+    }
+    // A flag typed on the command line is named as typed, by clap.
+    let out = serve(&[("NIXERY_MAX_BUILDS", "2")], &["--max-builds", "two"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'two' for '--max-builds <MAX_BUILDS>'"));
+}
+
+#[test]
+fn serve_stops_at_start_when_its_package_set_cannot_be_used() {
+    // A repository that is not there: the error names it, says why, and
+    // points at the misspelt variable that was meant to name the set.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-repo");
+    let repo_url = format!("file://{}", missing.display());
+    let out = serve(&[("NIXERY_PKGS_REPO", &repo_url), ("NIXERY_PKGS_PTH", "/somewhere"), ("NIX_TIMOUT", "5")], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap();
+    assert!(last.starts_with(&format!("nixery: error: cannot use the package set, the git repository {repo_url}")), "{err}");
+    assert!(last.contains("git ls-remote failed") && last.ends_with("NIXERY_PKGS_PTH is set, which is no setting of nixery serve: did you mean NIXERY_PKGS_PATH?; NIX_TIMOUT is set, which is no setting of nixery serve: did you mean NIX_TIMEOUT?"), "{err}");
+    // Each stray variable is also a warning in the log.
+    assert!(err.contains("WARN") && err.contains("NIXERY_PKGS_PTH is set"), "{err}");
+    // Variables of this repository's scripts are not settings, and not stray.
+    let names = ["NIXERY_TEST_WORLD", "NIXERY_PKGS_PATH", "NIXERY_PKG_PATH", "NIXERY_FROBNICATE", "PATH", "STORAGE_PATHS"].map(String::from);
+    let stray: Vec<String> = nixery::serve::stray_variables(names).iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        stray,
+        [
+            "NIXERY_FROBNICATE is set, which is no setting of nixery serve (docs/shim.md lists them)",
+            "NIXERY_PKG_PATH is set, which is no setting of nixery serve: did you mean NIXERY_PKGS_PATH?",
+            "STORAGE_PATHS is set, which is no setting of nixery serve: did you mean STORAGE_PATH?",
+        ]
+    );
+}
+
+#[test]
+fn serve_without_a_package_set_says_it_fell_back_to_the_channel() {
+    crate::support::in_loopback_netns("cli::serve_default_channel_in_netns");
+}
+
+#[test]
+#[ignore = "run inside a loopback-only network namespace by serve_without_a_package_set_says_it_fell_back_to_the_channel"]
+fn serve_default_channel_in_netns() {
+    crate::support::require_loopback_netns();
+    // The misspelt variable of the first hour: the default channel cannot
+    // be fetched here, and the error says so and what was meant.
+    let out = serve(&[("NIXERY_PKG_PATH", "/somewhere")], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.starts_with("nixery: error: cannot use the package set, nixpkgs nixos-unstable (the default: none of NIXERY_PKGS_PATH, NIXERY_PKGS_REPO or NIXERY_CHANNEL is set): git ls-remote failed"),
+        "{err}"
+    );
+    assert!(last.ends_with("NIXERY_PKG_PATH is set, which is no setting of nixery serve: did you mean NIXERY_PKGS_PATH?"), "{err}");
+}
+
+#[test]
+fn load_mistakes_are_said_once_with_what_to_do() {
+    let image = crate::support::nix_build(&crate::support::repo().join("examples/hello.nix"), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let load = |env: &[(&str, &str)], args: &[&std::ffi::OsStr]| Command::new(helper()).arg("load").args(args).envs(env.iter().copied()).output().unwrap();
+    let img = image.as_os_str();
+    assert_one_line_error(
+        &load(&[], &[img, "podmn".as_ref()]),
+        r#""podmn" is not where an image loads: expected podman, docker, docker-archive:FILE or oci:DIR[:TAG]; did you mean podman?"#,
+    );
+    assert_one_line_error(
+        &load(&[], &[dir.path().as_os_str(), "podman".as_ref()]),
+        "is not an image (it has no index.json): pass the result of nix-build of a buildNixeryImage or streamNixeryImage",
+    );
+    let path = std::env::var("PATH").unwrap();
+    assert_one_line_error(&load(&[("PATH", "/nonexistent")], &[img, "docker".as_ref()]), "docker: is not installed here (not on PATH)");
+    // No daemon: docker says so, and nixery adds one line, not the broken
+    // pipe that followed.
+    let out = load(&[("PATH", &path), ("DOCKER_HOST", "unix:///nonexistent/docker.sock")], &[img, "docker".as_ref()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Cannot connect to the Docker daemon"), "{err}");
+    assert!(err.ends_with("nixery: error: docker load: failed (exit status: 1); its message above says why\n") && !err.contains("Broken pipe"), "{err}");
+}

@@ -369,3 +369,65 @@ in_both_worlds! {
         assert!(config["history"][0]["comment"].as_str().unwrap().contains("jq-1.6"), "{}", config["history"][0]);
     }
 }
+
+/// The library's mistakes of the first hour, each named at evaluation
+/// (before anything is built), once, with what to write instead.
+const EVALUATION_MISTAKES: &[(&str, &str)] = &[
+    (
+        r#"nixery.buildNixeryImage { name = "app"; contnets = [ pkgs.hello ]; }"#,
+        "in nixery image app: buildNixeryImage has no argument `contnets`: did you mean `contents`?",
+    ),
+    (r#"nixery.streamNixeryImage { contents = [ pkgs.hello ]; }"#, "nixery: streamNixeryImage needs `name`, the image's name"),
+    (
+        r#"nixery.buildNixeryIndex { name = "app"; image = [ ]; }"#,
+        "in nixery index app: buildNixeryIndex has no argument `image`: did you mean `images`? (it takes images, name, tag)",
+    ),
+    (
+        r#"nixery.buildNixeryImage { name = "app"; contents = [ pkgs.hello ]; config.Cmd = "hello"; }"#,
+        r#"in nixery image app: config.Cmd must be a list of strings, as [ "hello" "--greeting" "hi" ], got the string "hello""#,
+    ),
+    (r#"nixery.buildNixeryImage { name = "app"; config.WorkDir = "/srv"; }"#, "in nixery image app: config has no `WorkDir`: did you mean `WorkingDir`?"),
+    (r#"nixery.buildNixeryImage { name = "app"; config.Env = [ "DEBUG" ]; }"#, r#"config.Env must be a list of "NAME=value" strings, got the list ["DEBUG"]"#),
+    (r#"nixery.buildNixeryImage { name = "app"; config.Labels.version = 2; }"#, "config.Labels must be an attribute set of strings, got an attribute set"),
+    (
+        r#"nixery.buildNixeryImage { name = "app"; users = [ { name = "app"; } ]; }"#,
+        r#"user "app" has no `uid`, which is required, as in { name = "app"; uid = 1000; }"#,
+    ),
+    (r#"nixery.buildNixeryImage { name = "app"; users = [ { name = "app"; uid = 1; hom = "/srv"; } ]; }"#, r#"user "app" has no `hom`: did you mean `home`?"#),
+    (
+        r#"nixery.buildNixeryImage { name = "app"; groups = [ { name = "app"; gid = "10"; } ]; }"#,
+        r#"group "app": `gid` must be an integer, got the string "10""#,
+    ),
+    (
+        r#"nixery.buildNixeryImage { name = "app"; fromImage = { name = "base"; }; }"#,
+        "`fromImage` must be an image: a buildNixeryImage result, an OCI layout directory or an image tarball (a path or a derivation), got an attribute set",
+    ),
+    (
+        r#"(import ./lib.nix { helper = "/nonexistent/nixery"; }).buildNixeryImage { name = "app"; }"#,
+        "nixery: the helper /nonexistent/nixery does not exist: build one with `cargo install --locked --path .`",
+    ),
+];
+
+in_both_worlds! {
+    fn library_mistakes_are_named_at_evaluation() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(repo().join("lib.nix"), dir.path().join("lib.nix")).unwrap();
+        for (expr, message) in EVALUATION_MISTAKES {
+            let err = nix_build_expr_fails(dir.path(), expr);
+            assert!(err.contains(message), "{expr}\nsays {message:?}:\n{err}");
+            assert_eq!(err.matches(message).count(), 1, "once: {err}");
+            // (Nix 2.26 quotes lib.nix's lines above the error itself.)
+            let said = &err[err.rfind("error: ").unwrap()..];
+            assert!(!said.contains("prepare") && !err.contains("building '"), "nothing built, no internal name: {err}");
+        }
+        // A file that is not an image, past evaluation: the helper says so
+        // of fromImage, once.
+        let not_an_image = dir.path().join("base.nix");
+        std::fs::write(&not_an_image, "let x = 1; in x\n").unwrap();
+        let err = nix_build_expr_fails(dir.path(), &format!(r#"nixery.buildNixeryImage {{ name = "app"; fromImage = {}; }}"#, not_an_image.display()));
+        let line = "is not an image: neither an OCI image layout directory nor a tarball of one or of a docker-archive";
+        assert!(err.contains("the base image (fromImage) /nix/store/") && err.contains(line), "{err}");
+        assert_eq!(err.matches(line).count(), 1, "once: {err}");
+        assert!(!err.contains("cksum"), "{err}");
+    }
+}

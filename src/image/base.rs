@@ -122,8 +122,16 @@ fn unpack(tarball: &Path, dir: &Path, limit: u64) -> Result<(), ImageError> {
             io_err(tarball)(e)
         }
     };
-    for entry in ar.entries().map_err(bounded)? {
-        let mut entry = entry.map_err(bounded)?;
+    // What the tar reader cannot parse is no image (its own message
+    // quotes the file's first bytes as a header field).
+    let not_a_tarball = |e: io::Error| match e.kind() {
+        io::ErrorKind::Other | io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof if !exceeded.get() => {
+            bad(tarball, "is not an image: neither an OCI image layout directory nor a tarball of one or of a docker-archive")
+        }
+        _ => bounded(e),
+    };
+    for entry in ar.entries().map_err(not_a_tarball)? {
+        let mut entry = entry.map_err(not_a_tarball)?;
         let kind = entry.header().entry_type();
         if !(kind.is_file() || kind.is_dir()) {
             continue;

@@ -100,7 +100,7 @@ pub enum ImageError {
         detail: String,
     },
     /// A base image (`fromImage`) cannot be built on.
-    #[error("the base image {path}: {source}")]
+    #[error("the base image (fromImage) {path}: {source}")]
     Base {
         /// What `fromImage` named.
         path: PathBuf,

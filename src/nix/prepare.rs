@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use super::{tail, NixError, ResolvedSource};
-use crate::graph::{ClosureGraph, GraphDoc};
+use crate::graph::{ClosureGraph, GraphDoc, MissingKind, MissingPackage};
 
 /// The prepare-image expression, embedded so the binary is self-contained.
 pub const PREPARE_IMAGE_NIX: &str = include_str!("../../prepare-image/default.nix");
@@ -20,8 +20,8 @@ pub const PREPARE_IMAGE_NIX: &str = include_str!("../../prepare-image/default.ni
 pub enum Prepared {
     /// The closure graph of the image's packages (roots: the packages).
     Graph(ClosureGraph),
-    /// These names are not in the package set.
-    NotFound(Vec<String>),
+    /// These names are not packages of the set, and why.
+    NotFound(Vec<MissingPackage>),
 }
 
 /// How to run prepare-image.
@@ -173,7 +173,20 @@ impl Prepare {
         let text = tokio::fs::read_to_string(out_path).await.map_err(|source| NixError::Io { path: out_path.into(), source })?;
         let doc = GraphDoc::from_json(&text).map_err(|e| NixError::Output { what: out_path.into(), detail: e.to_string() })?;
         if !doc.not_found.is_empty() {
-            return Ok(Prepared::NotFound(doc.not_found));
+            let mut missing = doc.missing;
+            // Names a document lists without saying why are absent.
+            for name in &doc.not_found {
+                if !missing.iter().any(|m| &m.name == name) {
+                    missing.push(MissingPackage {
+                        name: name.clone(),
+                        kind: MissingKind::Absent,
+                        component: name.clone(),
+                        within: String::new(),
+                        candidates: vec![],
+                    });
+                }
+            }
+            return Ok(Prepared::NotFound(missing));
         }
         Ok(Prepared::Graph(ClosureGraph::new(doc.graph, Some(doc.roots))?))
     }

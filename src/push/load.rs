@@ -45,7 +45,15 @@ impl std::str::FromStr for Target {
         match s {
             "podman" => Ok(Target::Podman),
             "docker" => Ok(Target::Docker),
-            _ => Err(PushError::Destination(format!("{s} (expected podman, docker, oci:DIR[:TAG] or docker-archive:FILE)"))),
+            _ => {
+                let near = ["podman", "docker", "oci:", "docker-archive:"]
+                    .into_iter()
+                    .map(|t| (strsim::damerau_levenshtein(&s.to_ascii_lowercase(), t), t))
+                    .filter(|(d, _)| *d <= 2)
+                    .min();
+                let suggestion = near.map(|(_, t)| format!("; did you mean {t}?")).unwrap_or_default();
+                Err(PushError::LoadTarget { given: s.to_string(), suggestion })
+            }
         }
     }
 }
@@ -75,14 +83,22 @@ pub fn load(source: &Source, target: &Target) -> Result<(), PushError> {
         }
         Target::Podman | Target::Docker => {
             let program = if *target == Target::Podman { "podman" } else { "docker" };
-            let mut child = Command::new(program).arg("load").stdin(Stdio::piped()).stdout(Stdio::inherit()).spawn().map_err(io(Path::new(program)))?;
+            let mut child = match Command::new(program).arg("load").stdin(Stdio::piped()).stdout(Stdio::inherit()).spawn() {
+                Ok(child) => child,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(PushError::Source { path: program.into(), detail: "is not installed here (not on PATH)".into() })
+                }
+                Err(e) => return Err(io(Path::new(program))(e)),
+            };
             let stdin = child.stdin.take().expect("piped");
             let written = write_archive(source, &name, BufWriter::with_capacity(1 << 20, stdin)).and_then(|mut w| w.flush().map_err(io(Path::new(program))));
             let status = child.wait().map_err(io(Path::new(program)))?;
-            written?;
+            // A loader that failed stopped reading: the broken pipe is
+            // its failure's echo, and its own message (above) the cause.
             if !status.success() {
-                return Err(PushError::Source { path: format!("{program} load"), detail: format!("exited with {status}") });
+                return Err(PushError::Source { path: format!("{program} load"), detail: format!("failed ({status}); its message above says why") });
             }
+            written?;
             Ok(())
         }
     }

@@ -38,6 +38,14 @@ pub enum PushError {
     /// The destination is not `REGISTRY/REPOSITORY[:TAG]`.
     #[error("{0:?} is not a destination: expected REGISTRY/REPOSITORY[:TAG] (for example 127.0.0.1:5000/app:v1 or ghcr.io/acme/app)")]
     Destination(String),
+    /// What `nixery load` was given to load into is none of its targets.
+    #[error("{given:?} is not where an image loads: expected podman, docker, docker-archive:FILE or oci:DIR[:TAG]{suggestion}")]
+    LoadTarget {
+        /// What was given.
+        given: String,
+        /// `; did you mean …?`, or nothing.
+        suggestion: String,
+    },
     /// The source is not an image nixery built.
     #[error("{path}: {detail}")]
     Source {
@@ -157,6 +165,12 @@ impl Source {
         };
         if dir.is_file() {
             return Err(source_error(&dir, "a file, not an OCI layout directory (build with format = \"oci-dir\", the default)"));
+        }
+        if !dir.exists() {
+            return Err(source_error(&dir, "does not exist: pass the result of nix-build (a buildNixeryImage or streamNixeryImage)"));
+        }
+        if !dir.join("index.json").exists() {
+            return Err(source_error(&dir, "is not an image (it has no index.json): pass the result of nix-build of a buildNixeryImage or streamNixeryImage"));
         }
         let layout = OciLayout::open(&dir)?;
         let chosen = match (tag, layout.tagged(tag).as_slice()) {

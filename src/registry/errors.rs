@@ -105,8 +105,27 @@ impl IntoResponse for RegistryError {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         *resp.status_mut() = status;
+        if let Some(phrase) = self.message.as_deref().and_then(reason_phrase) {
+            resp.extensions_mut().insert(phrase);
+        }
         resp
     }
+}
+
+/// The longest reason phrase sent (clients print the status line whole).
+const MAX_REASON_PHRASE: usize = 300;
+
+/// A message as an HTTP/1.1 reason phrase, which clients print for
+/// statuses whose body they do not read (docker, podman and skopeo for
+/// `5xx`, containerd for all): visible ASCII and spaces only, one line,
+/// at most [`MAX_REASON_PHRASE`] bytes. HTTP/2 has no reason phrase.
+fn reason_phrase(message: &str) -> Option<hyper::ext::ReasonPhrase> {
+    let mut phrase: String = message.chars().map(|c| if c == ' ' || c.is_ascii_graphic() { c } else { '?' }).collect();
+    if phrase.len() > MAX_REASON_PHRASE {
+        phrase.truncate(MAX_REASON_PHRASE - 3);
+        phrase.push_str("...");
+    }
+    hyper::ext::ReasonPhrase::try_from(phrase.into_bytes()).ok()
 }
 
 #[cfg(test)]
@@ -121,5 +140,16 @@ mod tests {
         let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v, serde_json::json!({"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown to registry", "detail": "sha256:00"}]}));
+    }
+
+    #[test]
+    fn a_message_is_the_reason_phrase() {
+        let resp = ErrorCode::Unknown.plain().message("cannot build x: é\r\nInjected: 1").into_response();
+        let phrase = resp.extensions().get::<hyper::ext::ReasonPhrase>().expect("a reason phrase");
+        assert_eq!(phrase.as_bytes(), b"cannot build x: ???Injected: 1");
+        let long = ErrorCode::Unknown.plain().message("a".repeat(1000)).into_response();
+        assert_eq!(long.extensions().get::<hyper::ext::ReasonPhrase>().unwrap().as_bytes().len(), MAX_REASON_PHRASE);
+        // The code's own message leaves the standard phrase.
+        assert!(ErrorCode::Unknown.plain().into_response().extensions().get::<hyper::ext::ReasonPhrase>().is_none());
     }
 }

@@ -11,7 +11,7 @@ use super::AppState;
 use crate::image::media_type;
 use crate::image_name::{is_digest_reference, valid_tag};
 use crate::nix::NixError;
-use crate::shim::{BuiltImage, ShimError, StoredManifest};
+use crate::shim::{explain, BuiltImage, ShimError, StoredManifest};
 
 /// Seconds a client is told to wait when the build queue is full.
 const BUSY_RETRY_AFTER: u64 = 5;
@@ -44,36 +44,49 @@ fn is_manifest_type(t: &str) -> bool {
     t == media_type::OCI_MANIFEST || t == media_type::DOCKER_MANIFEST || t == media_type::OCI_INDEX || t == media_type::DOCKER_MANIFEST_LIST
 }
 
-/// Maps a build error to the registry error a client sees. Nix's log and
-/// other details that name host paths are there only with `debug`
-/// (`NIXERY_DEBUG_ERRORS`); the server's log always has them.
-pub fn shim_error(e: &ShimError, name: &str, tag: &str, debug: bool) -> RegistryError {
-    let hidden = |what: &str, detail: String| if debug { detail } else { format!("{what}; the server's log has the details") };
-    match e {
-        ShimError::Name(_) => ErrorCode::NameInvalid.with_detail(serde_json::json!({ "Name": name })),
-        ShimError::TooManyPackages { .. } => ErrorCode::NameInvalid.with_detail(serde_json::json!({ "Name": name })).message(e.to_string()),
-        ShimError::Busy { .. } => ErrorCode::TooManyRequests
-            .with_detail(serde_json::json!({ "Name": name, "Tag": tag }))
-            .message(format!("{name}:{tag} is not built yet and too many images wait to be built; try again in a moment"))
-            .retry_after(BUSY_RETRY_AFTER),
-        ShimError::NotFound(pkgs) => ErrorCode::ManifestUnknown
-            .with_detail(serde_json::json!({ "Name": name, "Tag": tag, "NotFound": pkgs }))
-            .message(format!("manifest unknown: packages not found: {}", pkgs.join(", "))),
+/// Maps a build error to the registry error a client sees: its message
+/// is [`ShimError::explain`]'s line, and the status one that docker,
+/// podman and skopeo print that line for (a `4xx`; for a `5xx` they print
+/// only the status line, where the line is the reason phrase). So what
+/// the person pulling can act on is a `4xx`: a name the set lacks, a
+/// package that fails to build and a build stopped at `NIX_TIMEOUT` are
+/// `404 MANIFEST_UNKNOWN`, which no client retries (containers/image
+/// retries a `429` five times, waiting as `Retry-After` says up to a
+/// minute each, and podman all of that three times: right for a full
+/// queue, which is `429` with a short `Retry-After`, wrong for a failure
+/// remembered for `NIXERY_FAILURE_TTL`). Nix's log and other details that name host paths are in
+/// `detail` only with `debug` (`NIXERY_DEBUG_ERRORS`); the server's log
+/// always has them.
+pub fn shim_error(e: &ShimError, name: &str, tag: &str, failure_ttl: std::time::Duration, debug: bool) -> RegistryError {
+    let image = format!("{name}:{tag}");
+    let line = e.explain(&image, failure_ttl);
+    let detail = |extra: serde_json::Value| {
+        let mut d = serde_json::json!({ "Name": name, "Tag": tag });
+        if debug {
+            d["Error"] = serde_json::Value::String(e.to_string());
+        }
+        if let (Some(d), Some(extra)) = (d.as_object_mut(), extra.as_object()) {
+            d.extend(extra.clone());
+        }
+        d
+    };
+    let none = serde_json::Value::Null;
+    let error = match e {
+        ShimError::Name(_) | ShimError::TooManyPackages { .. } => ErrorCode::NameInvalid.with_detail(serde_json::json!({ "Name": name })),
+        ShimError::Busy { .. } => ErrorCode::TooManyRequests.with_detail(detail(none)).retry_after(BUSY_RETRY_AFTER),
+        ShimError::NotFound(missing) => {
+            let names: Vec<&str> = missing.iter().map(|m| m.name.as_str()).collect();
+            ErrorCode::ManifestUnknown.with_detail(detail(serde_json::json!({ "NotFound": names })))
+        }
         e => match e.nix() {
-            Some(NixError::UnknownRef(r)) => ErrorCode::ManifestUnknown
-                .with_detail(serde_json::json!({ "Name": name, "Tag": tag }))
-                .message(format!("manifest unknown: the package set has no ref {r:?}")),
-            Some(NixError::Timeout { timeout, log }) => ErrorCode::Unavailable
-                .with_detail(serde_json::json!({ "Log": hidden("the build took too long", log.clone()) }))
-                .message(format!("the nix build of {name}:{tag} timed out after {} s", timeout.as_secs())),
-            Some(e) => ErrorCode::Unknown
-                .with_detail(serde_json::json!({ "Error": hidden("the nix build failed", e.to_string()) }))
-                .message(format!("the nix build of {name}:{tag} failed")),
-            None => ErrorCode::Unknown
-                .with_detail(serde_json::json!({ "Error": hidden("building the image failed", e.to_string()) }))
-                .message(format!("building {name}:{tag} failed")),
+            Some(NixError::UnknownRef(_)) => ErrorCode::ManifestUnknown.with_detail(detail(none)),
+            Some(NixError::Timeout { .. }) => ErrorCode::ManifestUnknown.with_detail(detail(none)),
+            Some(n) if matches!(e, ShimError::Nix(_)) && explain::failed_package(n).is_some() => ErrorCode::ManifestUnknown.with_detail(detail(none)),
+            Some(_) if matches!(e, ShimError::Source(_)) => ErrorCode::Unavailable.with_detail(detail(none)),
+            _ => ErrorCode::Unknown.with_detail(detail(none)),
         },
-    }
+    };
+    error.message(line)
 }
 
 /// `GET`/`HEAD /v2/<name>/manifests/<reference>`.
@@ -89,7 +102,8 @@ pub async fn get_manifest(state: &AppState, method: &Method, headers: &HeaderMap
         return Err(ErrorCode::TagInvalid.with_detail(serde_json::json!({ "Tag": reference })));
     }
     let request = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-    let image = state.shim.image(name, reference, request).await.map_err(|e| shim_error(&e, name, reference, state.debug_errors))?;
+    let image =
+        state.shim.image(name, reference, request).await.map_err(|e| shim_error(&e, name, reference, state.shim.config().failure_ttl, state.debug_errors))?;
     let chosen = negotiate(headers, &image);
     let info = crate::storage::BlobInfo { size: chosen.size, media_type: chosen.media_type.clone() };
     match &chosen.bytes {

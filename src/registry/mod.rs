@@ -50,6 +50,9 @@ pub struct AppState {
     /// (`NIXERY_DEBUG_ERRORS`); otherwise they say what failed and point
     /// at the server's log.
     pub debug_errors: bool,
+    /// The server speaks HTTPS: the start page's pull commands need no
+    /// flag for a plain-HTTP registry.
+    pub tls: bool,
 }
 
 /// The answer to what this pull-only registry does not do (pushes,

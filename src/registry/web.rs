@@ -75,11 +75,35 @@ pub async fn events(State(state): State<Arc<AppState>>) -> axum::response::Respo
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
 
+/// A duration in seconds as people say it: `42 s`, `5 min`, `3 h`, `2 days`.
+fn ago_text(secs: u64) -> String {
+    match secs {
+        0..120 => format!("{secs} s"),
+        120..7200 => format!("{} min", secs / 60),
+        7200..172_800 => format!("{} h", secs / 3600),
+        _ => format!("{} days", secs / 86_400),
+    }
+}
+
+/// The pull commands for this server: plain HTTP needs podman's
+/// `--tls-verify=false`, and docker pulls over plain HTTP only from
+/// loopback or a registry listed in its daemon's `insecure-registries`.
+fn pull_commands(host: &str, tls: bool) -> String {
+    if tls {
+        format!("podman pull {host}/shell/hello\ndocker pull {host}/shell/jq/hello")
+    } else {
+        format!(
+            "podman pull --tls-verify=false {host}/shell/hello\ndocker pull {host}/shell/jq/hello\n\n# this server speaks plain HTTP: docker pulls from it when it is\n# on 127.0.0.1 or listed in insecure-registries (/etc/docker/daemon.json)"
+        )
+    }
+}
+
 /// `GET /`.
 pub async fn start_page(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Html<String> {
     let host = escape(headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("HOST"));
     let source = escape(&state.source_description);
     let shell = escape(&state.shim.config().meta.shell.join(", "));
+    let pulls = pull_commands(&host, state.tls);
     // The builds as they are now; the event stream keeps them current.
     let snapshot = state.shim.activity().snapshot();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -114,11 +138,12 @@ pub async fn start_page(State(state): State<Arc<AppState>>, headers: HeaderMap) 
         let rows: String = errors
             .iter()
             .map(|e| {
-                let secs = e.at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                let at = humantime::format_rfc3339_seconds(e.at).to_string().replace('T', " ").replace('Z', " UTC");
+                let ago = SystemTime::now().duration_since(e.at).map(|d| d.as_secs()).unwrap_or(0);
                 // Full messages carry Nix logs and host paths: only when
                 // the operator asked for them.
-                let text = if state.debug_errors { &e.message } else { &e.summary };
-                format!("<li><b>{}</b> (at {secs} s since the epoch)<pre>{}</pre></li>", escape(&e.image), escape(text))
+                let details = if state.debug_errors { format!("<pre>{}</pre>", escape(&e.message)) } else { String::new() };
+                format!("<li><b>{}</b>: {}<br><small>at {at} ({} ago)</small>{details}</li>", escape(&e.image), escape(&e.summary), ago_text(ago))
             })
             .collect();
         format!("<ul>{rows}</ul>")
@@ -130,8 +155,7 @@ pub async fn start_page(State(state): State<Arc<AppState>>, headers: HeaderMap) 
 </head><body>
 <h1>nixery</h1>
 <p>Container images built on demand from Nix packages. The image name is the list of packages:</p>
-<pre>podman pull {host}/shell/hello
-docker pull {host}/shell/jq/hello</pre>
+<pre>{pulls}</pre>
 <ul>
 <li>Each path component is a package attribute name; order does not matter. Dotted names reach nested sets (<code>xorg.xev</code>).</li>
 <li><code>shell</code> adds {shell}; <code>arm64</code> builds for aarch64-linux.</li>

@@ -42,7 +42,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::assembly::{self, AssemblyError, ImageSpec};
 use crate::digest::Digest;
-use crate::graph::Popularity;
+use crate::graph::{MissingPackage, Popularity};
 use crate::image::{media_type, Image, ImageError, ManifestFlavour, Platform, RuntimeConfig};
 use crate::image_name::{parse_image_name, ImageRequest, MetaPackages, NameError};
 use crate::layering;
@@ -51,6 +51,7 @@ use crate::packing::PackOptions;
 use crate::storage::{put_bytes, Storage, StorageError};
 
 pub mod activity;
+pub mod explain;
 pub mod layers;
 pub mod metrics;
 
@@ -75,8 +76,8 @@ pub enum ShimError {
     #[error(transparent)]
     Name(#[from] NameError),
     /// The package set does not have these packages.
-    #[error("packages not found: {}", .0.join(", "))]
-    NotFound(Vec<String>),
+    #[error("packages not found: {}", .0.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "))]
+    NotFound(Vec<MissingPackage>),
     /// The image asks for more packages than an image may have.
     #[error("{asked} packages asked for, more than the {max} an image may have")]
     TooManyPackages {
@@ -113,25 +114,6 @@ pub enum ShimError {
 }
 
 impl ShimError {
-    /// What failed, in words that name no host path, store path or log
-    /// line: what error bodies and the start page say unless
-    /// `NIXERY_DEBUG_ERRORS` is set.
-    pub fn summary(&self) -> &'static str {
-        match self {
-            ShimError::Name(_) => "the name is not a valid image name",
-            ShimError::NotFound(_) => "the package set does not have some of the packages",
-            ShimError::TooManyPackages { .. } => "the name asks for too many packages",
-            ShimError::Nix(NixError::Timeout { .. }) => "the nix build took too long",
-            ShimError::Nix(_) => "the nix build failed",
-            ShimError::Source(_) => "the package source could not be pinned",
-            ShimError::Storage(_) => "the storage failed",
-            ShimError::Assembly(_) => "assembling the image failed",
-            ShimError::Image(_) => "images cannot be made for this system",
-            ShimError::Task(_) => "the build task failed",
-            ShimError::Busy { .. } => "too many images are being built; try again in a moment",
-        }
-    }
-
     /// Whether building again within moments would fail the same way:
     /// missing packages and failed builds, not storage, task or queue
     /// failures, nor a build that failed for want of space or memory on
@@ -224,7 +206,8 @@ pub struct ErrorRecord {
     pub at: SystemTime,
     /// `name:tag`.
     pub image: String,
-    /// What went wrong, in a line without host paths.
+    /// What went wrong, in a line without host paths
+    /// ([`ShimError::explain`]).
     pub summary: String,
     /// What went wrong, in full (Nix's log, store paths).
     pub message: String,
@@ -364,7 +347,8 @@ impl Shim {
     }
 
     fn record_error(&self, image: &str, error: &ShimError) {
-        let record = ErrorRecord { at: SystemTime::now(), image: image.to_string(), summary: error.summary().to_string(), message: error.to_string() };
+        let summary = error.explain(image, self.config.failure_ttl);
+        let record = ErrorRecord { at: SystemTime::now(), image: image.to_string(), summary, message: error.to_string() };
         let mut e = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         if e.len() == RECENT_ERRORS {
             e.pop_front();
@@ -611,9 +595,10 @@ impl Shim {
         entry.stage("assembling");
         let graph = match prepared {
             Ok(Prepared::Graph(g)) => g,
-            Ok(Prepared::NotFound(names)) => {
+            Ok(Prepared::NotFound(missing)) => {
+                let names: Vec<&str> = missing.iter().map(|m| m.name.as_str()).collect();
                 tracing::info!(image = label, not_found = ?names, "packages not found");
-                return Err(ShimError::NotFound(names));
+                return Err(ShimError::NotFound(missing));
             }
             Err(e) => {
                 tracing::error!(image = label, error = %e, "nix-build failed");

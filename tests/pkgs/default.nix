@@ -289,6 +289,9 @@ let
     echo "broken-1.0: this package always fails to build" >&2
     exit 1
   '';
+  # What nixpkgs answers for a package it refuses to evaluate (marked
+  # broken, unfree or insecure): a throw.
+  refused = throw "Package 'refused-1.0' has an unfree license ('unfree'), refusing to evaluate.";
   slow = runBusybox "slow-1.0" { } ''
     echo "slow-1.0: building for a long time" >&2
     sleep 30

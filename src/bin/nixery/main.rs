@@ -37,8 +37,48 @@ fn report(e: &anyhow::Error) -> String {
     out
 }
 
+/// A bad value that came from a setting's environment variable (its flag
+/// not given), said as the variable and its value: clap names the flag,
+/// which the operator never typed.
+fn variable_error(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+    if !matches!(e.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else { return None };
+    let long = arg.split([' ', '=']).next()?.strip_prefix("--")?;
+    let cli = Cli::command();
+    let args = cli.get_subcommands().flat_map(|c| c.get_arguments());
+    let var = args.filter(|a| a.get_long() == Some(long)).find_map(|a| a.get_env())?.to_str()?.to_string();
+    let flag = format!("--{long}");
+    if std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}="))) {
+        return None;
+    }
+    let value = std::env::var(&var).ok()?;
+    let why = match e.get(ContextKind::ValidValue) {
+        Some(ContextValue::Strings(valid)) => format!("expected one of {}", valid.join(", ")),
+        _ => match std::error::Error::source(e).map(|s| s.to_string()) {
+            Some(s) if s.contains("invalid digit") => "expected a whole number".into(),
+            Some(s) => s,
+            None => "not a valid value".into(),
+        },
+    };
+    Some(format!("{var}={value:?} is not a valid value: {why}"))
+}
+
 fn main() -> ExitCode {
-    match Cli::parse().command.run() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match variable_error(&e) {
+            Some(message) => {
+                eprintln!("nixery: error: {message}");
+                return ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
+    };
+    match cli.command.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nixery: error: {}", report(&e));
