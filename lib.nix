@@ -356,6 +356,16 @@ let
     # the same either way. Default: false.
     incremental ? false,
 
+    # Write SBOMs of the image beside its index.json, made in the build:
+    # sbom.spdx.json (SPDX 2.3) and sbom.cdx.json (CycloneDX 1.6), one
+    # package per store path in the image (name and version as Nix parses
+    # them, the NAR hash as checksum, the reference graph as dependencies),
+    # with the license (SPDX ids), homepage and description of every
+    # package named here (contents, copyToRoot, layers, perms). Reproducible
+    # like the image. For the "oci-dir" format and stream images.
+    # Default: true.
+    sbom ? true,
+
     # Attributes of the result's meta, as for any derivation. Default: {}.
     meta ? { },
 
@@ -399,6 +409,7 @@ let
           fail name "`compressionLevel` must be null or an integer (gzip 0 to 12, zstd 1 to 19, none 0)"
         else if !(isBool incremental) then fail name "`incremental` must be a boolean"
         else if !(isBool initializeNixDatabase) then fail name "`initializeNixDatabase` must be a boolean"
+        else if !(isBool sbom) then fail name "`sbom` must be a boolean"
         else if !(isInt nixUid && isInt nixGid) then fail name "`nixUid` and `nixGid` must be integers"
         else if !(elem layering [ "sharing" "nixery" "popularity-contest" ]) then
           fail name "`layering` must be \"sharing\", \"nixery\" or \"popularity-contest\", got ${toJSON layering}"
@@ -415,8 +426,24 @@ let
       permPackages = map (p: p.path) (filter (p: isAttrs p.path || builtins.hasContext (toString p.path)) perms);
       closureRoots = contents ++ copyToRoot ++ builtins.concatLists layerGroups ++ referencedPaths config ++ permPackages;
 
+      # What the SBOMs say of the packages named here, from their meta
+      # (only strings of the types expected, so any package set works).
+      stringOr = v: if isString v then v else if isList v && v != [ ] && isString (head v) then head v else null;
+      licenseIds = l: filter isString (map (x: if isAttrs x then x.spdxId or null else null) (if isList l then l else [ l ]));
+      packageMeta = p: {
+        path = toString p;
+        pname = stringOr (p.pname or null);
+        version = stringOr (p.version or null);
+        licenses = licenseIds (p.meta.license or [ ]);
+        homepage = stringOr (p.meta.homepage or null);
+        description = stringOr (p.meta.description or null);
+      };
+      namedPackages = filter (p: isAttrs p && p ? outPath) (contents ++ copyToRoot ++ builtins.concatLists layerGroups ++ permPackages);
+
       spec = {
         version = specVersion;
+        inherit sbom;
+        packageMeta = if sbom then map packageMeta namedPackages else [ ];
         inherit name tag config maxLayers created format compression compressionLevel layering
           users groups initializeNixDatabase nixUid nixGid fromImageTag imageSystem architecture variant;
         contents = map toString contents;

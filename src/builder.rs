@@ -180,6 +180,12 @@ pub struct BuildSpec {
     /// Register the image's store paths in a Nix database in the image.
     #[serde(default)]
     pub initialize_nix_database: bool,
+    /// Write SBOMs of the image beside it ([`crate::sbom`]).
+    #[serde(default)]
+    pub sbom: bool,
+    /// The meta of the packages the expression named, for the SBOMs.
+    #[serde(default)]
+    pub package_meta: Vec<crate::sbom::PackageMeta>,
     /// Who owns the Nix database (and the store, when not root).
     #[serde(default)]
     pub nix_uid: u32,
@@ -537,6 +543,19 @@ pub fn pack_group_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     write_out(&out.join("layer.json"), &serde_json::to_vec(&PrepackedLayer { paths, perms, packed }).expect("a layer serialises"))
 }
 
+/// Writes the image's SBOMs beside its `index.json` when the spec asks.
+fn write_sboms(b: &Build, created: &str, tag: &str, manifest: &crate::digest::Digest, base_layers: Vec<crate::digest::Digest>) -> Result<(), BuildError> {
+    if !b.spec.sbom {
+        return Ok(());
+    }
+    let facts = crate::sbom::ImageFacts { name: &b.spec.name, tag, created, manifest, graph: &b.graph, meta: &b.spec.package_meta, base_layers };
+    for (file, doc) in [(crate::sbom::SPDX_FILE, crate::sbom::spdx(&facts)), (crate::sbom::CYCLONEDX_FILE, crate::sbom::cyclonedx(&facts))] {
+        let path = b.out.join(file);
+        fs::write(&path, serde_json::to_vec_pretty(&doc).expect("json")).map_err(|source| BuildError::Write { path: path.clone(), source })?;
+    }
+    Ok(())
+}
+
 /// Runs a build from an attributes file (`nixery internal build-image`), logging
 /// to stderr.
 pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
@@ -546,6 +565,7 @@ pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     let name = &b.spec.name;
     let assembly_error = |source| BuildError::Assembly { name: name.clone(), source };
     let plan = assembly::plan(&spec, &b.graph).map_err(assembly_error)?;
+    let base_layers: Vec<crate::digest::Digest> = plan.base_layers.iter().map(|l| l.packed.digest.clone()).collect();
     for w in &plan.warnings {
         eprintln!("nixery: warning: {w}");
     }
@@ -564,7 +584,8 @@ pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
             store.add_known(key, doc.packed, doc.paths, doc.perms);
         }
         let (image, _) = assembly::assemble(plan, &store).map_err(assembly_error)?;
-        image::write_oci_layout(&image, name, &tag, &b.out)?;
+        let docs = image::write_oci_layout(&image, name, &tag, &b.out)?;
+        write_sboms(&b, &spec.created, &tag, &docs.manifest_digest, base_layers.clone())?;
         let recipes = store.recipes();
         let doc = crate::image::stream::StreamDoc {
             version: crate::image::stream::STREAM_VERSION,
@@ -588,7 +609,10 @@ pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
         store.add_prepacked(key, doc.packed, dir.join("blob"));
     }
     let (image, stats) = assembly::assemble(plan, &store).map_err(assembly_error)?;
-    image::write_oci_layout(&image, name, &tag, &layout_dir)?;
+    let docs = image::write_oci_layout(&image, name, &tag, &layout_dir)?;
+    if b.spec.format == Format::OciDir {
+        write_sboms(&b, &spec.created, &tag, &docs.manifest_digest, base_layers)?;
+    }
     if b.spec.format == Format::DockerArchive {
         let layout = image::read_oci_layout(&layout_dir)?;
         image::write_docker_archive(&layout, &format!("{name}:{tag}"), &b.out)?;

@@ -48,6 +48,7 @@ pub mod nix;
 pub mod packing;
 pub mod push;
 pub mod registry;
+pub mod sbom;
 pub mod scratch;
 pub mod serve;
 pub mod shim;

@@ -431,3 +431,74 @@ in_both_worlds! {
         assert!(!err.contains("cksum"), "{err}");
     }
 }
+
+/// The SBOM validators (scripts/setup installs them from PyPI).
+const SBOM_TOOLS_PYTHON: &str = "/opt/nixery-tools/sbom-tools/bin/python";
+
+#[test]
+fn sboms_list_exactly_the_store_paths_in_the_layers_and_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = r#"nixery.buildNixeryImage { name = "sbom"; tag = "v1"; contents = [ pkgs.hello pkgs.jq ]; }"#;
+    let image = nix_build_expr(dir.path(), body);
+    let spdx_file = image.join("sbom.spdx.json");
+    let cdx_file = image.join("sbom.cdx.json");
+
+    // spdx-tools and CycloneDX's schema accept them.
+    let out = Command::new(SBOM_TOOLS_PYTHON).arg(repo().join("tests/support/validate_sbom.py")).arg(&spdx_file).arg(&cdx_file).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("spdx-tools: 0 problems") && text.contains("cyclonedx schema 1.6: valid"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Each store path in the image's layers is listed once, and nothing else.
+    let (manifest, _) = layout_manifest(&image);
+    let mut in_layers = std::collections::BTreeSet::new();
+    for l in manifest["layers"].as_array().unwrap() {
+        for e in layer_entries(&image, l["digest"].as_str().unwrap()) {
+            let parts: Vec<&str> = e.trim_start_matches("./").trim_start_matches('/').splitn(4, '/').collect();
+            if parts.len() >= 3 && parts[0] == "nix" && parts[1] == "store" && !parts[2].is_empty() {
+                in_layers.insert(format!("/nix/store/{}", parts[2]));
+            }
+        }
+    }
+    let spdx: serde_json::Value = serde_json::from_slice(&std::fs::read(&spdx_file).unwrap()).unwrap();
+    let packages = spdx["packages"].as_array().unwrap();
+    let listed: Vec<String> = packages.iter().filter_map(|p| p["packageFileName"].as_str().map(String::from)).collect();
+    let unique: std::collections::BTreeSet<String> = listed.iter().cloned().collect();
+    assert_eq!(listed.len(), unique.len(), "each once");
+    assert_eq!(unique, in_layers, "the SPDX document lists the layers' store paths");
+    let cdx: serde_json::Value = serde_json::from_slice(&std::fs::read(&cdx_file).unwrap()).unwrap();
+    let refs: std::collections::BTreeSet<String> = cdx["components"].as_array().unwrap().iter().map(|c| c["bom-ref"].as_str().unwrap().to_string()).collect();
+    assert_eq!(refs, in_layers, "the CycloneDX document lists the layers' store paths");
+
+    // What the expression knew of hello (nixpkgs' meta) is in both; the
+    // image is the root, its checksum its manifest's digest.
+    let hello = packages.iter().find(|p| p["name"] == "hello").unwrap();
+    assert_eq!((hello["versionInfo"].as_str(), hello["licenseDeclared"].as_str()), (Some("2.10"), Some("GPL-3.0-or-later")));
+    assert_eq!(hello["homepage"], "https://www.gnu.org/software/hello/manual/");
+    assert_eq!(hello["checksums"][0]["checksumValue"].as_str().unwrap().len(), 64, "the NAR hash");
+    let digest = manifest_digest_of(&image);
+    assert_eq!(spdx["packages"][0]["checksums"][0]["checksumValue"], digest[7..]);
+    assert_eq!(spdx["documentNamespace"], format!("https://nixery.dev/spdx/{}", &digest[7..]));
+    let cdx_hello = cdx["components"].as_array().unwrap().iter().find(|c| c["name"] == "hello").unwrap();
+    assert_eq!(cdx_hello["licenses"][0]["expression"], "GPL-3.0-or-later");
+    assert!(
+        spdx["relationships"].as_array().unwrap().iter().any(|r| r["relationshipType"] == "DEPENDS_ON" && r["spdxElementId"] == hello["SPDXID"]),
+        "hello depends on glibc"
+    );
+
+    // Two builds give the same bytes (nix-build --check builds again and compares).
+    let file = expr_file(dir.path(), body);
+    run(nix_build_cmd(&file).arg("--check"));
+
+    // sbom = false writes none.
+    let without = nix_build_expr(dir.path(), r#"nixery.buildNixeryImage { name = "sbom"; tag = "v1"; contents = [ pkgs.hello ]; sbom = false; }"#);
+    assert!(!without.join("sbom.spdx.json").exists() && without.join("index.json").exists());
+}
+
+fn manifest_digest_of(layout: &std::path::Path) -> String {
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    index["manifests"][0]["digest"].as_str().unwrap().to_string()
+}

@@ -124,7 +124,7 @@ fn bad_arguments_fail_with_the_image_name() {
         (r#"nixery.buildNixeryImage { name = "tiny"; contents = [ pkgs.hello ]; maxLayers = 1; }"#, "in nixery image tiny: `maxLayers` must be"),
         (
             r#"nixery.buildNixeryImage { name = "typo"; contents = [ pkgs.hello ]; config.Cmnd = [ "hello" ]; }"#,
-            "in image typo: `config`: invalid image config: unknown field `Cmnd`",
+            "in nixery image typo: config has no `Cmnd`: did you mean `Cmd`?",
         ),
         (r#"nixery.buildNixeryImage { name = "fmt"; format = "tarball"; }"#, "in nixery image fmt: `format` must be"),
     ] {

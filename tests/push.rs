@@ -225,7 +225,7 @@ in_both_worlds! {
         // A bad target is a clear error.
         let out = Command::new(helper()).arg("load").arg(&stream).arg("nowhere").output().unwrap();
         assert!(!out.status.success());
-        assert!(String::from_utf8_lossy(&out.stderr).contains("expected podman, docker, oci:DIR[:TAG] or docker-archive:FILE"));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(r#""nowhere" is not where an image loads: expected podman, docker, docker-archive:FILE or oci:DIR[:TAG]"#));
     }
 }
 

@@ -125,12 +125,22 @@ let
     chmod 555 $out/${dir}/*
   '';
 
+  # With the attributes and meta nixpkgs gives its packages (what SBOMs
+  # read), outside the derivation as there.
   hello = patched {
     name = "hello-2.10";
     files = [ "${hostFiles "host-hello" binDir [ "hello" ]}/hello" ];
     dir = "bin";
     rpath = [ glibc ];
     program = true;
+  } // {
+    pname = "hello";
+    version = "2.10";
+    meta = {
+      description = "Program that produces a familiar, friendly greeting";
+      homepage = "https://www.gnu.org/software/hello/manual/";
+      license = { spdxId = "GPL-3.0-or-later"; shortName = "gpl3Plus"; free = true; };
+    };
   };
 
   oniguruma = patched {

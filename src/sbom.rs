@@ -1,0 +1,390 @@
+//! Software bills of materials of an image, made inside its build from
+//! what the build knows exactly: every store path in the image's layers
+//! (the closure graph Nix exported, with each path's NAR hash and
+//! references), the packages the expression named with their `meta`
+//! (passed by lib.nix as data), and the base image's layers. Two
+//! documents, SPDX 2.3 JSON and CycloneDX 1.6 JSON, each deterministic:
+//! no wall-clock time (the image's `created`), identifiers derived from the
+//! image's manifest digest and the store paths, everything sorted.
+//!
+//! Names and versions are split from store path names as Nix's
+//! `builtins.parseDrvName` does (the version begins at the first `-` not
+//! followed by a letter). A package's purl is `pkg:generic/NAME@VERSION`
+//! (there is no registered Nix purl type) with its NAR hash as checksum.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::digest::Digest;
+use crate::graph::{ClosureGraph, PathInfo, STORE_DIR};
+
+/// File names of the documents, beside `index.json` in an image's output.
+pub const SPDX_FILE: &str = "sbom.spdx.json";
+/// See [`SPDX_FILE`].
+pub const CYCLONEDX_FILE: &str = "sbom.cdx.json";
+
+/// What lib.nix knows of a package the expression named (its `meta`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PackageMeta {
+    /// The package's output path.
+    pub path: String,
+    /// `pname`, when it has one.
+    #[serde(default)]
+    pub pname: Option<String>,
+    /// `version`, when it has one.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// SPDX identifiers of `meta.license` (nixpkgs' `spdxId`s).
+    #[serde(default)]
+    pub licenses: Vec<String>,
+    /// `meta.homepage`.
+    #[serde(default)]
+    pub homepage: Option<String>,
+    /// `meta.description`.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// What the documents describe.
+#[derive(Debug, Clone)]
+pub struct ImageFacts<'a> {
+    /// The image's name.
+    pub name: &'a str,
+    /// Its tag.
+    pub tag: &'a str,
+    /// Its creation time (RFC 3339): the documents' time.
+    pub created: &'a str,
+    /// Its manifest's digest.
+    pub manifest: &'a Digest,
+    /// The store paths in its layers.
+    pub graph: &'a ClosureGraph,
+    /// The meta of the packages the expression named.
+    pub meta: &'a [PackageMeta],
+    /// The base image's layers (`fromImage`), bottom first.
+    pub base_layers: Vec<Digest>,
+}
+
+/// A store path's name split as `builtins.parseDrvName` does.
+pub fn parse_name(name: &str) -> (&str, Option<&str>) {
+    let bytes = name.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'-' && bytes.get(i + 1).is_some_and(|c| !c.is_ascii_alphabetic()) {
+            return (&name[..i], Some(&name[i + 1..]));
+        }
+    }
+    (name, None)
+}
+
+/// The hash part and name of a store path.
+fn split_store_path(path: &str) -> (&str, &str) {
+    let base = path.strip_prefix(STORE_DIR).and_then(|p| p.strip_prefix('/')).unwrap_or(path);
+    base.split_once('-').unwrap_or((base, base))
+}
+
+/// A NAR hash as Nix writes it (`sha256:<nix32>`, or SRI `sha256-<base64>`)
+/// in hexadecimal.
+pub fn nar_hash_hex(hash: &str) -> Option<String> {
+    use base64::Engine;
+    let bytes = if let Some(b32) = hash.strip_prefix("sha256:") {
+        nix32_decode(b32)?
+    } else {
+        base64::engine::general_purpose::STANDARD.decode(hash.strip_prefix("sha256-")?).ok()?
+    };
+    (bytes.len() == 32).then(|| bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Decodes Nix's base32 (its own alphabet, least significant digit last).
+fn nix32_decode(s: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+    let len = s.len() * 5 / 8;
+    let mut out = vec![0u8; len];
+    for (n, c) in s.bytes().rev().enumerate() {
+        let digit = ALPHABET.iter().position(|a| *a == c)? as u16;
+        let b = n * 5;
+        let (i, j) = (b / 8, b % 8);
+        let value = digit << j;
+        *out.get_mut(i)? |= value as u8;
+        if let Some(next) = out.get_mut(i + 1) {
+            *next |= (value >> 8) as u8;
+        } else if value >> 8 != 0 {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// Percent-encodes a purl segment (what is not unreserved).
+fn purl_segment(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+/// One store path, as both documents say it.
+struct Component<'a> {
+    info: &'a PathInfo,
+    hash: &'a str,
+    name: String,
+    version: Option<String>,
+    sha256: Option<String>,
+    meta: Option<&'a PackageMeta>,
+}
+
+impl Component<'_> {
+    fn purl(&self) -> String {
+        let mut p = format!("pkg:generic/{}", purl_segment(&self.name));
+        if let Some(v) = &self.version {
+            p.push('@');
+            p.push_str(&purl_segment(v));
+        }
+        if let Some(h) = &self.sha256 {
+            p.push_str("?checksum=sha256:");
+            p.push_str(h);
+        }
+        p
+    }
+
+    fn spdx_id(&self) -> String {
+        format!("SPDXRef-StorePath-{}", self.hash)
+    }
+
+    /// The license expression of its meta, when it has SPDX identifiers.
+    fn license(&self) -> Option<String> {
+        let ids = &self.meta?.licenses;
+        let valid = |id: &String| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.+".contains(&b));
+        (!ids.is_empty() && ids.iter().all(valid)).then(|| ids.join(" AND "))
+    }
+}
+
+fn components<'a>(facts: &'a ImageFacts<'a>) -> Vec<Component<'a>> {
+    let meta: BTreeMap<&str, &PackageMeta> = facts.meta.iter().map(|m| (m.path.as_str(), m)).collect();
+    facts
+        .graph
+        .paths
+        .values()
+        .map(|info| {
+            let (hash, full) = split_store_path(&info.path);
+            let meta = meta.get(info.path.as_str()).copied();
+            let (name, version) = parse_name(full);
+            let name = meta.and_then(|m| m.pname.clone()).unwrap_or_else(|| name.to_string());
+            let version = meta.and_then(|m| m.version.clone()).or_else(|| version.map(str::to_string));
+            Component { info, hash, name, version, sha256: info.nar_hash.as_deref().and_then(nar_hash_hex), meta }
+        })
+        .collect()
+}
+
+/// The creation time as SPDX wants it (`YYYY-MM-DDThh:mm:ssZ`).
+fn timestamp(created: &str) -> String {
+    match humantime::parse_rfc3339_weak(created.trim_end_matches('Z')) {
+        Ok(t) => humantime::format_rfc3339_seconds(t).to_string(),
+        Err(_) => created.to_string(),
+    }
+}
+
+fn tool() -> String {
+    format!("nixery-{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The SPDX 2.3 document of the image.
+pub fn spdx(facts: &ImageFacts) -> Value {
+    let comps = components(facts);
+    let image_id = "SPDXRef-Image";
+    let mut packages = vec![json!({
+        "SPDXID": image_id,
+        "name": facts.name,
+        "versionInfo": facts.tag,
+        "downloadLocation": "NOASSERTION",
+        "filesAnalyzed": false,
+        "supplier": "NOASSERTION",
+        "licenseConcluded": "NOASSERTION",
+        "licenseDeclared": "NOASSERTION",
+        "copyrightText": "NOASSERTION",
+        "primaryPackagePurpose": "CONTAINER",
+        "checksums": [{ "algorithm": "SHA256", "checksumValue": facts.manifest.hex() }],
+        "externalRefs": [{
+            "referenceCategory": "PACKAGE-MANAGER",
+            "referenceType": "purl",
+            "referenceLocator": format!("pkg:oci/{}@{}", purl_segment(facts.name.rsplit('/').next().unwrap_or(facts.name)), purl_segment(&facts.manifest.to_string())),
+        }],
+    })];
+    let mut relationships = vec![json!({ "spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": image_id })];
+    for c in &comps {
+        let mut p = json!({
+            "SPDXID": c.spdx_id(),
+            "name": c.name,
+            "packageFileName": c.info.path,
+            "downloadLocation": "NOASSERTION",
+            "filesAnalyzed": false,
+            "supplier": "NOASSERTION",
+            "licenseConcluded": "NOASSERTION",
+            "licenseDeclared": c.license().unwrap_or_else(|| "NOASSERTION".into()),
+            "copyrightText": "NOASSERTION",
+            "externalRefs": [{ "referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": c.purl() }],
+        });
+        if let Some(v) = &c.version {
+            p["versionInfo"] = json!(v);
+        }
+        if let Some(h) = &c.sha256 {
+            p["checksums"] = json!([{ "algorithm": "SHA256", "checksumValue": h }]);
+        }
+        if let Some(m) = c.meta {
+            if let Some(h) = &m.homepage {
+                p["homepage"] = json!(h);
+            }
+            if let Some(d) = &m.description {
+                p["description"] = json!(d);
+            }
+        }
+        packages.push(p);
+        relationships.push(json!({ "spdxElementId": image_id, "relationshipType": "CONTAINS", "relatedSpdxElement": c.spdx_id() }));
+        let mut refs: Vec<&String> = c.info.references.iter().filter(|r| **r != c.info.path).collect();
+        refs.sort();
+        refs.dedup();
+        for r in refs {
+            let (hash, _) = split_store_path(r);
+            relationships
+                .push(json!({ "spdxElementId": c.spdx_id(), "relationshipType": "DEPENDS_ON", "relatedSpdxElement": format!("SPDXRef-StorePath-{hash}") }));
+        }
+    }
+    for root in &facts.graph.roots {
+        let (hash, _) = split_store_path(root);
+        relationships.push(json!({ "spdxElementId": image_id, "relationshipType": "DEPENDS_ON", "relatedSpdxElement": format!("SPDXRef-StorePath-{hash}") }));
+    }
+    for (i, layer) in facts.base_layers.iter().enumerate() {
+        let id = format!("SPDXRef-BaseLayer-{i}");
+        packages.push(json!({
+            "SPDXID": id,
+            "name": format!("base image layer {}", layer),
+            "downloadLocation": "NOASSERTION",
+            "filesAnalyzed": false,
+            "supplier": "NOASSERTION",
+            "licenseConcluded": "NOASSERTION",
+            "licenseDeclared": "NOASSERTION",
+            "copyrightText": "NOASSERTION",
+            "checksums": [{ "algorithm": "SHA256", "checksumValue": layer.hex() }],
+            "comment": "a layer of the base image (fromImage), listed as what it is: its contents are not known to this build",
+        }));
+        relationships.push(json!({ "spdxElementId": image_id, "relationshipType": "CONTAINS", "relatedSpdxElement": id }));
+    }
+    json!({
+        "spdxVersion": "SPDX-2.3",
+        "dataLicense": "CC0-1.0",
+        "SPDXID": "SPDXRef-DOCUMENT",
+        "name": format!("{}:{}", facts.name, facts.tag),
+        "documentNamespace": format!("https://nixery.dev/spdx/{}", facts.manifest.hex()),
+        "creationInfo": { "created": timestamp(facts.created), "creators": [format!("Tool: {}", tool())] },
+        "documentDescribes": [image_id],
+        "packages": packages,
+        "relationships": relationships,
+    })
+}
+
+/// A UUID (version 5 style: SHA-256 based, marked as such) from a digest,
+/// for CycloneDX's serial number.
+fn uuid_from(digest: &Digest) -> String {
+    let h = digest.hex();
+    format!("{}-{}-5{}-a{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
+}
+
+/// The CycloneDX 1.6 document of the image.
+pub fn cyclonedx(facts: &ImageFacts) -> Value {
+    let comps = components(facts);
+    let image_ref = format!("image@{}", facts.manifest);
+    let mut components = Vec::new();
+    let mut dependencies = Vec::new();
+    let root_refs: Vec<String> = facts.graph.roots.iter().map(|r| facts.graph.paths.get(r).map(|i| i.path.clone()).unwrap_or_else(|| r.clone())).collect();
+    for c in &comps {
+        let mut comp = json!({
+            "type": "library",
+            "bom-ref": c.info.path,
+            "name": c.name,
+            "purl": c.purl(),
+            "properties": [{ "name": "nix:store_path", "value": c.info.path }],
+        });
+        if let Some(v) = &c.version {
+            comp["version"] = json!(v);
+        }
+        if let Some(h) = &c.sha256 {
+            comp["hashes"] = json!([{ "alg": "SHA-256", "content": h }]);
+        }
+        if let Some(m) = c.meta {
+            if let Some(l) = c.license() {
+                comp["licenses"] = json!([{ "expression": l }]);
+            }
+            if let Some(h) = &m.homepage {
+                comp["externalReferences"] = json!([{ "type": "website", "url": h }]);
+            }
+            if let Some(d) = &m.description {
+                comp["description"] = json!(d);
+            }
+        }
+        components.push(comp);
+        let mut refs: Vec<&String> = c.info.references.iter().filter(|r| **r != c.info.path).collect();
+        refs.sort();
+        refs.dedup();
+        dependencies.push(json!({ "ref": c.info.path, "dependsOn": refs }));
+    }
+    for layer in &facts.base_layers {
+        components.push(json!({
+            "type": "data",
+            "bom-ref": format!("base-layer@{layer}"),
+            "name": format!("base image layer {layer}"),
+            "hashes": [{ "alg": "SHA-256", "content": layer.hex() }],
+            "description": "a layer of the base image (fromImage), listed as what it is: its contents are not known to this build",
+        }));
+    }
+    dependencies.insert(0, json!({ "ref": image_ref, "dependsOn": root_refs }));
+    json!({
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.6",
+        "serialNumber": format!("urn:uuid:{}", uuid_from(facts.manifest)),
+        "version": 1,
+        "metadata": {
+            "timestamp": timestamp(facts.created),
+            "tools": { "components": [{ "type": "application", "name": "nixery", "version": env!("CARGO_PKG_VERSION") }] },
+            "component": {
+                "type": "container",
+                "bom-ref": image_ref,
+                "name": facts.name,
+                "version": facts.tag,
+                "hashes": [{ "alg": "SHA-256", "content": facts.manifest.hex() }],
+            },
+        },
+        "components": components,
+        "dependencies": dependencies,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_split_as_nix_parses_them() {
+        assert_eq!(parse_name("hello-2.10"), ("hello", Some("2.10")));
+        assert_eq!(parse_name("glibc-2.37-8"), ("glibc", Some("2.37-8")));
+        assert_eq!(parse_name("bash-interactive-5.2-p15"), ("bash-interactive", Some("5.2-p15")));
+        assert_eq!(parse_name("python3.11-requests-2.31.0"), ("python3.11-requests", Some("2.31.0")));
+        assert_eq!(parse_name("source"), ("source", None));
+        assert_eq!(parse_name("iana-etc-20230316"), ("iana-etc", Some("20230316")));
+    }
+
+    #[test]
+    fn nar_hashes_in_both_of_nixs_spellings() {
+        // The same hash, as `nix hash convert` gives it.
+        let nix32 = "sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
+        let sri = "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+        let hex = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(nar_hash_hex(sri).as_deref(), Some(hex));
+        assert_eq!(nar_hash_hex(nix32).as_deref(), Some(hex));
+        assert_eq!(nar_hash_hex("sha256:not-base32"), None);
+        assert_eq!(nar_hash_hex("md5:00"), None);
+    }
+
+    #[test]
+    fn purls_encode_what_is_not_unreserved() {
+        assert_eq!(purl_segment("gtk+3"), "gtk%2B3");
+        assert_eq!(purl_segment("1.2_x-y~z"), "1.2_x-y~z");
+    }
+}
