@@ -251,3 +251,59 @@ in_both_worlds! {
         assert_ne!(layout_manifest(&second).1, layout_manifest(&first).1);
     }
 }
+
+/// A P-256 key pair as openssl writes it: (private PKCS#8 PEM, public PEM).
+fn p256_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub"));
+    run(Command::new("openssl").args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"]).arg(&key));
+    run(Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&key).arg("-out").arg(&public));
+    (key, public)
+}
+
+#[test]
+fn signed_pushes_verify_with_cosign_and_fail_with_another_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = nix_build(&repo().join("examples/hello.nix"), &[]);
+    let registry = Registry::start();
+    let (key, public) = p256_key(dir.path(), "signer");
+    let (_, other) = p256_key(dir.path(), "other");
+    let dest = format!("{}/signed:v1", registry.host());
+    let out = run(Command::new(helper()).arg("push").arg("--sign-key").arg(&key).arg(&image).arg(&dest));
+    let digest = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains(&format!("signed it: {}/signed:sha256-{}.sig", registry.host(), &digest[7..])), "{log}");
+
+    // cosign 2.5 (the current world's) verifies it with the public key,
+    // without a transparency log, and refuses another key.
+    let cosign = |public: &Path| {
+        world::debian13_command("cosign", &[dir.path()])
+            .args(["verify", "--insecure-ignore-tlog=true", "--allow-http-registry=true", "--key"])
+            .arg(public)
+            .arg(&dest)
+            .output()
+            .unwrap()
+    };
+    let ok = cosign(&public);
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{text}{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(text.contains(&format!("\"docker-manifest-digest\":\"{digest}\"")), "{text}");
+    let refused = cosign(&other);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no matching signatures"), "{}", String::from_utf8_lossy(&refused.stderr));
+
+    // A key that is not one fails before anything is pushed.
+    std::fs::write(dir.path().join("bad.pem"), "not a key").unwrap();
+    let out = Command::new(helper())
+        .arg("push")
+        .arg("--sign-key")
+        .arg(dir.path().join("bad.pem"))
+        .arg(&image)
+        .arg(format!("{}/never:v1", registry.host()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a PKCS#8 PEM private key"));
+    let tags = http().get(format!("http://{}/v2/never/tags/list", registry.host())).send().unwrap();
+    assert_eq!(tags.status(), 404, "nothing pushed");
+}

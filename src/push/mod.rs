@@ -28,6 +28,7 @@ use crate::packing::{LayerContent, PackOptions};
 pub mod client;
 pub mod credentials;
 pub mod load;
+pub mod sign;
 
 pub use crate::image::stream::{LayerRecipe, StreamDoc, STREAM_FILE};
 pub use client::{Connection, Destination};
@@ -57,6 +58,9 @@ pub enum PushError {
     /// The source's layout cannot be read.
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
+    /// The signing key cannot be used.
+    #[error(transparent)]
+    Key(#[from] sign::KeyError),
     /// A file cannot be read.
     #[error("{path}: {source}")]
     Io {
@@ -316,11 +320,15 @@ pub struct PushOptions {
     pub mount_from: Option<String>,
     /// Uploads at once.
     pub jobs: usize,
+    /// Sign the pushed manifest for cosign with this key.
+    pub sign_key: Option<std::sync::Arc<sign::SigningKey>>,
 }
 
 /// What a push did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PushReport {
+    /// The signature manifest's digest (`sha256-<hex>.sig`), when signed.
+    pub signature: Option<Digest>,
     /// The manifest's digest.
     pub digest: Option<Digest>,
     /// Blobs the registry had.
@@ -430,6 +438,9 @@ pub fn push(source: &Source, dest: &Destination, opts: &PushOptions) -> Result<P
     }
     let digest = client.put_manifest(&dest.tag, &source.media_type, &source.manifest)?;
     let mut report = report.into_inner().expect("lock");
+    if let Some(key) = &opts.sign_key {
+        report.signature = Some(sign::push_signature(&client, dest, key, &digest)?);
+    }
     report.digest = Some(digest);
     Ok(report)
 }

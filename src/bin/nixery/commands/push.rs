@@ -44,6 +44,12 @@ pub struct Flags {
     /// fails; a failed request is tried three times in all.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     timeout: u64,
+    /// Sign the pushed image for cosign with this key (an EC P-256 key,
+    /// PKCS#8 PEM, as `openssl genpkey -algorithm EC -pkeyopt
+    /// ec_paramgen_curve:P-256` writes it): the signature goes to the tag
+    /// `sha256-<hex>.sig`, where `cosign verify --key` finds it.
+    #[arg(long, value_name = "FILE")]
+    sign_key: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -57,14 +63,19 @@ pub fn push_image(source: &str, dest: &str, flags: Flags) -> anyhow::Result<()> 
         Some(c) => Some(push::credentials::Login::parse(&c).context("--creds is USER:PASSWORD")?),
         None => push::credentials::find(&dest.registry),
     };
+    // The key is read first: a bad one fails before anything is pushed.
+    let sign_key = flags.sign_key.as_deref().map(push::sign::SigningKey::from_pem_file).transpose()?.map(std::sync::Arc::new);
     let source = push::Source::open(source)?;
     let connection = push::Connection { plain_http: flags.plain_http, ca_file: flags.ca_file, login, stall_timeout: Some(Duration::from_secs(flags.timeout)) };
-    let opts = push::PushOptions { connection, mount_from: flags.mount_from, jobs: flags.jobs };
+    let opts = push::PushOptions { connection, mount_from: flags.mount_from, jobs: flags.jobs, sign_key };
     let report = push::push(&source, &dest, &opts)?;
     eprintln!(
         "nixery: pushed {}/{}:{}: {} blobs uploaded ({} bytes), {} mounted, {} already there",
         dest.registry, dest.repository, dest.tag, report.uploaded, report.uploaded_bytes, report.mounted, report.present
     );
+    if let Some(sig) = &report.signature {
+        eprintln!("nixery: signed it: {}/{}:{} ({sig})", dest.registry, dest.repository, push::sign::signature_tag(report.digest.as_ref().expect("pushed")));
+    }
     println!("{}", report.digest.map(|d| d.to_string()).unwrap_or_default());
     Ok(())
 }

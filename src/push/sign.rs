@@ -1,0 +1,183 @@
+//! Signatures that cosign verifies: after an image is pushed, its manifest
+//! digest is put into a simple-signing payload, the payload is signed with
+//! an ECDSA P-256 key (SHA-256, an ASN.1 DER signature, as cosign signs),
+//! and pushed as cosign lays signatures out: an OCI manifest whose one
+//! layer is the payload, the signature in its
+//! `dev.cosignproject.cosign/signature` annotation, under the tag
+//! `sha256-<hex>.sig` of the same repository. `cosign verify --key PUB
+//! --insecure-ignore-tlog` accepts it (no transparency log is written).
+//!
+//! Keys are read at push time from a file and never enter the Nix store.
+//! The key is a PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`, what
+//! `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256`
+//! writes); cosign's own encrypted keys are not read.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+
+use super::client::{Client, Destination};
+use super::PushError;
+use crate::digest::Digest;
+use crate::image::media_type;
+
+/// The media type of cosign's signed payload.
+pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// The annotation that carries the signature, base64.
+pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+
+/// Why a key cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The file cannot be read.
+    #[error("the signing key {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a key this program reads.
+    #[error("the signing key {path} {problem}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: &'static str,
+    },
+}
+
+/// An ECDSA P-256 private key.
+pub struct SigningKey {
+    pair: EcdsaKeyPair,
+    rng: ring::rand::SystemRandom,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKey(P-256)")
+    }
+}
+
+/// The body of the first PEM block labelled `label`, decoded.
+fn pem_block(text: &str, label: &str) -> Option<Vec<u8>> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = text.find(&begin)? + begin.len();
+    let stop = start + text[start..].find(&end)?;
+    let body: String = text[start..stop].split_whitespace().collect();
+    base64::engine::general_purpose::STANDARD.decode(body).ok()
+}
+
+impl SigningKey {
+    /// Reads a PKCS#8 PEM P-256 key.
+    pub fn from_pem_file(path: &Path) -> Result<SigningKey, KeyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.into(), source })?;
+        let bad = |problem| KeyError::Format { path: path.into(), problem };
+        if text.contains("ENCRYPTED COSIGN PRIVATE KEY") || text.contains("ENCRYPTED SIGSTORE PRIVATE KEY") {
+            return Err(bad("is cosign's encrypted key, which nixery does not read: make a PKCS#8 key with `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem` (cosign import-key-pair takes it too)"));
+        }
+        let der = pem_block(&text, "PRIVATE KEY").ok_or_else(|| bad("is not a PKCS#8 PEM private key (-----BEGIN PRIVATE KEY-----)"))?;
+        let rng = ring::rand::SystemRandom::new();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &der, &rng).map_err(|_| bad("is not an EC P-256 key"))?;
+        Ok(SigningKey { pair, rng })
+    }
+
+    /// Signs `payload` (ECDSA P-256 over its SHA-256, DER).
+    pub fn sign(&self, payload: &[u8]) -> Vec<u8> {
+        self.pair.sign(&self.rng, payload).expect("P-256 signing with the system's randomness").as_ref().to_vec()
+    }
+
+    /// The public key, as an uncompressed point.
+    pub fn public_point(&self) -> &[u8] {
+        self.pair.public_key().as_ref()
+    }
+}
+
+/// cosign's simple-signing payload for `digest` in `repository`
+/// (`registry/repo`, no tag).
+pub fn simple_signing_payload(repository: &str, digest: &Digest) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "critical": {
+            "identity": { "docker-reference": repository },
+            "image": { "docker-manifest-digest": digest.to_string() },
+            "type": "cosign container image signature",
+        },
+        "optional": null,
+    }))
+    .expect("json")
+}
+
+/// The tag cosign looks for a manifest's signatures under.
+pub fn signature_tag(digest: &Digest) -> String {
+    format!("sha256-{}.sig", digest.hex())
+}
+
+/// Signs the manifest `digest` pushed to `dest` and pushes the signature
+/// where cosign finds it; returns the signature manifest's digest.
+pub fn push_signature(client: &Client, dest: &Destination, key: &SigningKey, digest: &Digest) -> Result<Digest, PushError> {
+    let payload = simple_signing_payload(&format!("{}/{}", dest.registry, dest.repository), digest);
+    let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(&payload));
+    let payload_digest = Digest::of(&payload);
+    // The config cosign writes: the payload as the one layer.
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "",
+        "config": {},
+        "created": "0001-01-01T00:00:00Z",
+        "history": [{ "created": "0001-01-01T00:00:00Z" }],
+        "os": "",
+        "rootfs": { "type": "layers", "diff_ids": [payload_digest.to_string()] },
+    }))
+    .expect("json");
+    let config_digest = Digest::of(&config);
+    for (d, bytes) in [(&payload_digest, &payload), (&config_digest, &config)] {
+        if !client.has_blob(d)? {
+            client.upload(d, bytes.len() as u64, &mut bytes.as_slice())?;
+        }
+    }
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type::OCI_MANIFEST,
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "size": config.len(), "digest": config_digest.to_string() },
+        "layers": [{
+            "mediaType": SIMPLE_SIGNING,
+            "size": payload.len(),
+            "digest": payload_digest.to_string(),
+            "annotations": { SIGNATURE_ANNOTATION: signature },
+        }],
+    }))
+    .expect("json");
+    client.put_manifest(&signature_tag(digest), media_type::OCI_MANIFEST, &manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_verifies_with_the_public_key_and_the_payload_names_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+        let pem = format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref()));
+        let path = dir.path().join("key.pem");
+        std::fs::write(&path, pem).unwrap();
+        let key = SigningKey::from_pem_file(&path).unwrap();
+        let digest = Digest::of(b"manifest");
+        let payload = simple_signing_payload("127.0.0.1:5000/app", &digest);
+        let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(v["critical"]["image"]["docker-manifest-digest"], digest.to_string());
+        let sig = key.sign(&payload);
+        let public = ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, key.public_point());
+        assert!(public.verify(&payload, &sig).is_ok());
+        assert!(public.verify(b"another payload", &sig).is_err());
+        assert_eq!(signature_tag(&digest), format!("sha256-{}.sig", digest.hex()));
+
+        std::fs::write(&path, "-----BEGIN ENCRYPTED COSIGN PRIVATE KEY-----\nxx\n-----END ENCRYPTED COSIGN PRIVATE KEY-----\n").unwrap();
+        assert!(SigningKey::from_pem_file(&path).unwrap_err().to_string().contains("cosign's encrypted key"));
+        std::fs::write(&path, "not a key").unwrap();
+        assert!(SigningKey::from_pem_file(&path).unwrap_err().to_string().contains("is not a PKCS#8 PEM private key"));
+    }
+}
