@@ -543,13 +543,21 @@ pub fn pack_group_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     write_out(&out.join("layer.json"), &serde_json::to_vec(&PrepackedLayer { paths, perms, packed }).expect("a layer serialises"))
 }
 
-/// Writes the image's SBOMs beside its `index.json` when the spec asks.
+/// Writes the image's SBOMs and provenance beside its `index.json` when
+/// the spec asks.
 fn write_sboms(b: &Build, created: &str, tag: &str, manifest: &crate::digest::Digest, base_layers: Vec<crate::digest::Digest>) -> Result<(), BuildError> {
     if !b.spec.sbom {
         return Ok(());
     }
     let facts = crate::sbom::ImageFacts { name: &b.spec.name, tag, created, manifest, graph: &b.graph, meta: &b.spec.package_meta, base_layers };
-    for (file, doc) in [(crate::sbom::SPDX_FILE, crate::sbom::spdx(&facts)), (crate::sbom::CYCLONEDX_FILE, crate::sbom::cyclonedx(&facts))] {
+    let function = if b.spec.format == Format::Stream { "streamNixeryImage" } else { "buildNixeryImage" };
+    let helper = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default();
+    let provenance = crate::provenance::statement(&facts, function, &helper);
+    for (file, doc) in [
+        (crate::sbom::SPDX_FILE, crate::sbom::spdx(&facts)),
+        (crate::sbom::CYCLONEDX_FILE, crate::sbom::cyclonedx(&facts)),
+        (crate::provenance::PROVENANCE_FILE, provenance),
+    ] {
         let path = b.out.join(file);
         fs::write(&path, serde_json::to_vec_pretty(&doc).expect("json")).map_err(|source| BuildError::Write { path: path.clone(), source })?;
     }

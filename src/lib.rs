@@ -46,6 +46,7 @@ pub mod image_name;
 pub mod layering;
 pub mod nix;
 pub mod packing;
+pub mod provenance;
 pub mod push;
 pub mod registry;
 pub mod sbom;

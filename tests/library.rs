@@ -436,7 +436,7 @@ in_both_worlds! {
 const SBOM_TOOLS_PYTHON: &str = "/opt/nixery-tools/sbom-tools/bin/python";
 
 #[test]
-fn sboms_list_exactly_the_store_paths_in_the_layers_and_validate() {
+fn sboms_and_provenance_list_exactly_the_store_paths_in_the_layers_and_validate() {
     let dir = tempfile::tempdir().unwrap();
     let body = r#"nixery.buildNixeryImage { name = "sbom"; tag = "v1"; contents = [ pkgs.hello pkgs.jq ]; }"#;
     let image = nix_build_expr(dir.path(), body);
@@ -488,6 +488,18 @@ fn sboms_list_exactly_the_store_paths_in_the_layers_and_validate() {
         spdx["relationships"].as_array().unwrap().iter().any(|r| r["relationshipType"] == "DEPENDS_ON" && r["spdxElementId"] == hello["SPDXID"]),
         "hello depends on glibc"
     );
+
+    // The provenance: an in-toto statement about the manifest, every store
+    // path a resolved dependency with its NAR hash.
+    let provenance: serde_json::Value = serde_json::from_slice(&std::fs::read(image.join("provenance.intoto.json")).unwrap()).unwrap();
+    assert_eq!(provenance["_type"], "https://in-toto.io/Statement/v1");
+    assert_eq!(provenance["predicateType"], "https://slsa.dev/provenance/v1");
+    assert_eq!(provenance["subject"][0]["digest"]["sha256"], digest[7..]);
+    let deps = provenance["predicate"]["buildDefinition"]["resolvedDependencies"].as_array().unwrap();
+    let dep_paths: std::collections::BTreeSet<String> = deps.iter().map(|d| d["uri"].as_str().unwrap().trim_start_matches("nix-store:").to_string()).collect();
+    assert_eq!(dep_paths, in_layers);
+    assert!(deps.iter().all(|d| d["digest"]["sha256"].as_str().is_some_and(|h| h.len() == 64)), "each with its NAR hash");
+    assert_eq!(provenance["predicate"]["buildDefinition"]["externalParameters"]["function"], "buildNixeryImage");
 
     // Two builds give the same bytes (nix-build --check builds again and compares).
     let file = expr_file(dir.path(), body);

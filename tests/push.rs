@@ -262,7 +262,7 @@ fn p256_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 }
 
 #[test]
-fn signed_pushes_verify_with_cosign_and_fail_with_another_key() {
+fn signed_pushes_and_their_attestations_verify_with_cosign_and_not_with_another_key() {
     let dir = tempfile::tempdir().unwrap();
     let image = nix_build(&repo().join("examples/hello.nix"), &[]);
     let registry = Registry::start();
@@ -291,6 +291,38 @@ fn signed_pushes_verify_with_cosign_and_fail_with_another_key() {
     let refused = cosign(&other);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("no matching signatures"), "{}", String::from_utf8_lossy(&refused.stderr));
+
+    // The SBOMs and the provenance the build wrote are attestations cosign
+    // verifies by type; each statement's subject is the pushed manifest.
+    assert!(log.contains(&format!("attested its SBOMs and provenance: {}/signed:sha256-{}.att", registry.host(), &digest[7..])), "{log}");
+    let attest = |public: &Path, kind: &str| {
+        world::debian13_command("cosign", &[dir.path()])
+            .args(["verify-attestation", "--insecure-ignore-tlog=true", "--allow-http-registry=true", "--type", kind, "--key"])
+            .arg(public)
+            .arg(&dest)
+            .output()
+            .unwrap()
+    };
+    use base64::Engine;
+    for (kind, predicate_type, file) in [
+        ("spdxjson", "https://spdx.dev/Document", "sbom.spdx.json"),
+        ("cyclonedx", "https://cyclonedx.org/bom", "sbom.cdx.json"),
+        ("slsaprovenance1", "https://slsa.dev/provenance/v1", "provenance.intoto.json"),
+    ] {
+        let out = attest(&public, kind);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{kind}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        let envelopes: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(envelopes.len(), 1, "{kind}: one attestation of its type");
+        let statement: serde_json::Value =
+            serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(envelopes[0]["payload"].as_str().unwrap()).unwrap()).unwrap();
+        assert_eq!(statement["predicateType"], predicate_type);
+        assert_eq!(statement["subject"][0]["digest"]["sha256"], digest[7..]);
+        let written: serde_json::Value = serde_json::from_slice(&std::fs::read(image.join(file)).unwrap()).unwrap();
+        let predicate = if file.starts_with("provenance") { &written["predicate"] } else { &written };
+        assert_eq!(&statement["predicate"], predicate, "{kind}: the document the build wrote");
+        assert!(!attest(&other, kind).status.success(), "{kind}: another key is refused");
+    }
 
     // A key that is not one fails before anything is pushed.
     std::fs::write(dir.path().join("bad.pem"), "not a key").unwrap();

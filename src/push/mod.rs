@@ -158,7 +158,37 @@ fn source_error(path: &Path, detail: impl Into<String>) -> PushError {
     PushError::Source { path: path.display().to_string(), detail: detail.into() }
 }
 
+/// The documents an image's build wrote beside it, as attestations: file,
+/// the predicate type cosign names it by, and whether the file is a whole
+/// in-toto statement (whose predicate is taken) or the predicate itself.
+const ATTESTED: [(&str, &str, bool); 3] = [
+    (crate::sbom::SPDX_FILE, "https://spdx.dev/Document", false),
+    (crate::sbom::CYCLONEDX_FILE, "https://cyclonedx.org/bom", false),
+    (crate::provenance::PROVENANCE_FILE, crate::provenance::SLSA_PROVENANCE_V1, true),
+];
+
 impl Source {
+    /// In-toto statements about the pushed manifest `digest` in
+    /// `repository`, one per document the build wrote beside the image
+    /// (none for an index, nor for an image built with `sbom = false`).
+    pub fn attestations(&self, repository: &str, digest: &Digest) -> Result<Vec<(String, Vec<u8>)>, PushError> {
+        if !self.children.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut out = Vec::new();
+        for (file, predicate_type, is_statement) in ATTESTED {
+            let path = self.dir.join(file);
+            if !path.exists() {
+                continue;
+            }
+            let bytes = crate::image::layout::read_document(&path)?;
+            let doc: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| source_error(&path, format!("is not JSON: {e}")))?;
+            let predicate = if is_statement { doc["predicate"].clone() } else { doc };
+            out.push((predicate_type.to_string(), sign::statement(repository, digest, predicate_type, &predicate)));
+        }
+        Ok(out)
+    }
+
     /// Opens `SOURCE[:TAG]`: an OCI layout directory (a `buildNixeryImage`
     /// or `streamNixeryImage` result). The tag picks an image when the
     /// layout has several.
@@ -329,6 +359,9 @@ pub struct PushOptions {
 pub struct PushReport {
     /// The signature manifest's digest (`sha256-<hex>.sig`), when signed.
     pub signature: Option<Digest>,
+    /// The attestations manifest's digest (`sha256-<hex>.att`), when
+    /// signed and the image has SBOMs and provenance.
+    pub attestations: Option<Digest>,
     /// The manifest's digest.
     pub digest: Option<Digest>,
     /// Blobs the registry had.
@@ -440,6 +473,10 @@ pub fn push(source: &Source, dest: &Destination, opts: &PushOptions) -> Result<P
     let mut report = report.into_inner().expect("lock");
     if let Some(key) = &opts.sign_key {
         report.signature = Some(sign::push_signature(&client, dest, key, &digest)?);
+        let statements = source.attestations(&format!("{}/{}", dest.registry, dest.repository), &digest)?;
+        if !statements.is_empty() {
+            report.attestations = Some(sign::push_attestations(&client, key, &digest, &statements)?);
+        }
     }
     report.digest = Some(digest);
     Ok(report)

@@ -115,41 +115,98 @@ pub fn signature_tag(digest: &Digest) -> String {
     format!("sha256-{}.sig", digest.hex())
 }
 
-/// Signs the manifest `digest` pushed to `dest` and pushes the signature
-/// where cosign finds it; returns the signature manifest's digest.
-pub fn push_signature(client: &Client, dest: &Destination, key: &SigningKey, digest: &Digest) -> Result<Digest, PushError> {
-    let payload = simple_signing_payload(&format!("{}/{}", dest.registry, dest.repository), digest);
-    let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(&payload));
-    let payload_digest = Digest::of(&payload);
-    // The config cosign writes: the payload as the one layer.
+/// The media type of a DSSE envelope, cosign's attestation layer.
+pub const DSSE_ENVELOPE: &str = "application/vnd.dsse.envelope.v1+json";
+/// The payload type of an in-toto statement in a DSSE envelope.
+pub const IN_TOTO_PAYLOAD: &str = "application/vnd.in-toto+json";
+
+/// The tag cosign looks for a manifest's attestations under.
+pub fn attestation_tag(digest: &Digest) -> String {
+    format!("sha256-{}.att", digest.hex())
+}
+
+/// DSSE's pre-authentication encoding of a payload: what is signed.
+fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = format!("DSSEv1 {} {} {} ", payload_type.len(), payload_type, payload.len()).into_bytes();
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A statement signed into a DSSE envelope (JSON).
+pub fn dsse_envelope(key: &SigningKey, statement: &[u8]) -> Vec<u8> {
+    let b64 = &base64::engine::general_purpose::STANDARD;
+    let sig = key.sign(&pae(IN_TOTO_PAYLOAD, statement));
+    serde_json::to_vec(&serde_json::json!({
+        "payloadType": IN_TOTO_PAYLOAD,
+        "payload": b64.encode(statement),
+        "signatures": [{ "keyid": "", "sig": b64.encode(sig) }],
+    }))
+    .expect("json")
+}
+
+/// An in-toto Statement v1 about the manifest `digest` of `repository`.
+pub fn statement(repository: &str, digest: &Digest, predicate_type: &str, predicate: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "_type": crate::provenance::STATEMENT_V1,
+        "subject": [{ "name": repository, "digest": { "sha256": digest.hex() } }],
+        "predicateType": predicate_type,
+        "predicate": predicate,
+    }))
+    .expect("json")
+}
+
+/// Pushes `layers` (bytes, media type, annotations) under `tag` as the
+/// OCI manifest cosign writes: a config naming them as its diff_ids.
+fn push_cosign_manifest(client: &Client, tag: &str, layers: &[(Vec<u8>, &str, serde_json::Value)]) -> Result<Digest, PushError> {
+    let digests: Vec<Digest> = layers.iter().map(|(bytes, _, _)| Digest::of(bytes)).collect();
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "",
         "config": {},
         "created": "0001-01-01T00:00:00Z",
         "history": [{ "created": "0001-01-01T00:00:00Z" }],
         "os": "",
-        "rootfs": { "type": "layers", "diff_ids": [payload_digest.to_string()] },
+        "rootfs": { "type": "layers", "diff_ids": digests.iter().map(|d| d.to_string()).collect::<Vec<_>>() },
     }))
     .expect("json");
     let config_digest = Digest::of(&config);
-    for (d, bytes) in [(&payload_digest, &payload), (&config_digest, &config)] {
+    for (d, bytes) in digests.iter().zip(layers.iter().map(|(b, _, _)| b)).chain([(&config_digest, &config)]) {
         if !client.has_blob(d)? {
             client.upload(d, bytes.len() as u64, &mut bytes.as_slice())?;
         }
     }
+    let layers: Vec<serde_json::Value> = layers
+        .iter()
+        .zip(&digests)
+        .map(|((bytes, media, annotations), d)| serde_json::json!({ "mediaType": media, "size": bytes.len(), "digest": d.to_string(), "annotations": annotations }))
+        .collect();
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": media_type::OCI_MANIFEST,
         "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "size": config.len(), "digest": config_digest.to_string() },
-        "layers": [{
-            "mediaType": SIMPLE_SIGNING,
-            "size": payload.len(),
-            "digest": payload_digest.to_string(),
-            "annotations": { SIGNATURE_ANNOTATION: signature },
-        }],
+        "layers": layers,
     }))
     .expect("json");
-    client.put_manifest(&signature_tag(digest), media_type::OCI_MANIFEST, &manifest)
+    client.put_manifest(tag, media_type::OCI_MANIFEST, &manifest)
+}
+
+/// Signs each statement (predicate type, statement) into a DSSE envelope
+/// and pushes them as cosign's attestations of `digest`.
+pub fn push_attestations(client: &Client, key: &SigningKey, digest: &Digest, statements: &[(String, Vec<u8>)]) -> Result<Digest, PushError> {
+    let layers: Vec<(Vec<u8>, &str, serde_json::Value)> = statements
+        .iter()
+        .map(|(predicate_type, statement)| {
+            (dsse_envelope(key, statement), DSSE_ENVELOPE, serde_json::json!({ SIGNATURE_ANNOTATION: "", "predicateType": predicate_type }))
+        })
+        .collect();
+    push_cosign_manifest(client, &attestation_tag(digest), &layers)
+}
+
+/// Signs the manifest `digest` pushed to `dest` and pushes the signature
+/// where cosign finds it; returns the signature manifest's digest.
+pub fn push_signature(client: &Client, dest: &Destination, key: &SigningKey, digest: &Digest) -> Result<Digest, PushError> {
+    let payload = simple_signing_payload(&format!("{}/{}", dest.registry, dest.repository), digest);
+    let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(&payload));
+    push_cosign_manifest(client, &signature_tag(digest), &[(payload, SIMPLE_SIGNING, serde_json::json!({ SIGNATURE_ANNOTATION: signature }))])
 }
 
 #[cfg(test)]

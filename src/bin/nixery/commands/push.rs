@@ -73,8 +73,11 @@ pub fn push_image(source: &str, dest: &str, flags: Flags) -> anyhow::Result<()> 
         "nixery: pushed {}/{}:{}: {} blobs uploaded ({} bytes), {} mounted, {} already there",
         dest.registry, dest.repository, dest.tag, report.uploaded, report.uploaded_bytes, report.mounted, report.present
     );
-    if let Some(sig) = &report.signature {
-        eprintln!("nixery: signed it: {}/{}:{} ({sig})", dest.registry, dest.repository, push::sign::signature_tag(report.digest.as_ref().expect("pushed")));
+    if let (Some(sig), Some(digest)) = (&report.signature, &report.digest) {
+        eprintln!("nixery: signed it: {}/{}:{} ({sig})", dest.registry, dest.repository, push::sign::signature_tag(digest));
+        if let Some(att) = &report.attestations {
+            eprintln!("nixery: attested its SBOMs and provenance: {}/{}:{} ({att})", dest.registry, dest.repository, push::sign::attestation_tag(digest));
+        }
     }
     println!("{}", report.digest.map(|d| d.to_string()).unwrap_or_default());
     Ok(())

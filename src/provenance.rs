@@ -1,0 +1,66 @@
+//! Build provenance of an image, made inside its build: an in-toto
+//! Statement v1 whose subject is the image's manifest and whose predicate
+//! is SLSA Provenance v1: the build type (the library's function), its
+//! parameters (name, tag, the packages asked for), every store path in the
+//! image as a resolved dependency with its NAR hash, and the builder (this
+//! helper, its version and store path). Deterministic like the image: no
+//! wall-clock time, nothing of the build machine.
+//!
+//! What a build cannot know of itself is left out: its own derivation path
+//! (a derivation cannot name itself) and the Nix version that ran it.
+
+use serde_json::{json, Value};
+
+use crate::sbom::{nar_hash_hex, ImageFacts};
+
+/// File name of the statement, beside `index.json` in an image's output.
+pub const PROVENANCE_FILE: &str = "provenance.intoto.json";
+/// The in-toto statement type.
+pub const STATEMENT_V1: &str = "https://in-toto.io/Statement/v1";
+/// The SLSA Provenance v1 predicate type.
+pub const SLSA_PROVENANCE_V1: &str = "https://slsa.dev/provenance/v1";
+/// The build type: an image made by lib.nix's functions under nix-build.
+pub const BUILD_TYPE: &str = "https://nixery.dev/buildtypes/nix-build-image/v1";
+
+/// The statement for an image built by `helper` (its path in the store).
+pub fn statement(facts: &ImageFacts, function: &str, helper: &str) -> Value {
+    let dependencies: Vec<Value> = facts
+        .graph
+        .paths
+        .values()
+        .map(|p| {
+            let mut d = json!({ "uri": format!("nix-store:{}", p.path), "name": p.path.rsplit('/').next().unwrap_or(&p.path) });
+            if let Some(h) = p.nar_hash.as_deref().and_then(nar_hash_hex) {
+                d["digest"] = json!({ "sha256": h });
+            }
+            d
+        })
+        .chain(facts.base_layers.iter().map(|l| json!({ "uri": format!("oci-layer:{l}"), "digest": { "sha256": l.hex() } })))
+        .collect();
+    json!({
+        "_type": STATEMENT_V1,
+        "subject": [{ "name": facts.name, "digest": { "sha256": facts.manifest.hex() } }],
+        "predicateType": SLSA_PROVENANCE_V1,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": {
+                    "function": function,
+                    "name": facts.name,
+                    "tag": facts.tag,
+                    "packages": facts.graph.roots,
+                },
+                "internalParameters": { "created": facts.created },
+                "resolvedDependencies": dependencies,
+            },
+            "runDetails": {
+                "builder": {
+                    "id": "https://nixery.dev/builders/nix-build",
+                    "version": { "nixery": env!("CARGO_PKG_VERSION") },
+                    "builderDependencies": [{ "uri": format!("nix-store:{helper}"), "name": "nixery" }],
+                },
+                "metadata": { "invocationId": format!("{}@{}", facts.name, facts.manifest) },
+            },
+        },
+    })
+}
