@@ -68,8 +68,10 @@ impl Drop for AuthRegistry {
 
 /// An image of hello, jq and a one-file package whose content is
 /// `marker`; `function` is buildNixeryImage or streamNixeryImage.
+/// Without SBOMs: these tests count the image's own blobs (referrers are
+/// sboms_and_provenance_are_referrers_that_oras_discovers's).
 fn image_expr(function: &str, marker: &str) -> String {
-    image_expr_with(function, marker, "")
+    image_expr_with(function, marker, "sbom = false;")
 }
 
 /// [`image_expr`] with more arguments (`extra`: Nix attributes).
@@ -338,4 +340,69 @@ fn signed_pushes_and_their_attestations_verify_with_cosign_and_not_with_another_
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a PKCS#8 PEM private key"));
     let tags = http().get(format!("http://{}/v2/never/tags/list", registry.host())).send().unwrap();
     assert_eq!(tags.status(), 404, "nothing pushed");
+}
+
+#[test]
+fn sboms_and_provenance_are_referrers_that_oras_discovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = nix_build(&repo().join("examples/hello.nix"), &[]);
+    let registry = Registry::start();
+    let dest = format!("{}/referred:v1", registry.host());
+    let push = || {
+        let out = run(Command::new(helper()).arg("push").arg(&image).arg(&dest));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("pushed its SBOMs and provenance as 3 referrers of the image"));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let digest = push();
+    // oras 1.2 (the current world's) lists them: the reference registry
+    // has no referrers API, so through the tag schema's index.
+    let discover = || -> Vec<serde_json::Value> {
+        let out = run(world::debian13_command("oras", &[dir.path()]).args(["discover", "--plain-http", "--format", "json"]).arg(&dest));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["manifests"].as_array().unwrap().clone()
+    };
+    let types = |found: &[serde_json::Value]| -> Vec<String> {
+        let mut t: Vec<String> = found.iter().map(|m| m["artifactType"].as_str().unwrap().to_string()).collect();
+        t.sort();
+        t
+    };
+    assert_eq!(types(&discover()), ["application/spdx+json", "application/vnd.cyclonedx+json", "application/vnd.in-toto+json"]);
+    // Each is an artifact manifest whose subject is the image and whose one
+    // blob is the document the build wrote.
+    let c = http();
+    for m in discover() {
+        let manifest: serde_json::Value = c
+            .get(format!("http://{}/v2/referred/manifests/{}", registry.host(), m["digest"].as_str().unwrap()))
+            .header("Accept", nixery::image::media_type::OCI_MANIFEST)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(manifest["subject"]["digest"], digest);
+        let file = match m["artifactType"].as_str().unwrap() {
+            "application/spdx+json" => "sbom.spdx.json",
+            "application/vnd.cyclonedx+json" => "sbom.cdx.json",
+            _ => "provenance.intoto.json",
+        };
+        let blob = c
+            .get(format!("http://{}/v2/referred/blobs/{}", registry.host(), manifest["layers"][0]["digest"].as_str().unwrap()))
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap();
+        assert_eq!(blob.to_vec(), std::fs::read(image.join(file)).unwrap(), "{file}");
+    }
+    // What others attached stays listed when the image is pushed again,
+    // and nothing is listed twice.
+    std::fs::write(dir.path().join("notes.txt"), "reviewed").unwrap();
+    run(world::debian13_command("oras", &[dir.path()])
+        .current_dir(dir.path())
+        .args(["attach", "--plain-http", "--artifact-type", "application/vnd.example.review"])
+        .arg(&dest)
+        .arg("notes.txt"));
+    assert_eq!(push(), digest);
+    assert_eq!(
+        types(&discover()),
+        ["application/spdx+json", "application/vnd.cyclonedx+json", "application/vnd.example.review", "application/vnd.in-toto+json"]
+    );
 }

@@ -22,9 +22,11 @@ fn walkthrough(name: &str) -> String {
 
 /// bash running a walkthrough block in `dir`, in a process group of its own
 /// (so that what it starts in the background can be stopped with it).
-fn bash(block: &str, dir: &Path, env: &[(&str, String)]) -> Command {
+/// Each may take `seconds`: the install compiles nixery from nothing, on
+/// a machine busy with the other tests.
+fn bash(block: &str, dir: &Path, env: &[(&str, String)], seconds: u32) -> Command {
     let mut c = Command::new("timeout");
-    c.args(["600", "bash", "-euo", "pipefail", "-c", block]).current_dir(dir).env_remove("NIX_CONFIG").envs(env.iter().map(|(k, v)| (k, v)));
+    c.args([&seconds.to_string(), "bash", "-euo", "pipefail", "-c", block]).current_dir(dir).env_remove("NIX_CONFIG").envs(env.iter().map(|(k, v)| (k, v)));
     std::os::unix::process::CommandExt::process_group(&mut c, 0);
     c
 }
@@ -74,6 +76,7 @@ fn walkthroughs_inside() {
                 ("CARGO_TARGET_DIR", repo().join("target/readme-install").display().to_string()),
                 ("CARGO_NET_OFFLINE", "true".into()),
             ],
+            1800,
         ),
         "install",
     );
@@ -98,12 +101,12 @@ fn walkthroughs_inside() {
     let env = [("PATH", path), ("CONTAINERS_STORAGE_CONF", storage_conf.display().to_string()), ("DOCKER_HOST", docker.host())];
 
     // Your own image: built, loaded into podman, run.
-    let image = output_of(bash(&walkthrough("image"), &work, &env), "image");
+    let image = output_of(bash(&walkthrough("image"), &work, &env, 600), "image");
     assert!(image.contains("Hello from Nix"), "the image's Cmd greets:\n{image}");
     assert!(image.contains("uid=1000(app) gid=1000(app)"), "the image runs as its user:\n{image}");
 
     // Pushed to a registry, and run from there.
-    let mut push = bash(&walkthrough("image-push"), &work, &env);
+    let mut push = bash(&walkthrough("image-push"), &work, &env, 600);
     let pushed = {
         let child = push.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let group = child.id();
@@ -119,13 +122,13 @@ fn walkthroughs_inside() {
 
     // The shim: started in one terminal, pulled from in another.
     let log = dir.path().join("serve.log");
-    let _server = Group(bash(&walkthrough("shim-serve"), &work, &env).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap());
+    let _server = Group(bash(&walkthrough("shim-serve"), &work, &env, 600).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap());
     let deadline = Instant::now() + Duration::from_secs(120);
     while !std::fs::read_to_string(&log).unwrap().contains("nixery is serving addr=127.0.0.1:8080") {
         assert!(Instant::now() < deadline, "the shim did not start:\n{}", std::fs::read_to_string(&log).unwrap());
         std::thread::sleep(Duration::from_millis(100));
     }
-    let pulled = output_of(bash(&walkthrough("shim-pull"), &work, &env), "shim");
+    let pulled = output_of(bash(&walkthrough("shim-pull"), &work, &env, 600), "shim");
     assert!(pulled.contains("Hello, world!"), "docker runs the shim's shell/hello:\n{pulled}");
     assert!(pulled.contains("jq-1."), "podman runs the shim's hello/jq:\n{pulled}");
     assert!(pulled.contains("\"Name\": \"127.0.0.1:8080/shell/jq\""), "skopeo inspects shell/jq:\n{pulled}");

@@ -87,15 +87,17 @@ struct Reply {
     location: Option<String>,
     challenge: Option<String>,
     digest: Option<String>,
+    subject: Option<String>,
     body: String,
 }
 
 fn reply(resp: ureq::http::Response<ureq::Body>) -> Reply {
     let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
     let (status, location, challenge, digest) = (resp.status().as_u16(), header("location"), header("www-authenticate"), header("docker-content-digest"));
+    let subject = header("oci-subject");
     let mut body = Vec::new();
     let _ = resp.into_body().into_reader().take(64 * 1024).read_to_end(&mut body);
-    Reply { status, location, challenge, digest, body: String::from_utf8_lossy(&body).into_owned() }
+    Reply { status, location, challenge, digest, subject, body: String::from_utf8_lossy(&body).into_owned() }
 }
 
 /// What a registry said, made safe to print on a terminal: control
@@ -428,6 +430,24 @@ impl Client {
     /// Puts the manifest under `reference`; returns the digest the
     /// registry reports (or the manifest's own).
     pub fn put_manifest(&self, reference: &str, media_type: &str, bytes: &[u8]) -> Result<Digest, PushError> {
+        self.put_manifest_acked(reference, media_type, bytes).map(|(d, _)| d)
+    }
+
+    /// The manifest under `reference` (its bytes), or None when the
+    /// registry has none there.
+    pub fn get_manifest(&self, reference: &str, accept: &str) -> Result<Option<Vec<u8>>, PushError> {
+        let url = format!("{}/v2/{}/manifests/{reference}", self.base, self.repository);
+        let r = with_retries(&format!("GET {url}"), || self.call(self.request("GET", &url).header("Accept", accept)).and_then(|r| self.fail_transient(r)))?;
+        match r.status {
+            404 => Ok(None),
+            _ => self.expect(format!("GET {url}"), r, &[200]).map(|r| Some(r.body.into_bytes())),
+        }
+    }
+
+    /// Puts a manifest as [`Client::put_manifest`] does; also says whether
+    /// the registry acknowledged its `subject` (`OCI-Subject`: it keeps
+    /// the referrers API).
+    pub fn put_manifest_acked(&self, reference: &str, media_type: &str, bytes: &[u8]) -> Result<(Digest, bool), PushError> {
         let url = format!("{}/v2/{}/manifests/{reference}", self.base, self.repository);
         let r = with_retries(&format!("PUT {url}"), || {
             self.with_body("PUT", &url)
@@ -439,13 +459,14 @@ impl Client {
         })?;
         let r = self.expect(format!("PUT {url}"), r, &[201])?;
         let own = Digest::of(bytes);
+        let acked = r.subject.is_some();
         match r.digest.and_then(|d| d.parse::<Digest>().ok()) {
             Some(d) if d != own => Err(PushError::Registry {
                 what: format!("PUT {url}"),
                 status: 201,
                 body: format!("the registry reports the digest {d}, the manifest's is {own}"),
             }),
-            _ => Ok(own),
+            _ => Ok((own, acked)),
         }
     }
 }

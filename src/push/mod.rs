@@ -28,6 +28,7 @@ use crate::packing::{LayerContent, PackOptions};
 pub mod client;
 pub mod credentials;
 pub mod load;
+pub mod referrers;
 pub mod sign;
 
 pub use crate::image::stream::{LayerRecipe, StreamDoc, STREAM_FILE};
@@ -357,6 +358,9 @@ pub struct PushOptions {
 /// What a push did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PushReport {
+    /// The artifact manifests of the SBOMs and provenance, pushed as
+    /// referrers of the image.
+    pub referrers: Vec<Digest>,
     /// The signature manifest's digest (`sha256-<hex>.sig`), when signed.
     pub signature: Option<Digest>,
     /// The attestations manifest's digest (`sha256-<hex>.att`), when
@@ -471,6 +475,7 @@ pub fn push(source: &Source, dest: &Destination, opts: &PushOptions) -> Result<P
     }
     let digest = client.put_manifest(&dest.tag, &source.media_type, &source.manifest)?;
     let mut report = report.into_inner().expect("lock");
+    report.referrers = referrers::push_referrers(&client, source, &digest)?;
     if let Some(key) = &opts.sign_key {
         report.signature = Some(sign::push_signature(&client, dest, key, &digest)?);
         let statements = source.attestations(&format!("{}/{}", dest.registry, dest.repository), &digest)?;

@@ -73,6 +73,9 @@ pub fn push_image(source: &str, dest: &str, flags: Flags) -> anyhow::Result<()> 
         "nixery: pushed {}/{}:{}: {} blobs uploaded ({} bytes), {} mounted, {} already there",
         dest.registry, dest.repository, dest.tag, report.uploaded, report.uploaded_bytes, report.mounted, report.present
     );
+    if !report.referrers.is_empty() {
+        eprintln!("nixery: pushed its SBOMs and provenance as {} referrers of the image", report.referrers.len());
+    }
     if let (Some(sig), Some(digest)) = (&report.signature, &report.digest) {
         eprintln!("nixery: signed it: {}/{}:{} ({sig})", dest.registry, dest.repository, push::sign::signature_tag(digest));
         if let Some(att) = &report.attestations {
