@@ -48,6 +48,9 @@ pub struct PackageMeta {
     pub description: Option<String>,
 }
 
+/// What the documents say of a base image's layer.
+const BASE_LAYER_NOTE: &str = "a layer of the base image (fromImage), listed as what it is: its contents are not known to this build";
+
 /// What the documents describe.
 #[derive(Debug, Clone)]
 pub struct ImageFacts<'a> {
@@ -145,6 +148,14 @@ impl Component<'_> {
         p
     }
 
+    /// The other store paths it refers to, sorted, once each.
+    fn references(&self) -> Vec<&String> {
+        let mut refs: Vec<&String> = self.info.references.iter().filter(|r| **r != self.info.path).collect();
+        refs.sort();
+        refs.dedup();
+        refs
+    }
+
     fn spdx_id(&self) -> String {
         format!("SPDXRef-StorePath-{}", self.hash)
     }
@@ -186,42 +197,40 @@ fn tool() -> String {
     format!("nixery-{}", env!("CARGO_PKG_VERSION"))
 }
 
-/// The SPDX 2.3 document of the image.
-pub fn spdx(facts: &ImageFacts) -> Value {
-    let comps = components(facts);
-    let image_id = "SPDXRef-Image";
-    let mut packages = vec![json!({
-        "SPDXID": image_id,
-        "name": facts.name,
-        "versionInfo": facts.tag,
+/// An SPDX package with what nothing here asserts said so.
+fn spdx_package(id: &str, name: &str) -> Value {
+    json!({
+        "SPDXID": id,
+        "name": name,
         "downloadLocation": "NOASSERTION",
         "filesAnalyzed": false,
         "supplier": "NOASSERTION",
         "licenseConcluded": "NOASSERTION",
         "licenseDeclared": "NOASSERTION",
         "copyrightText": "NOASSERTION",
-        "primaryPackagePurpose": "CONTAINER",
-        "checksums": [{ "algorithm": "SHA256", "checksumValue": facts.manifest.hex() }],
-        "externalRefs": [{
-            "referenceCategory": "PACKAGE-MANAGER",
-            "referenceType": "purl",
-            "referenceLocator": format!("pkg:oci/{}@{}", purl_segment(facts.name.rsplit('/').next().unwrap_or(facts.name)), purl_segment(&facts.manifest.to_string())),
-        }],
-    })];
+    })
+}
+
+/// The SPDX 2.3 document of the image.
+pub fn spdx(facts: &ImageFacts) -> Value {
+    let comps = components(facts);
+    let image_id = "SPDXRef-Image";
+    let mut image = spdx_package(image_id, facts.name);
+    image["versionInfo"] = json!(facts.tag);
+    image["primaryPackagePurpose"] = json!("CONTAINER");
+    image["checksums"] = json!([{ "algorithm": "SHA256", "checksumValue": facts.manifest.hex() }]);
+    image["externalRefs"] = json!([{
+        "referenceCategory": "PACKAGE-MANAGER",
+        "referenceType": "purl",
+        "referenceLocator": format!("pkg:oci/{}@{}", purl_segment(facts.name.rsplit('/').next().unwrap_or(facts.name)), purl_segment(&facts.manifest.to_string())),
+    }]);
+    let mut packages = vec![image];
     let mut relationships = vec![json!({ "spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": image_id })];
     for c in &comps {
-        let mut p = json!({
-            "SPDXID": c.spdx_id(),
-            "name": c.name,
-            "packageFileName": c.info.path,
-            "downloadLocation": "NOASSERTION",
-            "filesAnalyzed": false,
-            "supplier": "NOASSERTION",
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": c.license().unwrap_or_else(|| "NOASSERTION".into()),
-            "copyrightText": "NOASSERTION",
-            "externalRefs": [{ "referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": c.purl() }],
-        });
+        let mut p = spdx_package(&c.spdx_id(), &c.name);
+        p["packageFileName"] = json!(c.info.path);
+        p["licenseDeclared"] = json!(c.license().unwrap_or_else(|| "NOASSERTION".into()));
+        p["externalRefs"] = json!([{ "referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": c.purl() }]);
         if let Some(v) = &c.version {
             p["versionInfo"] = json!(v);
         }
@@ -238,10 +247,7 @@ pub fn spdx(facts: &ImageFacts) -> Value {
         }
         packages.push(p);
         relationships.push(json!({ "spdxElementId": image_id, "relationshipType": "CONTAINS", "relatedSpdxElement": c.spdx_id() }));
-        let mut refs: Vec<&String> = c.info.references.iter().filter(|r| **r != c.info.path).collect();
-        refs.sort();
-        refs.dedup();
-        for r in refs {
+        for r in c.references() {
             let (hash, _) = split_store_path(r);
             relationships
                 .push(json!({ "spdxElementId": c.spdx_id(), "relationshipType": "DEPENDS_ON", "relatedSpdxElement": format!("SPDXRef-StorePath-{hash}") }));
@@ -253,18 +259,10 @@ pub fn spdx(facts: &ImageFacts) -> Value {
     }
     for (i, layer) in facts.base_layers.iter().enumerate() {
         let id = format!("SPDXRef-BaseLayer-{i}");
-        packages.push(json!({
-            "SPDXID": id,
-            "name": format!("base image layer {}", layer),
-            "downloadLocation": "NOASSERTION",
-            "filesAnalyzed": false,
-            "supplier": "NOASSERTION",
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": "NOASSERTION",
-            "copyrightText": "NOASSERTION",
-            "checksums": [{ "algorithm": "SHA256", "checksumValue": layer.hex() }],
-            "comment": "a layer of the base image (fromImage), listed as what it is: its contents are not known to this build",
-        }));
+        let mut p = spdx_package(&id, &format!("base image layer {layer}"));
+        p["checksums"] = json!([{ "algorithm": "SHA256", "checksumValue": layer.hex() }]);
+        p["comment"] = json!(BASE_LAYER_NOTE);
+        packages.push(p);
         relationships.push(json!({ "spdxElementId": image_id, "relationshipType": "CONTAINS", "relatedSpdxElement": id }));
     }
     json!({
@@ -320,10 +318,7 @@ pub fn cyclonedx(facts: &ImageFacts) -> Value {
             }
         }
         components.push(comp);
-        let mut refs: Vec<&String> = c.info.references.iter().filter(|r| **r != c.info.path).collect();
-        refs.sort();
-        refs.dedup();
-        dependencies.push(json!({ "ref": c.info.path, "dependsOn": refs }));
+        dependencies.push(json!({ "ref": c.info.path, "dependsOn": c.references() }));
     }
     for layer in &facts.base_layers {
         components.push(json!({
@@ -331,7 +326,7 @@ pub fn cyclonedx(facts: &ImageFacts) -> Value {
             "bom-ref": format!("base-layer@{layer}"),
             "name": format!("base image layer {layer}"),
             "hashes": [{ "alg": "SHA-256", "content": layer.hex() }],
-            "description": "a layer of the base image (fromImage), listed as what it is: its contents are not known to this build",
+            "description": BASE_LAYER_NOTE,
         }));
     }
     dependencies.insert(0, json!({ "ref": image_ref, "dependsOn": root_refs }));
