@@ -379,6 +379,10 @@ let
       configIssue = configProblem config;
       usersIssue = listProblem "user" userFields [ "name" "uid" ] "{ name = \"app\"; uid = 1000; }" users;
       groupsIssue = listProblem "group" groupFields [ "name" "gid" ] "{ name = \"app\"; gid = 1000; }" groups;
+      undeclaredGroup = firstOf (concatMap (u: map (g:
+        if elem g (map (x: x.name) groups) then null
+        else "user ${toJSON u.name} is in group ${toJSON g}, which is not declared: add { name = ${toJSON g}; gid = …; } to `groups`")
+        (u.groups or [ ])) users);
       permsIssue = listProblem "perm" permFields [ "path" ] "{ path = pkgs.app; mode = \"0750\"; }" perms;
 
       checked =
@@ -398,6 +402,7 @@ let
         else if !(isList layers) then fail name "`layers` must be a list of package groups"
         else if usersIssue != null then fail name usersIssue
         else if groupsIssue != null then fail name groupsIssue
+        else if undeclaredGroup != null then fail name undeclaredGroup
         else if permsIssue != null then fail name permsIssue
         else if !(fromImage == null || isPath fromImage || (isAttrs fromImage && fromImage ? outPath) || (isString fromImage && substring 0 1 fromImage == "/")) then
           fail name "`fromImage` must be an image: a buildNixeryImage result, an OCI layout directory or an image tarball (a path or a derivation), got ${describe fromImage}"

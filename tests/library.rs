@@ -399,6 +399,10 @@ const EVALUATION_MISTAKES: &[(&str, &str)] = &[
         r#"group "app": `gid` must be an integer, got the string "10""#,
     ),
     (
+        r#"nixery.buildNixeryImage { name = "app"; users = [ { name = "app"; uid = 1000; groups = [ "staff" ]; } ]; }"#,
+        r#"in nixery image app: user "app" is in group "staff", which is not declared: add { name = "staff"; gid = …; } to `groups`"#,
+    ),
+    (
         r#"nixery.buildNixeryImage { name = "app"; fromImage = { name = "base"; }; }"#,
         "`fromImage` must be an image: a buildNixeryImage result, an OCI layout directory or an image tarball (a path or a derivation), got an attribute set",
     ),

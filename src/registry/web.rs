@@ -185,3 +185,25 @@ events.onmessage = (m) => {{
 "#
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_commands_fit_how_the_server_speaks() {
+        let plain = pull_commands("10.0.0.5:8080", false);
+        assert!(plain.starts_with("podman pull --tls-verify=false 10.0.0.5:8080/shell/hello\n"), "{plain}");
+        assert!(plain.contains("insecure-registries"), "{plain}");
+        let tls = pull_commands("nixery.example.com", true);
+        assert_eq!(tls, "podman pull nixery.example.com/shell/hello\ndocker pull nixery.example.com/shell/jq/hello");
+    }
+
+    #[test]
+    fn ages_read_as_people_say_them() {
+        assert_eq!(ago_text(5), "5 s");
+        assert_eq!(ago_text(600), "10 min");
+        assert_eq!(ago_text(3 * 3600), "3 h");
+        assert_eq!(ago_text(5 * 86_400), "5 days");
+    }
+}
