@@ -593,7 +593,7 @@ pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
         }
         let (image, _) = assembly::assemble(plan, &store).map_err(assembly_error)?;
         let docs = image::write_oci_layout(&image, name, &tag, &b.out)?;
-        write_sboms(&b, &spec.created, &tag, &docs.manifest_digest, base_layers.clone())?;
+        write_sboms(&b, &spec.created, &tag, &docs.manifest_digest, base_layers)?;
         let recipes = store.recipes();
         let doc = crate::image::stream::StreamDoc {
             version: crate::image::stream::STREAM_VERSION,

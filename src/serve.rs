@@ -268,19 +268,26 @@ impl std::fmt::Display for StrayVariable {
 /// variable of eight or more characters (`NIX_TIMOUT`).
 pub fn stray_variables(names: impl IntoIterator<Item = String>) -> Vec<StrayVariable> {
     let known = setting_variables();
-    let closest = |name: &str, most: usize| {
-        known.iter().map(|k| (strsim::damerau_levenshtein(name, k), k)).filter(|(d, _)| (1..=most).contains(d)).min().map(|(_, k)| k.clone())
+    // The known variable of at least `min_len` characters closest to
+    // `name`, within `most` edits.
+    let closest = |name: &str, most: usize, min_len: usize| {
+        known
+            .iter()
+            .filter(|k| k.len() >= min_len)
+            .map(|k| (strsim::damerau_levenshtein(name, k), k))
+            .filter(|(d, _)| (1..=most).contains(d))
+            .min()
+            .map(|(_, k)| k.clone())
     };
     let mut stray: Vec<StrayVariable> = names
         .into_iter()
         .filter(|n| !known.contains(n) && !OTHER_NIXERY_VARIABLES.contains(&n.as_str()))
         .filter_map(|name| {
             if name.starts_with("NIXERY_") {
-                let closest = closest(&name, (name.len() / 4).max(2));
+                let closest = closest(&name, (name.len() / 4).max(2), 0);
                 Some(StrayVariable { name, closest })
             } else {
-                let near = known.iter().filter(|k| k.len() >= 8).map(|k| (strsim::damerau_levenshtein(&name, k), k)).filter(|(d, _)| (1..=2).contains(d)).min();
-                near.map(|(_, k)| StrayVariable { closest: Some(k.clone()), name })
+                closest(&name, 2, 8).map(|k| StrayVariable { closest: Some(k), name })
             }
         })
         .collect();

@@ -397,6 +397,14 @@ impl Client {
         }
     }
 
+    /// Uploads a small blob held in memory unless the repository has it.
+    pub fn ensure_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), PushError> {
+        if !self.has_blob(digest)? {
+            self.upload(digest, bytes.len() as u64, &mut &bytes[..])?;
+        }
+        Ok(())
+    }
+
     /// Asks the registry to mount the blob from repository `from`; false
     /// when it would rather have it uploaded.
     pub fn mount(&self, digest: &Digest, from: &str) -> Result<bool, PushError> {

@@ -159,33 +159,53 @@ fn source_error(path: &Path, detail: impl Into<String>) -> PushError {
     PushError::Source { path: path.display().to_string(), detail: detail.into() }
 }
 
-/// The documents an image's build wrote beside it, as attestations: file,
-/// the predicate type cosign names it by, and whether the file is a whole
-/// in-toto statement (whose predicate is taken) or the predicate itself.
-const ATTESTED: [(&str, &str, bool); 3] = [
-    (crate::sbom::SPDX_FILE, "https://spdx.dev/Document", false),
-    (crate::sbom::CYCLONEDX_FILE, "https://cyclonedx.org/bom", false),
-    (crate::provenance::PROVENANCE_FILE, crate::provenance::SLSA_PROVENANCE_V1, true),
+/// A document an image's build writes beside it, and how a push publishes
+/// it: as an OCI 1.1 referrer of `artifact_type`, and (signed) as cosign's
+/// attestation of `predicate_type`.
+#[derive(Debug, Clone, Copy)]
+pub struct DocumentKind {
+    /// Its file, beside `index.json`.
+    pub file: &'static str,
+    /// The referrer's artifact type (and its blob's media type).
+    pub artifact_type: &'static str,
+    /// The predicate type cosign names its attestation by.
+    pub predicate_type: &'static str,
+    /// The file is a whole in-toto statement, whose predicate is attested
+    /// (else the file is the predicate).
+    pub is_statement: bool,
+}
+
+/// The SBOMs and the provenance.
+pub const DOCUMENTS: [DocumentKind; 3] = [
+    DocumentKind { file: crate::sbom::SPDX_FILE, artifact_type: "application/spdx+json", predicate_type: "https://spdx.dev/Document", is_statement: false },
+    DocumentKind {
+        file: crate::sbom::CYCLONEDX_FILE,
+        artifact_type: "application/vnd.cyclonedx+json",
+        predicate_type: "https://cyclonedx.org/bom",
+        is_statement: false,
+    },
+    DocumentKind {
+        file: crate::provenance::PROVENANCE_FILE,
+        artifact_type: "application/vnd.in-toto+json",
+        predicate_type: crate::provenance::SLSA_PROVENANCE_V1,
+        is_statement: true,
+    },
 ];
 
 impl Source {
-    /// In-toto statements about the pushed manifest `digest` in
-    /// `repository`, one per document the build wrote beside the image
-    /// (none for an index, nor for an image built with `sbom = false`).
-    pub fn attestations(&self, repository: &str, digest: &Digest) -> Result<Vec<(String, Vec<u8>)>, PushError> {
+    /// The documents the build wrote beside the image, read once for the
+    /// referrers and the attestations (none for an index, nor for an image
+    /// built with `sbom = false`).
+    pub fn documents(&self) -> Result<Vec<(DocumentKind, Vec<u8>)>, PushError> {
         if !self.children.is_empty() {
             return Ok(vec![]);
         }
         let mut out = Vec::new();
-        for (file, predicate_type, is_statement) in ATTESTED {
-            let path = self.dir.join(file);
-            if !path.exists() {
-                continue;
+        for kind in DOCUMENTS {
+            let path = self.dir.join(kind.file);
+            if path.exists() {
+                out.push((kind, crate::image::layout::read_document(&path)?));
             }
-            let bytes = crate::image::layout::read_document(&path)?;
-            let doc: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| source_error(&path, format!("is not JSON: {e}")))?;
-            let predicate = if is_statement { doc["predicate"].clone() } else { doc };
-            out.push((predicate_type.to_string(), sign::statement(repository, digest, predicate_type, &predicate)));
         }
         Ok(out)
     }
@@ -475,11 +495,12 @@ pub fn push(source: &Source, dest: &Destination, opts: &PushOptions) -> Result<P
     }
     let digest = client.put_manifest(&dest.tag, &source.media_type, &source.manifest)?;
     let mut report = report.into_inner().expect("lock");
-    report.referrers = referrers::push_referrers(&client, source, &digest)?;
+    let documents = source.documents()?;
+    report.referrers = referrers::push_referrers(&client, source, &digest, &documents)?;
     if let Some(key) = &opts.sign_key {
         report.signature = Some(sign::push_signature(&client, dest, key, &digest)?);
-        let statements = source.attestations(&format!("{}/{}", dest.registry, dest.repository), &digest)?;
-        if !statements.is_empty() {
+        if !documents.is_empty() {
+            let statements = sign::statements(&format!("{}/{}", dest.registry, dest.repository), &digest, &documents)?;
             report.attestations = Some(sign::push_attestations(&client, key, &digest, &statements)?);
         }
     }

@@ -9,7 +9,7 @@
 use serde_json::{json, Value};
 
 use super::client::Client;
-use super::{PushError, Source};
+use super::{DocumentKind, PushError, Source};
 use crate::digest::Digest;
 use crate::image::media_type;
 
@@ -17,14 +17,6 @@ use crate::image::media_type;
 const EMPTY_JSON: &[u8] = b"{}";
 /// Its media type.
 const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
-
-/// The documents pushed as referrers: file beside the image, and the
-/// artifact (and blob) media type.
-pub const DOCUMENTS: [(&str, &str); 3] = [
-    (crate::sbom::SPDX_FILE, "application/spdx+json"),
-    (crate::sbom::CYCLONEDX_FILE, "application/vnd.cyclonedx+json"),
-    (crate::provenance::PROVENANCE_FILE, "application/vnd.in-toto+json"),
-];
 
 /// The tag of the referrers tag schema for `digest`.
 pub fn fallback_tag(digest: &Digest) -> String {
@@ -44,32 +36,22 @@ fn artifact_manifest(artifact_type: &str, blob: &Digest, size: usize, subject: &
     .expect("json")
 }
 
-/// Pushes the documents beside `source` as referrers of its manifest
-/// `digest`; returns the artifact manifests' digests (none for an index,
-/// or an image built without them).
-pub fn push_referrers(client: &Client, source: &Source, digest: &Digest) -> Result<Vec<Digest>, PushError> {
-    if !source.children.is_empty() {
-        return Ok(vec![]);
-    }
+/// Pushes `documents` (read beside `source`) as referrers of its manifest
+/// `digest`; returns the artifact manifests' digests.
+pub fn push_referrers(client: &Client, source: &Source, digest: &Digest, documents: &[(DocumentKind, Vec<u8>)]) -> Result<Vec<Digest>, PushError> {
     let subject = json!({ "mediaType": source.media_type, "digest": digest.to_string(), "size": source.manifest.len() });
     let mut pushed: Vec<(Digest, usize, &str)> = Vec::new();
     let mut all_acked = true;
-    for (file, artifact_type) in DOCUMENTS {
-        let path = source.dir.join(file);
-        if !path.exists() {
-            continue;
-        }
-        let bytes = crate::image::layout::read_document(&path)?;
-        let blob = Digest::of(&bytes);
-        for (d, b) in [(&blob, bytes.as_slice()), (&Digest::of(EMPTY_JSON), EMPTY_JSON)] {
-            if !client.has_blob(d)? {
-                client.upload(d, b.len() as u64, &mut &b[..])?;
-            }
-        }
-        let manifest = artifact_manifest(artifact_type, &blob, bytes.len(), &subject);
+    if !documents.is_empty() {
+        client.ensure_blob(&Digest::of(EMPTY_JSON), EMPTY_JSON)?;
+    }
+    for (kind, bytes) in documents {
+        let blob = Digest::of(bytes);
+        client.ensure_blob(&blob, bytes)?;
+        let manifest = artifact_manifest(kind.artifact_type, &blob, bytes.len(), &subject);
         let (d, acked) = client.put_manifest_acked(&Digest::of(&manifest).to_string(), media_type::OCI_MANIFEST, &manifest)?;
         all_acked &= acked;
-        pushed.push((d, manifest.len(), artifact_type));
+        pushed.push((d, manifest.len(), kind.artifact_type));
     }
     if !pushed.is_empty() && !all_acked {
         update_fallback_index(client, digest, &pushed)?;

@@ -18,7 +18,7 @@ use base64::Engine;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 
 use super::client::{Client, Destination};
-use super::PushError;
+use super::{DocumentKind, PushError};
 use crate::digest::Digest;
 use crate::image::media_type;
 
@@ -155,6 +155,20 @@ pub fn statement(repository: &str, digest: &Digest, predicate_type: &str, predic
     .expect("json")
 }
 
+/// In-toto statements about the manifest `digest` of `repository`, one per
+/// document: (predicate type, statement).
+pub fn statements(repository: &str, digest: &Digest, documents: &[(DocumentKind, Vec<u8>)]) -> Result<Vec<(String, Vec<u8>)>, PushError> {
+    documents
+        .iter()
+        .map(|(kind, bytes)| {
+            let doc: serde_json::Value =
+                serde_json::from_slice(bytes).map_err(|e| PushError::Source { path: kind.file.to_string(), detail: format!("is not JSON: {e}") })?;
+            let predicate = if kind.is_statement { doc["predicate"].clone() } else { doc };
+            Ok((kind.predicate_type.to_string(), statement(repository, digest, kind.predicate_type, &predicate)))
+        })
+        .collect()
+}
+
 /// Pushes `layers` (bytes, media type, annotations) under `tag` as the
 /// OCI manifest cosign writes: a config naming them as its diff_ids.
 fn push_cosign_manifest(client: &Client, tag: &str, layers: &[(Vec<u8>, &str, serde_json::Value)]) -> Result<Digest, PushError> {
@@ -170,9 +184,7 @@ fn push_cosign_manifest(client: &Client, tag: &str, layers: &[(Vec<u8>, &str, se
     .expect("json");
     let config_digest = Digest::of(&config);
     for (d, bytes) in digests.iter().zip(layers.iter().map(|(b, _, _)| b)).chain([(&config_digest, &config)]) {
-        if !client.has_blob(d)? {
-            client.upload(d, bytes.len() as u64, &mut bytes.as_slice())?;
-        }
+        client.ensure_blob(d, bytes)?;
     }
     let layers: Vec<serde_json::Value> = layers
         .iter()
