@@ -17,6 +17,9 @@
 //! assembly    THE one place an image is put together: plan the layers
 //!             (root layer included, one budget rule), get each from a
 //!             layer store or pack it, return the image
+//!   ↓
+//! sbom, provenance, supply_chain   what an image carries beside its
+//!             layers: SBOMs, provenance, referrers, cosign's signatures
 //!   ↓                                   ↓
 //! builder     buildNixeryImage          shim       on-demand images, cached
 //!             inside nix-build          ↑ image_name, nix, storage
@@ -54,6 +57,7 @@ pub mod scratch;
 pub mod serve;
 pub mod shim;
 pub mod storage;
+pub mod supply_chain;
 
 /// The version of the bytes nixery writes: layers, configs and manifests.
 /// Every cache key includes it, and the golden digests in the packing

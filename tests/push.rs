@@ -326,6 +326,35 @@ fn signed_pushes_and_their_attestations_verify_with_cosign_and_not_with_another_
         assert!(!attest(&other, kind).status.success(), "{kind}: another key is refused");
     }
 
+    // nixery verify checks the same with the public key, and names every
+    // attestation and referrer; another key fails it, with why.
+    let verify = |public: &Path| {
+        Command::new(helper())
+            .args(["verify", "--key"])
+            .arg(public)
+            .args(["--attestation", "spdxjson", "--attestation", "slsaprovenance1"])
+            .arg(&dest)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&public);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with(&format!("{}/signed@{digest}\n", registry.host())), "{text}");
+    for line in [
+        "attestation spdxjson (https://spdx.dev/Document): verified",
+        "attestation cyclonedx (https://cyclonedx.org/bom): verified",
+        "attestation slsaprovenance1 (https://slsa.dev/provenance/v1): verified",
+        "signature: verified",
+        "referrer application/spdx+json sha256:",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+    let out = verify(&other);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("signed@{digest} has no signature that {} verifies", other.display())), "{err}");
+
     // A key that is not one fails before anything is pushed.
     std::fs::write(dir.path().join("bad.pem"), "not a key").unwrap();
     let out = Command::new(helper())
@@ -337,7 +366,42 @@ fn signed_pushes_and_their_attestations_verify_with_cosign_and_not_with_another_
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a PKCS#8 PEM private key"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a private key"), "{}", String::from_utf8_lossy(&out.stderr));
+    let tags = http().get(format!("http://{}/v2/never/tags/list", registry.host())).send().unwrap();
+    assert_eq!(tags.status(), 404, "nothing pushed");
+}
+
+/// A key `cosign generate-key-pair` made (encrypted, its password in
+/// COSIGN_PASSWORD, as cosign reads it) signs pushes both cosign and
+/// `nixery verify` accept; a wrong password pushes nothing.
+#[test]
+fn cosigns_own_encrypted_keys_sign_pushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = nix_build(&repo().join("examples/hello.nix"), &[]);
+    let registry = Registry::start();
+    run(world::debian13_command("cosign", &[dir.path()]).current_dir(dir.path()).env("COSIGN_PASSWORD", "tr0ub4dor").arg("generate-key-pair"));
+    let (key, public) = (dir.path().join("cosign.key"), dir.path().join("cosign.pub"));
+    assert!(std::fs::read_to_string(&key).unwrap().contains("ENCRYPTED SIGSTORE PRIVATE KEY"));
+    let dest = format!("{}/cosign-keyed:v1", registry.host());
+    let push = |password: &str, dest: &str| {
+        Command::new(helper()).env("COSIGN_PASSWORD", password).arg("push").arg("--sign-key").arg(&key).arg(&image).arg(dest).output().unwrap()
+    };
+    let out = push("tr0ub4dor", &dest);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let verified = world::debian13_command("cosign", &[dir.path()])
+        .args(["verify", "--insecure-ignore-tlog=true", "--allow-http-registry=true", "--key"])
+        .arg(&public)
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+    let ours = Command::new(helper()).args(["verify", "--attestation", "cyclonedx", "--key"]).arg(&public).arg(&dest).output().unwrap();
+    assert!(ours.status.success(), "{}{}", String::from_utf8_lossy(&ours.stdout), String::from_utf8_lossy(&ours.stderr));
+
+    let wrong = push("swordfish", &format!("{}/never:v1", registry.host()));
+    assert_eq!(wrong.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(err.contains("cannot be opened with the password in COSIGN_PASSWORD"), "{err}");
     let tags = http().get(format!("http://{}/v2/never/tags/list", registry.host())).send().unwrap();
     assert_eq!(tags.status(), 404, "nothing pushed");
 }

@@ -73,6 +73,9 @@ pub struct Client {
     base: String,
     repository: String,
     authorization: Option<String>,
+    /// What the token asks to do in the repository: `pull,push`, or
+    /// `pull` for a client that only reads ([`Client::connect_to_read`]).
+    actions: &'static str,
 }
 
 impl std::fmt::Debug for Client {
@@ -212,6 +215,16 @@ impl Client {
     /// Connects to `dest`'s registry and authenticates for pushing to its
     /// repository (and pulling from `mount_from`, to mount blobs).
     pub fn connect(dest: &Destination, connection: &Connection, mount_from: Option<&str>) -> Result<Client, PushError> {
+        Client::connect_for(dest, connection, mount_from, "pull,push")
+    }
+
+    /// Connects to `dest`'s registry and authenticates for reading its
+    /// repository (`nixery verify`): read-only credentials do.
+    pub fn connect_to_read(dest: &Destination, connection: &Connection) -> Result<Client, PushError> {
+        Client::connect_for(dest, connection, None, "pull")
+    }
+
+    fn connect_for(dest: &Destination, connection: &Connection, mount_from: Option<&str>, actions: &'static str) -> Result<Client, PushError> {
         let mut tls = ureq::tls::TlsConfig::builder();
         if let Some(ca) = &connection.ca_file {
             let pem = std::fs::read(ca).map_err(|source| PushError::Io { path: ca.display().to_string(), source })?;
@@ -241,7 +254,7 @@ impl Client {
             .build()
             .into();
         let scheme = if connection.plain_http || is_loopback(&dest.registry) { "http" } else { "https" };
-        let mut client = Client { agent, base: format!("{scheme}://{}", dest.registry), repository: dest.repository.clone(), authorization: None };
+        let mut client = Client { agent, base: format!("{scheme}://{}", dest.registry), repository: dest.repository.clone(), authorization: None, actions };
         let probe = with_retries(&format!("GET {}/v2/", client.base), || {
             client.call(client.agent.get(format!("{}/v2/", client.base))).and_then(|r| client.fail_transient(r))
         })?;
@@ -293,7 +306,7 @@ impl Client {
                         detail: format!("the registry asks for a token from {}, which is not https: the credentials would cross the network in the clear, so they are not sent", printable(&realm)),
                     });
                 }
-                let mut scopes = vec![format!("repository:{}:pull,push", self.repository)];
+                let mut scopes = vec![format!("repository:{}:{}", self.repository, self.actions)];
                 if let Some(from) = mount_from {
                     scopes.push(format!("repository:{from}:pull"));
                 }
@@ -450,6 +463,42 @@ impl Client {
             404 => Ok(None),
             _ => self.expect(format!("GET {url}"), r, &[200]).map(|r| Some(r.body.into_bytes())),
         }
+    }
+
+    /// The document at `/v2/<repository>/<what>` (a manifest, a blob) as
+    /// raw bytes, at most [`crate::image::layout::MAX_DOCUMENT`] of them;
+    /// None on 404. The caller checks them against their digest.
+    pub fn get_document(&self, what: &str, accept: &str) -> Result<Option<Vec<u8>>, PushError> {
+        let url = format!("{}/v2/{}/{what}", self.base, self.repository);
+        let max = crate::image::layout::MAX_DOCUMENT;
+        with_retries(&format!("GET {url}"), || {
+            // Blobs are often served from elsewhere (a 307 to object
+            // storage): followed a few times, the credentials kept to the
+            // registry's own origin.
+            let mut at = url.clone();
+            let mut resp = self.request("GET", &at).header("Accept", accept).call().map_err(|e| self.http_error(e))?;
+            for _ in 0..3 {
+                let Some(next) = resp.headers().get("location").and_then(|v| v.to_str().ok()).filter(|_| resp.status().is_redirection()) else { break };
+                at = self.absolute(next);
+                resp = self.request("GET", &at).header("Accept", accept).call().map_err(|e| self.http_error(e))?;
+            }
+            if resp.status() != 200 {
+                return self.fail_transient(reply(resp)).and_then(|r| match r.status {
+                    404 => Ok(None),
+                    _ => self.expect(format!("GET {url}"), r, &[200]).map(|_| None),
+                });
+            }
+            let mut bytes = Vec::new();
+            resp.into_body()
+                .into_reader()
+                .take(max + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| PushError::Http { base: self.base.clone(), detail: printable(&e.to_string()) })?;
+            if bytes.len() as u64 > max {
+                return Err(PushError::Registry { what: format!("GET {url}"), status: 200, body: format!("more than {max} bytes: not a document") });
+            }
+            Ok(Some(bytes))
+        })
     }
 
     /// Puts a manifest as [`Client::put_manifest`] does; also says whether

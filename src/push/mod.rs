@@ -24,12 +24,14 @@ use serde::Serialize;
 use crate::digest::Digest;
 use crate::image::{Descriptor, OciLayout};
 use crate::packing::{LayerContent, PackOptions};
+use crate::supply_chain::key::SigningKey;
+use crate::supply_chain::{cosign, DocumentKind, DOCUMENTS};
 
 pub mod client;
 pub mod credentials;
 pub mod load;
 pub mod referrers;
-pub mod sign;
+pub mod verify;
 
 pub use crate::image::stream::{LayerRecipe, StreamDoc, STREAM_FILE};
 pub use client::{Connection, Destination};
@@ -61,7 +63,7 @@ pub enum PushError {
     Image(#[from] crate::image::ImageError),
     /// The signing key cannot be used.
     #[error(transparent)]
-    Key(#[from] sign::KeyError),
+    Key(#[from] crate::supply_chain::key::KeyError),
     /// A file cannot be read.
     #[error("{path}: {source}")]
     Io {
@@ -98,6 +100,14 @@ pub enum PushError {
         status: u16,
         /// The answer's body.
         body: String,
+    },
+    /// What a registry holds is not what it claims to be.
+    #[error("{what}: {detail}")]
+    Untrusted {
+        /// What was read.
+        what: String,
+        /// What is wrong with it.
+        detail: String,
     },
     /// Packing a layer of a stream image failed.
     #[error("packing layer {digest}")]
@@ -158,39 +168,6 @@ pub struct Source {
 fn source_error(path: &Path, detail: impl Into<String>) -> PushError {
     PushError::Source { path: path.display().to_string(), detail: detail.into() }
 }
-
-/// A document an image's build writes beside it, and how a push publishes
-/// it: as an OCI 1.1 referrer of `artifact_type`, and (signed) as cosign's
-/// attestation of `predicate_type`.
-#[derive(Debug, Clone, Copy)]
-pub struct DocumentKind {
-    /// Its file, beside `index.json`.
-    pub file: &'static str,
-    /// The referrer's artifact type (and its blob's media type).
-    pub artifact_type: &'static str,
-    /// The predicate type cosign names its attestation by.
-    pub predicate_type: &'static str,
-    /// The file is a whole in-toto statement, whose predicate is attested
-    /// (else the file is the predicate).
-    pub is_statement: bool,
-}
-
-/// The SBOMs and the provenance.
-pub const DOCUMENTS: [DocumentKind; 3] = [
-    DocumentKind { file: crate::sbom::SPDX_FILE, artifact_type: "application/spdx+json", predicate_type: "https://spdx.dev/Document", is_statement: false },
-    DocumentKind {
-        file: crate::sbom::CYCLONEDX_FILE,
-        artifact_type: "application/vnd.cyclonedx+json",
-        predicate_type: "https://cyclonedx.org/bom",
-        is_statement: false,
-    },
-    DocumentKind {
-        file: crate::provenance::PROVENANCE_FILE,
-        artifact_type: "application/vnd.in-toto+json",
-        predicate_type: crate::provenance::SLSA_PROVENANCE_V1,
-        is_statement: true,
-    },
-];
 
 impl Source {
     /// The documents the build wrote beside the image, read once for the
@@ -372,7 +349,7 @@ pub struct PushOptions {
     /// Uploads at once.
     pub jobs: usize,
     /// Sign the pushed manifest for cosign with this key.
-    pub sign_key: Option<std::sync::Arc<sign::SigningKey>>,
+    pub sign_key: Option<std::sync::Arc<SigningKey>>,
 }
 
 /// What a push did.
@@ -496,12 +473,20 @@ pub fn push(source: &Source, dest: &Destination, opts: &PushOptions) -> Result<P
     let digest = client.put_manifest(&dest.tag, &source.media_type, &source.manifest)?;
     let mut report = report.into_inner().expect("lock");
     let documents = source.documents()?;
-    report.referrers = referrers::push_referrers(&client, source, &digest, &documents)?;
+    let subject = crate::supply_chain::referrers::subject(&source.media_type, &digest, source.manifest.len());
+    let artifacts = crate::supply_chain::referrers::artifacts(&documents, &subject);
+    referrers::push_referrers(&client, &digest, &artifacts)?;
+    report.referrers = artifacts.iter().map(|a| a.digest.clone()).collect();
     if let Some(key) = &opts.sign_key {
-        report.signature = Some(sign::push_signature(&client, dest, key, &digest)?);
+        let repository = format!("{}/{}", dest.registry, dest.repository);
+        let signature = cosign::signature(key, &repository, &digest);
+        referrers::push_artifact(&client, &signature, Some(&cosign::signature_tag(&digest)))?;
+        report.signature = Some(signature.digest);
         if !documents.is_empty() {
-            let statements = sign::statements(&format!("{}/{}", dest.registry, dest.repository), &digest, &documents)?;
-            report.attestations = Some(sign::push_attestations(&client, key, &digest, &statements)?);
+            let attestations = cosign::attestations(key, &repository, &digest, &documents)
+                .map_err(|detail| PushError::Source { path: source.dir.display().to_string(), detail })?;
+            referrers::push_artifact(&client, &attestations, Some(&cosign::attestation_tag(&digest)))?;
+            report.attestations = Some(attestations.digest);
         }
     }
     report.digest = Some(digest);

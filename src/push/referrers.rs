@@ -1,67 +1,49 @@
-//! OCI 1.1 referrers: the documents an image's build wrote beside it
-//! (SBOMs, provenance) pushed after the image as artifact manifests whose
-//! `subject` is the image, so `oras discover` and any OCI 1.1 client find
-//! them. A registry with the referrers API acknowledges the subject
-//! (`OCI-Subject`) and lists them itself; for one without (the reference
-//! registry 2.8), they are listed in the referrers tag schema's index under
-//! the tag `sha256-<hex>`, keeping what that index listed already.
+//! Publishing what an image carries beside its layers
+//! ([`crate::supply_chain`]) to a registry: its documents as OCI 1.1
+//! referrers, and (signed) cosign's signature and attestations.
+//!
+//! A registry with the referrers API acknowledges a referrer's subject
+//! (`OCI-Subject`) and lists it itself; for one without (the reference
+//! registry 2.8), the referrers are listed in the referrers tag schema's
+//! index under the tag `sha256-<hex>`, keeping what that index listed
+//! already (an artifact another tool attached).
 
 use serde_json::{json, Value};
 
 use super::client::Client;
-use super::{DocumentKind, PushError, Source};
+use super::PushError;
 use crate::digest::Digest;
 use crate::image::media_type;
+use crate::supply_chain::{referrers::fallback_tag, Artifact};
 
-/// The empty JSON object, the config of an artifact manifest.
-const EMPTY_JSON: &[u8] = b"{}";
-/// Its media type.
-const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
-
-/// The tag of the referrers tag schema for `digest`.
-pub fn fallback_tag(digest: &Digest) -> String {
-    format!("sha256-{}", digest.hex())
+/// Uploads an artifact's blobs (those the registry lacks), then its
+/// manifest under `reference` (its digest when None); whether the
+/// registry acknowledged a subject.
+pub fn push_artifact(client: &Client, artifact: &Artifact, reference: Option<&str>) -> Result<bool, PushError> {
+    for (digest, bytes) in &artifact.blobs {
+        client.ensure_blob(digest, bytes)?;
+    }
+    let reference = reference.map_or_else(|| artifact.digest.to_string(), str::to_string);
+    let (_, acked) = client.put_manifest_acked(&reference, artifact.media_type, &artifact.manifest)?;
+    Ok(acked)
 }
 
-/// An artifact manifest of one blob about `subject`.
-fn artifact_manifest(artifact_type: &str, blob: &Digest, size: usize, subject: &Value) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": media_type::OCI_MANIFEST,
-        "artifactType": artifact_type,
-        "config": { "mediaType": EMPTY_MEDIA_TYPE, "digest": Digest::of(EMPTY_JSON).to_string(), "size": EMPTY_JSON.len() },
-        "layers": [{ "mediaType": artifact_type, "digest": blob.to_string(), "size": size }],
-        "subject": subject,
-    }))
-    .expect("json")
-}
-
-/// Pushes `documents` (read beside `source`) as referrers of its manifest
-/// `digest`; returns the artifact manifests' digests.
-pub fn push_referrers(client: &Client, source: &Source, digest: &Digest, documents: &[(DocumentKind, Vec<u8>)]) -> Result<Vec<Digest>, PushError> {
-    let subject = json!({ "mediaType": source.media_type, "digest": digest.to_string(), "size": source.manifest.len() });
-    let mut pushed: Vec<(Digest, usize, &str)> = Vec::new();
+/// Pushes `referrers` of the manifest `subject`, and lists them in the
+/// tag schema's index unless the registry lists them itself.
+pub fn push_referrers(client: &Client, subject: &Digest, referrers: &[Artifact]) -> Result<(), PushError> {
     let mut all_acked = true;
-    if !documents.is_empty() {
-        client.ensure_blob(&Digest::of(EMPTY_JSON), EMPTY_JSON)?;
+    for a in referrers {
+        all_acked &= push_artifact(client, a, None)?;
     }
-    for (kind, bytes) in documents {
-        let blob = Digest::of(bytes);
-        client.ensure_blob(&blob, bytes)?;
-        let manifest = artifact_manifest(kind.artifact_type, &blob, bytes.len(), &subject);
-        let (d, acked) = client.put_manifest_acked(&Digest::of(&manifest).to_string(), media_type::OCI_MANIFEST, &manifest)?;
-        all_acked &= acked;
-        pushed.push((d, manifest.len(), kind.artifact_type));
+    if !referrers.is_empty() && !all_acked {
+        update_fallback_index(client, subject, referrers)?;
     }
-    if !pushed.is_empty() && !all_acked {
-        update_fallback_index(client, digest, &pushed)?;
-    }
-    Ok(pushed.into_iter().map(|(d, _, _)| d).collect())
+    Ok(())
 }
 
-/// Adds `pushed` to the referrers tag schema's index of `digest`.
-fn update_fallback_index(client: &Client, digest: &Digest, pushed: &[(Digest, usize, &str)]) -> Result<(), PushError> {
-    let tag = fallback_tag(digest);
+/// Adds `referrers` to the referrers tag schema's index of `subject`.
+fn update_fallback_index(client: &Client, subject: &Digest, referrers: &[Artifact]) -> Result<(), PushError> {
+    let tag = fallback_tag(subject);
     let mut index: Value = match client.get_manifest(&tag, media_type::OCI_INDEX)? {
         Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({})),
         None => json!({}),
@@ -70,9 +52,9 @@ fn update_fallback_index(client: &Client, digest: &Digest, pushed: &[(Digest, us
         index = json!({ "schemaVersion": 2, "mediaType": media_type::OCI_INDEX, "manifests": [] });
     }
     let manifests = index["manifests"].as_array_mut().expect("an array");
-    for (d, size, artifact_type) in pushed {
-        if !manifests.iter().any(|m| m["digest"] == d.to_string()) {
-            manifests.push(json!({ "mediaType": media_type::OCI_MANIFEST, "digest": d.to_string(), "size": size, "artifactType": artifact_type }));
+    for a in referrers {
+        if !manifests.iter().any(|m| m["digest"] == a.digest.to_string()) {
+            manifests.push(a.descriptor());
         }
     }
     let bytes = serde_json::to_vec(&index).expect("json");

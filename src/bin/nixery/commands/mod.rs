@@ -10,6 +10,7 @@ pub mod pack;
 pub mod popcount;
 pub mod programs;
 pub mod push;
+pub mod verify;
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -31,6 +32,10 @@ pub enum Command {
     /// registry: only the blobs it does not have, in parallel, the
     /// manifest last. Prints the manifest's digest.
     Push(push::Args),
+    /// Check an image's cosign signatures and attestations in a registry
+    /// with a public key, as `cosign verify` does, and list its referrers
+    /// (SBOMs, provenance). Fails when no signature verifies.
+    Verify(verify::Args),
     /// Load an image that buildNixeryImage or streamNixeryImage built
     /// into podman or docker (through `podman load` / `docker load`), a
     /// docker-archive file, or an OCI layout directory; a stream image's
@@ -56,6 +61,7 @@ impl Command {
             Command::Pack(args) => pack::run(args),
             Command::Popcount(args) => popcount::run(args),
             Command::Push(args) => push::run(args),
+            Command::Verify(args) => verify::run(args),
             Command::Load(args) => load::run(args),
             Command::Serve(settings) => Ok(nixery::serve::run(*settings)?),
             Command::Internal(command) => command.run(),

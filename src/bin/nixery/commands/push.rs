@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use nixery::push;
+use nixery::supply_chain::cosign;
+use nixery::supply_chain::key::SigningKey;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -44,10 +46,13 @@ pub struct Flags {
     /// fails; a failed request is tried three times in all.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     timeout: u64,
-    /// Sign the pushed image for cosign with this key (an EC P-256 key,
-    /// PKCS#8 PEM, as `openssl genpkey -algorithm EC -pkeyopt
-    /// ec_paramgen_curve:P-256` writes it): the signature goes to the tag
-    /// `sha256-<hex>.sig`, where `cosign verify --key` finds it.
+    /// Sign the pushed image for cosign with this key: an EC P-256 key,
+    /// PKCS#8 PEM (`openssl genpkey -algorithm EC -pkeyopt
+    /// ec_paramgen_curve:P-256`), or cosign's own (`cosign
+    /// generate-key-pair`, its password in COSIGN_PASSWORD). The signature
+    /// goes to the tag `sha256-<hex>.sig` and the SBOMs and provenance,
+    /// attested, to `sha256-<hex>.att`, where `cosign verify --key` and
+    /// `cosign verify-attestation --key` find them.
     #[arg(long, value_name = "FILE")]
     sign_key: Option<PathBuf>,
 }
@@ -64,7 +69,8 @@ pub fn push_image(source: &str, dest: &str, flags: Flags) -> anyhow::Result<()> 
         None => push::credentials::find(&dest.registry),
     };
     // The key is read first: a bad one fails before anything is pushed.
-    let sign_key = flags.sign_key.as_deref().map(push::sign::SigningKey::from_pem_file).transpose()?.map(std::sync::Arc::new);
+    let sign_key =
+        flags.sign_key.as_deref().map(|k| SigningKey::from_file(k, std::env::var("COSIGN_PASSWORD").ok().as_deref())).transpose()?.map(std::sync::Arc::new);
     let source = push::Source::open(source)?;
     let connection = push::Connection { plain_http: flags.plain_http, ca_file: flags.ca_file, login, stall_timeout: Some(Duration::from_secs(flags.timeout)) };
     let opts = push::PushOptions { connection, mount_from: flags.mount_from, jobs: flags.jobs, sign_key };
@@ -77,9 +83,9 @@ pub fn push_image(source: &str, dest: &str, flags: Flags) -> anyhow::Result<()> 
         eprintln!("nixery: pushed its SBOMs and provenance as {} referrers of the image", report.referrers.len());
     }
     if let (Some(sig), Some(digest)) = (&report.signature, &report.digest) {
-        eprintln!("nixery: signed it: {}/{}:{} ({sig})", dest.registry, dest.repository, push::sign::signature_tag(digest));
+        eprintln!("nixery: signed it: {}/{}:{} ({sig})", dest.registry, dest.repository, cosign::signature_tag(digest));
         if let Some(att) = &report.attestations {
-            eprintln!("nixery: attested its SBOMs and provenance: {}/{}:{} ({att})", dest.registry, dest.repository, push::sign::attestation_tag(digest));
+            eprintln!("nixery: attested its SBOMs and provenance: {}/{}:{} ({att})", dest.registry, dest.repository, cosign::attestation_tag(digest));
         }
     }
     println!("{}", report.digest.map(|d| d.to_string()).unwrap_or_default());

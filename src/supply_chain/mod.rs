@@ -1,0 +1,98 @@
+//! What an image carries beside its layers: the documents its build
+//! writes (SBOMs and provenance), published as OCI 1.1 referrers, and
+//! cosign's signatures and attestations of it.
+//!
+//! Everything here is made as plain manifests and blobs ([`Artifact`]),
+//! with no idea of where they go: the library's build lists the referrers
+//! in the image's layout, `nixery push` uploads the artifacts to a
+//! registry, the shim stores and serves them, and `nixery verify` checks
+//! what a registry holds against the same definitions.
+//!
+//! ```text
+//! documents (sbom.rs, provenance.rs)
+//!   ├─► referrers: artifact manifests, subject = the image     (referrers.rs)
+//!   └─► signed with a key (key.rs) into cosign's layout      (cosign.rs)
+//!         sha256-<hex>.sig  simple-signing payload, ECDSA P-256
+//!         sha256-<hex>.att  one DSSE envelope per document
+//! ```
+
+pub mod cosign;
+pub mod key;
+pub mod referrers;
+
+use crate::digest::Digest;
+
+/// A document an image's build writes beside it, and how it is published:
+/// as an OCI 1.1 referrer of `artifact_type`, and (signed) as cosign's
+/// attestation of `predicate_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocumentKind {
+    /// Its file, beside `index.json`.
+    pub file: &'static str,
+    /// The referrer's artifact type (and its blob's media type).
+    pub artifact_type: &'static str,
+    /// The predicate type cosign names its attestation by.
+    pub predicate_type: &'static str,
+    /// The file is a whole in-toto statement, whose predicate is attested
+    /// (else the file is the predicate).
+    pub is_statement: bool,
+    /// What `--type` cosign's `verify-attestation` takes for it.
+    pub cosign_type: &'static str,
+}
+
+/// The SBOMs and the provenance.
+pub const DOCUMENTS: [DocumentKind; 3] = [
+    DocumentKind {
+        file: crate::sbom::SPDX_FILE,
+        artifact_type: "application/spdx+json",
+        predicate_type: "https://spdx.dev/Document",
+        is_statement: false,
+        cosign_type: "spdxjson",
+    },
+    DocumentKind {
+        file: crate::sbom::CYCLONEDX_FILE,
+        artifact_type: "application/vnd.cyclonedx+json",
+        predicate_type: "https://cyclonedx.org/bom",
+        is_statement: false,
+        cosign_type: "cyclonedx",
+    },
+    DocumentKind {
+        file: crate::provenance::PROVENANCE_FILE,
+        artifact_type: "application/vnd.in-toto+json",
+        predicate_type: crate::provenance::SLSA_PROVENANCE_V1,
+        is_statement: true,
+        cosign_type: "slsaprovenance1",
+    },
+];
+
+/// A document's kind by its file name.
+pub fn document_kind(file: &str) -> Option<DocumentKind> {
+    DOCUMENTS.into_iter().find(|k| k.file == file)
+}
+
+/// A manifest and the blobs it needs, ready to be stored or uploaded
+/// (blobs first, then the manifest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    /// The manifest's bytes.
+    pub manifest: Vec<u8>,
+    /// Their digest.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: &'static str,
+    /// What it is (a referrer's `artifactType`), for the listings.
+    pub artifact_type: Option<&'static str>,
+    /// Its config and layers: (digest, bytes).
+    pub blobs: Vec<(Digest, Vec<u8>)>,
+}
+
+impl Artifact {
+    /// Its descriptor as an index lists it (with `artifactType`).
+    pub fn descriptor(&self) -> serde_json::Value {
+        let mut d = serde_json::json!({ "mediaType": self.media_type, "digest": self.digest.to_string(), "size": self.manifest.len() });
+        if let Some(t) = self.artifact_type {
+            d["artifactType"] = t.into();
+        }
+        d
+    }
+}
