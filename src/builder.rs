@@ -552,14 +552,10 @@ fn write_sboms(b: &Build, created: &str, tag: &str, manifest: &crate::digest::Di
     let facts = crate::sbom::ImageFacts { name: &b.spec.name, tag, created, manifest, graph: &b.graph, meta: &b.spec.package_meta, base_layers };
     let function = if b.spec.format == Format::Stream { "streamNixeryImage" } else { "buildNixeryImage" };
     let helper = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default();
-    let provenance = crate::provenance::statement(&facts, function, &helper);
-    for (file, doc) in [
-        (crate::sbom::SPDX_FILE, crate::sbom::spdx(&facts)),
-        (crate::sbom::CYCLONEDX_FILE, crate::sbom::cyclonedx(&facts)),
-        (crate::provenance::PROVENANCE_FILE, provenance),
-    ] {
-        let path = b.out.join(file);
-        fs::write(&path, serde_json::to_vec_pretty(&doc).expect("json")).map_err(|source| BuildError::Write { path: path.clone(), source })?;
+    let invocation = crate::provenance::Invocation::Library { function, helper: &helper };
+    for (kind, bytes) in crate::supply_chain::documents(&facts, &invocation) {
+        let path = b.out.join(kind.file);
+        fs::write(&path, bytes).map_err(|source| BuildError::Write { path: path.clone(), source })?;
     }
     Ok(())
 }

@@ -70,6 +70,10 @@ pub fn request_routing(data: &[u8]) {
                     assert!(!rest.contains("/blobs/uploads"), "{path:?}");
                     name
                 }
+                Route::Referrers { name, digest } => {
+                    assert_eq!(format!("{name}/referrers/{digest}"), rest);
+                    name
+                }
                 Route::Tags { name } => {
                     assert_eq!(format!("{name}/tags/list"), rest);
                     name

@@ -8,6 +8,9 @@
 //!
 //! What a build cannot know of itself is left out: its own derivation path
 //! (a derivation cannot name itself) and the Nix version that ran it.
+//!
+//! The shim's images say the same with the shim as the builder, and the
+//! package set's source and pinned revision among the parameters.
 
 use serde_json::{json, Value};
 
@@ -21,9 +24,46 @@ pub const STATEMENT_V1: &str = "https://in-toto.io/Statement/v1";
 pub const SLSA_PROVENANCE_V1: &str = "https://slsa.dev/provenance/v1";
 /// The build type: an image made by lib.nix's functions under nix-build.
 pub const BUILD_TYPE: &str = "https://nixery.dev/buildtypes/nix-build-image/v1";
+/// The build type of an image the shim built from its name.
+pub const SHIM_BUILD_TYPE: &str = "https://nixery.dev/buildtypes/nixery-serve-image/v1";
+
+/// Who built an image, and from what.
+#[derive(Debug, Clone, Copy)]
+pub enum Invocation<'a> {
+    /// A library function inside nix-build, run by the helper at `helper`.
+    Library {
+        /// `buildNixeryImage` or `streamNixeryImage`.
+        function: &'a str,
+        /// The helper's store path.
+        helper: &'a str,
+    },
+    /// The shim, from its package set.
+    Shim {
+        /// `channel`, `git` or `path`.
+        source_type: &'a str,
+        /// The package set's pinned revision (a commit, a tree hash).
+        revision: &'a str,
+    },
+}
+
+impl Invocation<'_> {
+    fn build_type(&self) -> &'static str {
+        match self {
+            Invocation::Library { .. } => BUILD_TYPE,
+            Invocation::Shim { .. } => SHIM_BUILD_TYPE,
+        }
+    }
+
+    fn builder_id(&self) -> &'static str {
+        match self {
+            Invocation::Library { .. } => "https://nixery.dev/builders/nix-build",
+            Invocation::Shim { .. } => "https://nixery.dev/builders/nixery-serve",
+        }
+    }
+}
 
 /// The statement for an image built by `helper` (its path in the store).
-pub fn statement(facts: &ImageFacts, function: &str, helper: &str) -> Value {
+pub fn statement(facts: &ImageFacts, invocation: &Invocation) -> Value {
     let dependencies: Vec<Value> = facts
         .graph
         .paths
@@ -37,27 +77,33 @@ pub fn statement(facts: &ImageFacts, function: &str, helper: &str) -> Value {
         })
         .chain(facts.base_layers.iter().map(|l| json!({ "uri": format!("oci-layer:{l}"), "digest": { "sha256": l.hex() } })))
         .collect();
+    let mut external = json!({ "name": facts.name, "tag": facts.tag, "packages": facts.graph.roots });
+    let builder_dependencies = match invocation {
+        Invocation::Library { function, helper } => {
+            external["function"] = json!(function);
+            json!([{ "uri": format!("nix-store:{helper}"), "name": "nixery" }])
+        }
+        Invocation::Shim { source_type, revision } => {
+            external["source"] = json!({ "type": source_type, "revision": revision });
+            json!([])
+        }
+    };
     json!({
         "_type": STATEMENT_V1,
         "subject": [{ "name": facts.name, "digest": { "sha256": facts.manifest.hex() } }],
         "predicateType": SLSA_PROVENANCE_V1,
         "predicate": {
             "buildDefinition": {
-                "buildType": BUILD_TYPE,
-                "externalParameters": {
-                    "function": function,
-                    "name": facts.name,
-                    "tag": facts.tag,
-                    "packages": facts.graph.roots,
-                },
+                "buildType": invocation.build_type(),
+                "externalParameters": external,
                 "internalParameters": { "created": facts.created },
                 "resolvedDependencies": dependencies,
             },
             "runDetails": {
                 "builder": {
-                    "id": "https://nixery.dev/builders/nix-build",
+                    "id": invocation.builder_id(),
                     "version": { "nixery": env!("CARGO_PKG_VERSION") },
-                    "builderDependencies": [{ "uri": format!("nix-store:{helper}"), "name": "nixery" }],
+                    "builderDependencies": builder_dependencies,
                 },
                 "metadata": { "invocationId": format!("{}@{}", facts.name, facts.manifest) },
             },

@@ -129,6 +129,11 @@ pub struct Settings {
     /// image index of one image per platform (`arm64/…` stays arm64 only).
     #[arg(long, env = "NIXERY_PLATFORMS", value_delimiter = ',')]
     pub platforms: Vec<String>,
+    /// A private key (EC P-256: PKCS#8 PEM, or cosign's own with its
+    /// password in COSIGN_PASSWORD) to sign every image built with, for
+    /// cosign: `sha256-<hex>.sig` and `.att` resolve under each name.
+    #[arg(long, env = "NIXERY_SIGNING_KEY", value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
     /// Error bodies and the start page carry Nix's logs and host paths
     /// (for debugging; off, they say what failed and the log has the rest).
     #[arg(long, env = "NIXERY_DEBUG_ERRORS", default_value_t = false, action = clap::ArgAction::Set)]
@@ -147,6 +152,9 @@ pub enum LogFormat {
 /// Why the shim cannot start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// `NIXERY_SIGNING_KEY` cannot be used.
+    #[error("NIXERY_SIGNING_KEY: {0}")]
+    SigningKey(#[from] crate::supply_chain::key::KeyError),
     /// The runtime cannot start.
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
@@ -366,6 +374,14 @@ pub fn run(settings: Settings) -> Result<(), ServeError> {
     if credentials.is_some() && tls.is_none() && !settings.bind.is_loopback() {
         tracing::warn!("authentication without TLS on a network address: passwords and tokens cross the network in the clear");
     }
+    let signing_key = match &settings.signing_key {
+        Some(path) => {
+            let key = crate::supply_chain::key::SigningKey::from_file(path, std::env::var("COSIGN_PASSWORD").ok().as_deref())?;
+            tracing::info!(key = %path.display(), id = %crate::shim::referrers::key_id(&key), "images are signed for cosign (NIXERY_SIGNING_KEY)");
+            Some(Arc::new(key))
+        }
+        None => None,
+    };
     let platforms = non_empty(&settings.platforms)
         .into_iter()
         .map(|p| crate::image::Platform::nix_system_of(&p).map_err(|source| ServeError::Platform { platform: p.clone(), source }))
@@ -398,6 +414,7 @@ pub fn run(settings: Settings) -> Result<(), ServeError> {
         max_packages: settings.max_packages as usize,
         max_queued_builds: settings.max_queued_builds as usize,
         platforms,
+        signing_key,
     };
     let max_builds = config.max_builds;
     let shim = crate::shim::Shim::new(config, storage);

@@ -554,3 +554,91 @@ fn unreachable_object_storage_in_netns() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot use the GCS bucket nixery-test") && err.contains(&endpoint) && err.matches("Connection refused").count() == 1, "{err}");
 }
+
+/// With `NIXERY_SIGNING_KEY` (here cosign's own encrypted key), the shim
+/// signs what it builds: cosign 2.5 verifies the image and its SBOM and
+/// provenance attestations straight from the shim, and refuses another
+/// key; oras 1.2 finds the SBOMs and provenance through the referrers API,
+/// which filters by artifact type. Without a key, a `.sig` tag says why
+/// there is none.
+#[test]
+fn the_shim_serves_referrers_and_signs_for_cosign() {
+    let dir = tempfile::tempdir().unwrap();
+    let support = repo().join("tests/support");
+    let shim = Shim::start(
+        &dir.path().join("store"),
+        &[("NIXERY_SIGNING_KEY", support.join("cosign-2.5.key").to_str().unwrap()), ("COSIGN_PASSWORD", "correct-horse")],
+    );
+    assert!(shim.log_text().contains("images are signed for cosign"), "{}", shim.log_text());
+    let image = format!("{}/shell/hello:latest", shim.host());
+    let public = support.join("cosign-2.5.pub");
+    let other = dir.path().join("other.pub");
+    run(Command::new("openssl").args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"]).arg(dir.path().join("other.pem")));
+    run(Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(dir.path().join("other.pem")).arg("-out").arg(&other));
+    let cosign = |args: &[&str], key: &std::path::Path| {
+        crate::support::world::debian13_command("cosign", &[dir.path(), &support])
+            .args(args)
+            .args(["--insecure-ignore-tlog=true", "--allow-http-registry=true", "--key"])
+            .arg(key)
+            .arg(&image)
+            .output()
+            .unwrap()
+    };
+    let ok = cosign(&["verify"], &public);
+    assert!(ok.status.success(), "{}{}", String::from_utf8_lossy(&ok.stdout), String::from_utf8_lossy(&ok.stderr));
+    assert!(!cosign(&["verify"], &other).status.success(), "another key is refused");
+    for kind in ["spdxjson", "cyclonedx", "slsaprovenance1"] {
+        let out = cosign(&["verify-attestation", "--type", kind], &public);
+        assert!(out.status.success(), "{kind}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!cosign(&["verify-attestation", "--type", kind], &other).status.success(), "{kind}: another key is refused");
+    }
+    assert_eq!(shim.nix_builds(), 1, "one build for all of it");
+
+    // oras lists the three documents through the referrers API.
+    let out = run(crate::support::world::debian13_command("oras", &[dir.path()]).args(["discover", "--plain-http", "--format", "json"]).arg(&image));
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut types: Vec<&str> = found["manifests"].as_array().unwrap().iter().map(|m| m["artifactType"].as_str().unwrap()).collect();
+    types.sort();
+    assert_eq!(types, ["application/spdx+json", "application/vnd.cyclonedx+json", "application/vnd.in-toto+json"]);
+
+    // The API itself: filtered, and said to be.
+    let resp = http().head(shim.url("/v2/shell/hello/manifests/latest")).header("Accept", OCI).send().unwrap();
+    let digest = resp.headers()["docker-content-digest"].to_str().unwrap().to_string();
+    let resp = http().get(shim.url(&format!("/v2/shell/hello/referrers/{digest}?artifactType=application%2Fspdx%2Bjson"))).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["oci-filters-applied"], "artifactType");
+    assert_eq!(resp.headers()["content-type"], "application/vnd.oci.image.index.v1+json");
+    let index: serde_json::Value = resp.json().unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+    let spdx_manifest: serde_json::Value =
+        http().get(shim.url(&format!("/v2/shell/hello/manifests/{}", index["manifests"][0]["digest"].as_str().unwrap()))).send().unwrap().json().unwrap();
+    let spdx: serde_json::Value =
+        http().get(shim.url(&format!("/v2/shell/hello/blobs/{}", spdx_manifest["layers"][0]["digest"].as_str().unwrap()))).send().unwrap().json().unwrap();
+    assert_eq!(spdx["spdxVersion"], "SPDX-2.3");
+    assert!(spdx["packages"].as_array().unwrap().iter().any(|p| p["name"] == "hello"), "{spdx}");
+    // An unknown image has none.
+    let none: serde_json::Value = http().get(shim.url(&format!("/v2/shell/hello/referrers/sha256:{}", "0".repeat(64)))).send().unwrap().json().unwrap();
+    assert_eq!(none["manifests"], serde_json::json!([]));
+
+    // nixery verify says the same.
+    let out = Command::new(helper()).args(["verify", "--attestation", "spdxjson", "--key"]).arg(&public).arg(&image).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
+    // A shim without a key says why a signature is not there, in the
+    // client's own output.
+    drop(shim);
+    let unsigned = Shim::start(&dir.path().join("store"), &[]);
+    let image = format!("{}/shell/hello:latest", unsigned.host());
+    let out = crate::support::world::debian13_command("cosign", &[&support])
+        .args(["verify", "--insecure-ignore-tlog=true", "--allow-http-registry=true", "--key"])
+        .arg(&public)
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no signatures found") || err.contains("NIXERY_SIGNING_KEY"), "{err}");
+    let resp = http().get(unsigned.url(&format!("/v2/shell/hello/manifests/sha256-{}.sig", &digest[7..]))).send().unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(resp.text().unwrap().contains("its operator has not set NIXERY_SIGNING_KEY"));
+}

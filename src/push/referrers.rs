@@ -20,8 +20,8 @@ use crate::supply_chain::{referrers::fallback_tag, Artifact};
 /// manifest under `reference` (its digest when None); whether the
 /// registry acknowledged a subject.
 pub fn push_artifact(client: &Client, artifact: &Artifact, reference: Option<&str>) -> Result<bool, PushError> {
-    for (digest, bytes) in &artifact.blobs {
-        client.ensure_blob(digest, bytes)?;
+    for blob in &artifact.blobs {
+        client.ensure_blob(&blob.digest, &blob.bytes)?;
     }
     let reference = reference.map_or_else(|| artifact.digest.to_string(), str::to_string);
     let (_, acked) = client.put_manifest_acked(&reference, artifact.media_type, &artifact.manifest)?;

@@ -232,7 +232,7 @@ pub fn digest_param(reference: &str) -> Result<Digest, RegistryError> {
 /// A storage failure, as the client sees it: UNKNOWN, with the cause only
 /// when `NIXERY_DEBUG_ERRORS` is set (it names storage paths); it is
 /// logged either way.
-fn unknown(state: &AppState, e: impl std::fmt::Display) -> RegistryError {
+pub fn unknown(state: &AppState, e: impl std::fmt::Display) -> RegistryError {
     tracing::error!(error = %e, "storage failed");
     let detail = if state.debug_errors { e.to_string() } else { "storage failed; the server's log has the details".to_string() };
     ErrorCode::Unknown.with_detail(detail)

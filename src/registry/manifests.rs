@@ -98,6 +98,9 @@ pub async fn get_manifest(state: &AppState, method: &Method, headers: &HeaderMap
         let served = Served { digest: &digest, info: &info, content_type: &info.media_type, ranges: false, in_memory: None, by_tag: false };
         return Ok(serve_stored(state, method, headers, served).await);
     }
+    if let Some((digest, kind)) = crate::shim::referrers::cosign_tag(reference) {
+        return super::referrers::get_signed(state, method, headers, name, reference, &digest, kind).await;
+    }
     if !valid_tag(reference) {
         return Err(ErrorCode::TagInvalid.with_detail(serde_json::json!({ "Tag": reference })));
     }

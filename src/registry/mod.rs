@@ -5,7 +5,9 @@
 //! ```text
 //! GET  /v2/                              200 {}            (this file)
 //! GET  /v2/<name>/manifests/<reference>  build on demand   (manifests.rs)
+//! GET  /v2/<name>/manifests/sha256-<hex>.sig|.att  cosign's  (referrers.rs)
 //! GET  /v2/<name>/blobs/<digest>         from storage      (blobs.rs)
+//! GET  /v2/<name>/referrers/<digest>     SBOMs, provenance (referrers.rs)
 //! GET  /v2/<name>/tags/list             latest, git refs
 //! PUT, POST, PATCH, DELETE …             405 UNSUPPORTED
 //! GET  /                                 start page        (web.rs)
@@ -30,6 +32,7 @@ pub mod auth;
 pub mod blobs;
 pub mod errors;
 pub mod manifests;
+pub mod referrers;
 pub mod server;
 pub mod web;
 
@@ -172,6 +175,13 @@ pub enum Route<'a> {
         /// The digest, unchecked.
         digest: &'a str,
     },
+    /// `<name>/referrers/<digest>`.
+    Referrers {
+        /// The repository name.
+        name: &'a str,
+        /// The subject's digest, unchecked.
+        digest: &'a str,
+    },
     /// `<name>/tags/list`.
     Tags {
         /// The repository name.
@@ -195,6 +205,7 @@ pub fn route(rest: &str) -> Route<'_> {
     match kind {
         "manifests" => Route::Manifest { name, reference: last },
         "blobs" => Route::Blob { name, digest: last },
+        "referrers" => Route::Referrers { name, digest: last },
         _ => Route::Unsupported,
     }
 }
@@ -219,7 +230,7 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, Refusal
     let rest = path.strip_prefix("/v2/").unwrap_or("");
     let r = route(rest);
     match &r {
-        Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::Tags { name } if !valid_repository_name(name) => {
+        Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::Referrers { name, .. } | Route::Tags { name } if !valid_repository_name(name) => {
             Err(Refusal::NameInvalid(name.to_string()))
         }
         Route::Unsupported => Err(Refusal::Unsupported),
@@ -235,6 +246,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
         Err(Refusal::NameInvalid(name)) => return ErrorCode::NameInvalid.with_detail(serde_json::json!({ "Name": name })).into_response(),
         Ok(Route::Manifest { name, reference }) => manifests::get_manifest(&state, &method, &headers, name, reference).await,
         Ok(Route::Blob { digest, .. }) => blobs::get_blob(&state, &method, &headers, digest).await,
+        Ok(Route::Referrers { digest, .. }) => referrers::get_referrers(&state, &method, digest, uri.query()).await,
         Ok(Route::Tags { name }) => tags(&state, name).await,
         Ok(Route::Unsupported) => return unsupported(),
     };
@@ -253,6 +265,7 @@ mod tests {
         assert_eq!(route("hello/blobs/uploads/"), Route::Unsupported);
         assert_eq!(route("hello/blobs/uploads/1234"), Route::Unsupported);
         assert_eq!(route("a/b/tags/list"), Route::Tags { name: "a/b" });
+        assert_eq!(route("a/b/referrers/sha256:1"), Route::Referrers { name: "a/b", digest: "sha256:1" });
         assert_eq!(route("manifests/latest"), Route::Unsupported);
         assert_eq!(route(""), Route::Unsupported);
     }

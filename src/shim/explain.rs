@@ -101,7 +101,7 @@ impl ShimError {
                 None => format!("the nix build of {image} failed; {log}"),
             },
             ShimError::Storage(_) => format!("the server's storage failed while making {image}; {log}"),
-            ShimError::Assembly(_) | ShimError::Task(_) => format!("assembling {image} failed; {log}"),
+            ShimError::Assembly(_) | ShimError::Task(_) | ShimError::Attach(_) => format!("assembling {image} failed; {log}"),
             ShimError::Image(e) => format!("{e}"),
         }
     }

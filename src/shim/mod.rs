@@ -54,6 +54,7 @@ pub mod activity;
 pub mod explain;
 pub mod layers;
 pub mod metrics;
+pub mod referrers;
 
 /// How many images are kept in memory (warm path and manifest cache).
 const MEMORY_IMAGES: u64 = 10_000;
@@ -105,6 +106,9 @@ pub enum ShimError {
     /// A build task panicked or was cancelled.
     #[error("the build task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// An image's documents cannot be attested.
+    #[error("attesting the image's documents: {0}")]
+    Attach(String),
     /// The build queue is full: the image is not built now.
     #[error("{queued} builds are waiting already (NIXERY_MAX_QUEUED_BUILDS)")]
     Busy {
@@ -174,6 +178,8 @@ pub struct ShimConfig {
     /// The most builds that wait for a slot; past it, a cold image is
     /// answered 429 at once.
     pub max_queued_builds: usize,
+    /// Signs images for cosign ([`referrers::signed`]).
+    pub signing_key: Option<Arc<crate::supply_chain::key::SigningKey>>,
 }
 
 /// A stored manifest.
@@ -211,6 +217,14 @@ pub struct ErrorRecord {
     pub summary: String,
     /// What went wrong, in full (Nix's log, store paths).
     pub message: String,
+}
+
+/// The name and tag an image was first asked for by (what its documents
+/// call it).
+#[derive(Debug, Clone)]
+struct ImageName {
+    name: String,
+    tag: String,
 }
 
 /// A resolved source revision and when it was looked up.
@@ -410,6 +424,10 @@ impl Shim {
         }
         let storage = self.storage.clone();
         let index = tokio::task::spawn_blocking(move || store_index(&*storage, &entries)).await.map_err(|e| Arc::new(ShimError::Task(e)))?.map_err(Arc::new)?;
+        // An index has no documents of its own (its images have), but is
+        // the shim's to sign.
+        let unlisted = [(index.oci.digest.clone(), vec![]), (index.docker.digest.clone(), vec![])];
+        referrers::record(&*self.storage, &unlisted).await.map_err(|e| Arc::new(e.into()))?;
         Ok(Arc::new(index))
     }
 
@@ -453,13 +471,14 @@ impl Shim {
         // only: warm requests pay for no span).
         use tracing::Instrument;
         let span = tracing::info_span!("request", id = %request_id);
+        let image_name = ImageName { name: name.to_string(), tag: tag.to_string() };
         let task = tokio::spawn(
             async move {
                 let loader = this.clone();
                 let loading_key = key.clone();
                 let result = this
                     .images
-                    .try_get_with(key.clone(), async move { loader.load_or_build(&loading_key, &request, &source, &label).await.map(Arc::new) })
+                    .try_get_with(key.clone(), async move { loader.load_or_build(&loading_key, &request, &source, &image_name, &label).await.map(Arc::new) })
                     .await;
                 if let Err(e) = &result {
                     if e.is_lasting() {
@@ -538,7 +557,14 @@ impl Shim {
         ])
     }
 
-    async fn load_or_build(self: &Arc<Self>, key: &str, request: &ImageRequest, source: &ResolvedSource, label: &str) -> Result<BuiltImage, ShimError> {
+    async fn load_or_build(
+        self: &Arc<Self>,
+        key: &str,
+        request: &ImageRequest,
+        source: &ResolvedSource,
+        name: &ImageName,
+        label: &str,
+    ) -> Result<BuiltImage, ShimError> {
         let meta_key = format!("manifests/{key}.json");
         if let Some(bytes) = self.storage.get_meta(&meta_key).await? {
             if let Ok(mut img) = serde_json::from_slice::<BuiltImage>(&bytes) {
@@ -549,7 +575,7 @@ impl Shim {
                 }
             }
         }
-        let result = self.build(key, request, source, label).await;
+        let result = self.build(key, request, source, name, label).await;
         self.metrics.lookup(if result.is_ok() { "built" } else { "failed" });
         if result.is_err() {
             self.metrics.builds_failed.inc();
@@ -558,7 +584,14 @@ impl Shim {
     }
 
     /// Builds the image (nix-build, then assembly) and stores it.
-    async fn build(self: &Arc<Self>, key: &str, request: &ImageRequest, source: &ResolvedSource, label: &str) -> Result<BuiltImage, ShimError> {
+    async fn build(
+        self: &Arc<Self>,
+        key: &str,
+        request: &ImageRequest,
+        source: &ResolvedSource,
+        name: &ImageName,
+        label: &str,
+    ) -> Result<BuiltImage, ShimError> {
         let meta_key = format!("manifests/{key}.json");
         let queued = Instant::now();
         let free = self.builds.try_acquire().ok();
@@ -625,21 +658,36 @@ impl Shim {
         let this = self.clone();
         let runtime = tokio::runtime::Handle::current();
         let assembling = Instant::now();
-        let built = tokio::task::spawn_blocking(move || -> Result<(BuiltImage, assembly::AssemblyStats), ShimError> {
+        let (name, source_type, revision) = (name.clone(), source.src_type, source.revision.clone());
+        let built = tokio::task::spawn_blocking(move || -> Result<(BuiltImage, assembly::AssemblyStats, Vec<_>), ShimError> {
             let plan = assembly::plan(&spec, &graph)?;
             for w in &plan.warnings {
                 tracing::warn!("{w}");
             }
             let store = layers::StorageLayers { storage: &this.storage, cache: &this.layers, runtime };
             let (image, stats) = assembly::assemble(plan, &store)?;
-            Ok((store_manifests(&*this.storage, &image)?, stats))
+            let img = store_manifests(&*this.storage, &image)?;
+            // Its SBOMs and provenance, as referrers of both manifests.
+            let facts = crate::sbom::ImageFacts {
+                name: &name.name,
+                tag: &name.tag,
+                created: &spec.created,
+                manifest: &img.oci.digest,
+                graph: &graph,
+                meta: &[],
+                base_layers: Vec::new(),
+            };
+            let documents = crate::supply_chain::documents(&facts, &crate::provenance::Invocation::Shim { source_type, revision: &revision });
+            let referrers = referrers::store_documents(&*this.storage, &img, &documents)?;
+            Ok((img, stats, referrers))
         })
         .await?
         .inspect_err(|e| {
             tracing::error!(image = label, error = %e, "building the image failed");
             self.record_error(label, e);
         })?;
-        let (img, stats) = built;
+        let (img, stats, listed) = built;
+        referrers::record(&*self.storage, &listed).await?;
         self.storage.put_meta(&meta_key, &serde_json::to_vec(&img).expect("json")).await?;
         self.metrics.build_duration.observe(started.elapsed().as_secs_f64());
         self.metrics.layers.get_or_create(&metrics::ResultLabel { result: "reused" }).inc_by(stats.reused as u64);

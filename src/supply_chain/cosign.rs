@@ -20,7 +20,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use super::key::{SigningKey, VerifyingKey};
-use super::{Artifact, DocumentKind};
+use super::{Artifact, Blob, DocumentKind};
 use crate::digest::Digest;
 use crate::image::media_type;
 
@@ -89,32 +89,33 @@ pub fn statement(repository: &str, digest: &Digest, predicate_type: &str, predic
 
 /// The manifest cosign writes for `layers` (bytes, media type,
 /// annotations): a config naming them as its diff_ids.
-fn cosign_manifest(layers: Vec<(Vec<u8>, &str, Value)>) -> Artifact {
-    let digests: Vec<Digest> = layers.iter().map(|(bytes, _, _)| Digest::of(bytes)).collect();
+fn cosign_manifest(layers: Vec<(Vec<u8>, &'static str, Value)>) -> Artifact {
+    let annotations: Vec<Value> = layers.iter().map(|(_, _, a)| a.clone()).collect();
+    let layers: Vec<Blob> = layers.into_iter().map(|(bytes, media, _)| Blob::new(media, bytes)).collect();
     let config = serde_json::to_vec(&json!({
         "architecture": "",
         "config": {},
         "created": "0001-01-01T00:00:00Z",
         "history": [{ "created": "0001-01-01T00:00:00Z" }],
         "os": "",
-        "rootfs": { "type": "layers", "diff_ids": digests.iter().map(|d| d.to_string()).collect::<Vec<_>>() },
+        "rootfs": { "type": "layers", "diff_ids": layers.iter().map(|b| b.digest.to_string()).collect::<Vec<_>>() },
     }))
     .expect("json");
-    let config_digest = Digest::of(&config);
+    let config = Blob::new(media_type::OCI_CONFIG, config);
     let descriptors: Vec<Value> = layers
         .iter()
-        .zip(&digests)
-        .map(|((bytes, media, annotations), d)| json!({ "mediaType": media, "size": bytes.len(), "digest": d.to_string(), "annotations": annotations }))
+        .zip(annotations)
+        .map(|(b, annotations)| json!({ "mediaType": b.media_type, "size": b.bytes.len(), "digest": b.digest.to_string(), "annotations": annotations }))
         .collect();
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": media_type::OCI_MANIFEST,
-        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "size": config.len(), "digest": config_digest.to_string() },
+        "config": { "mediaType": config.media_type, "size": config.bytes.len(), "digest": config.digest.to_string() },
         "layers": descriptors,
     }))
     .expect("json");
-    let mut blobs: Vec<(Digest, Vec<u8>)> = digests.into_iter().zip(layers.into_iter().map(|(b, _, _)| b)).collect();
-    blobs.push((config_digest, config));
+    let mut blobs = layers;
+    blobs.push(config);
     Artifact { digest: Digest::of(&manifest), manifest, media_type: media_type::OCI_MANIFEST, artifact_type: None, blobs }
 }
 
@@ -231,7 +232,7 @@ mod tests {
     }
 
     fn blobs(a: &Artifact) -> impl FnMut(&Digest) -> Result<Vec<u8>, String> + '_ {
-        |d| a.blobs.iter().find(|(b, _)| b == d).map(|(_, bytes)| bytes.clone()).ok_or_else(|| format!("no blob {d}"))
+        |d| a.blobs.iter().find(|b| b.digest == *d).map(|b| b.bytes.clone()).ok_or_else(|| format!("no blob {d}"))
     }
 
     #[test]
@@ -239,7 +240,7 @@ mod tests {
         let key = key();
         let digest = Digest::of(b"manifest");
         let sig = signature(&key, "127.0.0.1:5000/app", &digest);
-        let payload: Value = serde_json::from_slice(&sig.blobs[0].1).unwrap();
+        let payload: Value = serde_json::from_slice(&sig.blobs[0].bytes).unwrap();
         assert_eq!(payload["critical"]["image"]["docker-manifest-digest"], digest.to_string());
         assert_eq!(verify_signatures(&key.public(), &digest, &sig.manifest, blobs(&sig)), Ok(1));
         // Not for another image, not with another key.
@@ -272,7 +273,7 @@ mod tests {
         assert_eq!(verify_attestations(&key.public(), &digest, &att.manifest, blobs(&att)), Ok(expected));
         assert_eq!(verify_attestations(&key.public(), &Digest::of(b"other"), &att.manifest, blobs(&att)), Ok(vec![]));
         // The provenance's predicate is attested, not its whole statement.
-        let envelope: Value = serde_json::from_slice(&att.blobs[2].1).unwrap();
+        let envelope: Value = serde_json::from_slice(&att.blobs[2].bytes).unwrap();
         let statement: Value =
             serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(envelope["payload"].as_str().unwrap()).unwrap()).unwrap();
         assert_eq!(statement["predicate"], json!({ "of": crate::provenance::PROVENANCE_FILE }));

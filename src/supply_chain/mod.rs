@@ -70,6 +70,17 @@ pub fn document_kind(file: &str) -> Option<DocumentKind> {
     DOCUMENTS.into_iter().find(|k| k.file == file)
 }
 
+/// The documents of an image: its SBOMs and provenance, as the files
+/// beside its layout hold them.
+pub fn documents(facts: &crate::sbom::ImageFacts, invocation: &crate::provenance::Invocation) -> Vec<(DocumentKind, Vec<u8>)> {
+    let json = |v: serde_json::Value| serde_json::to_vec_pretty(&v).expect("json");
+    vec![
+        (DOCUMENTS[0], json(crate::sbom::spdx(facts))),
+        (DOCUMENTS[1], json(crate::sbom::cyclonedx(facts))),
+        (DOCUMENTS[2], json(crate::provenance::statement(facts, invocation))),
+    ]
+}
+
 /// A manifest and the blobs it needs, ready to be stored or uploaded
 /// (blobs first, then the manifest).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,8 +93,26 @@ pub struct Artifact {
     pub media_type: &'static str,
     /// What it is (a referrer's `artifactType`), for the listings.
     pub artifact_type: Option<&'static str>,
-    /// Its config and layers: (digest, bytes).
-    pub blobs: Vec<(Digest, Vec<u8>)>,
+    /// Its config and layers.
+    pub blobs: Vec<Blob>,
+}
+
+/// A blob of an [`Artifact`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its media type, as its descriptor names it.
+    pub media_type: &'static str,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl Blob {
+    /// A blob of `bytes`.
+    pub fn new(media_type: &'static str, bytes: Vec<u8>) -> Blob {
+        Blob { digest: Digest::of(&bytes), media_type, bytes }
+    }
 }
 
 impl Artifact {

@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 
-use super::{Artifact, DocumentKind};
+use super::{Artifact, Blob, DocumentKind};
 use crate::digest::Digest;
 use crate::image::media_type;
 
@@ -42,7 +42,7 @@ pub fn artifact(kind: &DocumentKind, document: &[u8], subject: &Value) -> Artifa
         manifest,
         media_type: media_type::OCI_MANIFEST,
         artifact_type: Some(kind.artifact_type),
-        blobs: vec![(Digest::of(EMPTY_JSON), EMPTY_JSON.to_vec()), (blob, document.to_vec())],
+        blobs: vec![Blob::new(EMPTY_MEDIA_TYPE, EMPTY_JSON.to_vec()), Blob { digest: blob, media_type: kind.artifact_type, bytes: document.to_vec() }],
     }
 }
 
@@ -73,7 +73,7 @@ mod tests {
         assert_eq!(m["artifactType"], "application/spdx+json");
         assert_eq!(m["layers"][0]["digest"], Digest::of(b"{\"spdxVersion\":\"SPDX-2.3\"}").to_string());
         assert_eq!(a.digest, Digest::of(&a.manifest));
-        assert!(a.blobs.iter().all(|(d, b)| *d == Digest::of(b)));
+        assert!(a.blobs.iter().all(|b| b.digest == Digest::of(&b.bytes)));
     }
 
     #[test]
