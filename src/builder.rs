@@ -544,8 +544,9 @@ pub fn pack_group_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
 }
 
 /// Writes the image's SBOMs and provenance beside its `index.json` when
-/// the spec asks.
-fn write_sboms(b: &Build, created: &str, tag: &str, manifest: &crate::digest::Digest, base_layers: Vec<crate::digest::Digest>) -> Result<(), BuildError> {
+/// the spec asks, and lists them in it as referrers of the image.
+fn write_sboms(b: &Build, created: &str, tag: &str, docs: &image::ImageDocs, base_layers: Vec<crate::digest::Digest>) -> Result<(), BuildError> {
+    let manifest = &docs.manifest_digest;
     if !b.spec.sbom {
         return Ok(());
     }
@@ -553,10 +554,13 @@ fn write_sboms(b: &Build, created: &str, tag: &str, manifest: &crate::digest::Di
     let function = if b.spec.format == Format::Stream { "streamNixeryImage" } else { "buildNixeryImage" };
     let helper = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default();
     let invocation = crate::provenance::Invocation::Library { function, helper: &helper };
-    for (kind, bytes) in crate::supply_chain::documents(&facts, &invocation) {
+    let documents = crate::supply_chain::documents(&facts, &invocation);
+    for (kind, bytes) in &documents {
         let path = b.out.join(kind.file);
         fs::write(&path, bytes).map_err(|source| BuildError::Write { path: path.clone(), source })?;
     }
+    let subject = crate::supply_chain::referrers::subject(docs.manifest_media_type, manifest, docs.manifest.len());
+    image::layout::add_referrers(&b.out, &crate::supply_chain::referrers::artifacts(&documents, &subject))?;
     Ok(())
 }
 
@@ -589,7 +593,7 @@ pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
         }
         let (image, _) = assembly::assemble(plan, &store).map_err(assembly_error)?;
         let docs = image::write_oci_layout(&image, name, &tag, &b.out)?;
-        write_sboms(&b, &spec.created, &tag, &docs.manifest_digest, base_layers)?;
+        write_sboms(&b, &spec.created, &tag, &docs, base_layers)?;
         let recipes = store.recipes();
         let doc = crate::image::stream::StreamDoc {
             version: crate::image::stream::STREAM_VERSION,
@@ -615,7 +619,7 @@ pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     let (image, stats) = assembly::assemble(plan, &store).map_err(assembly_error)?;
     let docs = image::write_oci_layout(&image, name, &tag, &layout_dir)?;
     if b.spec.format == Format::OciDir {
-        write_sboms(&b, &spec.created, &tag, &docs.manifest_digest, base_layers)?;
+        write_sboms(&b, &spec.created, &tag, &docs, base_layers)?;
     }
     if b.spec.format == Format::DockerArchive {
         let layout = image::read_oci_layout(&layout_dir)?;

@@ -505,6 +505,28 @@ fn sboms_and_provenance_list_exactly_the_store_paths_in_the_layers_and_validate(
     assert!(deps.iter().all(|d| d["digest"]["sha256"].as_str().is_some_and(|h| h.len() == 64)), "each with its NAR hash");
     assert_eq!(provenance["predicate"]["buildDefinition"]["externalParameters"]["function"], "buildNixeryImage");
 
+    // The layout lists the three as referrers of the image, after it:
+    // oras 1.2 finds them, and readers that take the image by tag
+    // (skopeo's oci:DIR:TAG, nixery load) still see one image.
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(image.join("index.json")).unwrap()).unwrap();
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 4);
+    assert!(entries[0].get("artifactType").is_none() && entries[0]["digest"] == digest);
+    for e in &entries[1..] {
+        let m = layout_blob(&image, e["digest"].as_str().unwrap());
+        assert_eq!(m["subject"]["digest"], digest);
+        assert_eq!(m["artifactType"], e["artifactType"]);
+    }
+    let out = run(crate::support::world::debian13_command("oras", &[&image])
+        .args(["discover", "--format", "json", "--oci-layout"])
+        .arg(format!("{}:v1", image.display())));
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut types: Vec<&str> = found["manifests"].as_array().unwrap().iter().map(|m| m["artifactType"].as_str().unwrap()).collect();
+    types.sort();
+    assert_eq!(types, ["application/spdx+json", "application/vnd.cyclonedx+json", "application/vnd.in-toto+json"]);
+    let inspect: serde_json::Value = serde_json::from_str(&run_stdout(skopeo().arg("inspect").arg(format!("oci:{}:v1", image.display())))).unwrap();
+    assert_eq!(inspect["Digest"], digest);
+
     // Two builds give the same bytes (nix-build --check builds again and compares).
     let file = expr_file(dir.path(), body);
     run(nix_build_cmd(&file).arg("--check"));

@@ -129,3 +129,65 @@ in_both_worlds! {
         assert_eq!(nixery::digest::Digest::of(&single).to_string(), index["manifests"][1]["digest"].as_str().unwrap());
     }
 }
+
+/// An index's layout keeps each image's SBOMs and provenance as referrers
+/// of that image; `nixery push --sign-key` signs the index and each image,
+/// attests each image's documents, and pushes its referrers, so cosign
+/// and oras find them by the image's digest (what a client of one platform
+/// pulls).
+#[test]
+fn an_index_pushes_each_images_referrers_and_signs_each_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let expr = format!(
+        r#"let
+      arm = import {}/tests/pkgs {{ system = "aarch64-linux"; }};
+      image = p: nixery.buildNixeryImage {{ name = "hello"; tag = "v1"; contents = [ p.hello p.busybox ]; config.Cmd = [ "/bin/hello" ]; }};
+    in
+    nixery.buildNixeryIndex {{ name = "hello"; tag = "v1"; images = [ (image pkgs) (image arm) ]; }}"#,
+        repo().display()
+    );
+    let index = nix_build_expr(dir.path(), &expr);
+    let listed: serde_json::Value = serde_json::from_slice(&std::fs::read(index.join("index.json")).unwrap()).unwrap();
+    let entries = listed["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 7, "the index, then three documents of each of its two images");
+    let children: Vec<String> = layout_blob(&index, entries[0]["digest"].as_str().unwrap())["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap().to_string())
+        .collect();
+    for e in &entries[1..] {
+        let subject = layout_blob(&index, e["digest"].as_str().unwrap())["subject"]["digest"].as_str().unwrap().to_string();
+        assert!(children.contains(&subject), "{subject} is one of the images");
+    }
+
+    let key = dir.path().join("key.pem");
+    let public = dir.path().join("key.pub");
+    run(Command::new("openssl").args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"]).arg(&key));
+    run(Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&key).arg("-out").arg(&public));
+    let registry = Registry::start();
+    let name = format!("{}/signed-index", registry.host());
+    let out = run(Command::new(helper()).arg("push").arg("--sign-key").arg(&key).arg(&index).arg(format!("{name}:v1")));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("as 6 referrers"), "{}", String::from_utf8_lossy(&out.stderr));
+    let cosign = |args: &[&str], reference: &str| {
+        crate::support::world::debian13_command("cosign", &[dir.path()])
+            .args(args)
+            .args(["--insecure-ignore-tlog=true", "--allow-http-registry=true", "--key"])
+            .arg(&public)
+            .arg(reference)
+            .output()
+            .unwrap()
+    };
+    let ok = cosign(&["verify"], &format!("{name}:v1"));
+    assert!(ok.status.success(), "the index is signed: {}", String::from_utf8_lossy(&ok.stderr));
+    for child in &children {
+        let reference = format!("{name}@{child}");
+        let ok = cosign(&["verify-attestation", "--type", "spdxjson"], &reference);
+        assert!(ok.status.success(), "{child}: {}", String::from_utf8_lossy(&ok.stderr));
+        let ours = run_stdout(
+            Command::new(helper()).args(["verify", "--attestation", "cyclonedx", "--attestation", "slsaprovenance1", "--key"]).arg(&public).arg(&reference),
+        );
+        assert_eq!(ours.matches("  referrer ").count(), 3, "{ours}");
+        assert!(ours.contains("signature: verified"), "{ours}");
+    }
+}

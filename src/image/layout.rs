@@ -67,6 +67,29 @@ pub fn write_oci_layout(image: &Image, name: &str, tag: &str, out: &Path) -> Res
     Ok(docs)
 }
 
+/// Lists `artifacts` (referrers of the layout's image: its SBOMs and
+/// provenance) in the layout at `out`, after its image, and writes their
+/// blobs: `oras discover --oci-layout DIR:TAG` finds them, `nixery push`
+/// pushes them. Readers that take an image by tag (`oci:DIR:TAG`, nixery)
+/// are not affected; one that takes the layout's only image (`oci:DIR`
+/// without a tag) then sees several entries and asks for the tag.
+pub fn add_referrers(out: &Path, artifacts: &[crate::supply_chain::Artifact]) -> Result<(), ImageError> {
+    if artifacts.is_empty() {
+        return Ok(());
+    }
+    let mut entries = OciLayout::open(out)?.entries;
+    for a in artifacts {
+        for b in &a.blobs {
+            write_blob(out, &b.digest, &b.bytes)?;
+        }
+        write_blob(out, &a.digest, &a.manifest)?;
+        let mut d = Descriptor::new(&a.media_type, a.digest.clone(), a.manifest.len() as u64);
+        d.artifact_type = a.artifact_type.clone();
+        entries.push(d);
+    }
+    oci::write_layout_index(out, entries)
+}
+
 /// An image read back from an OCI layout directory.
 #[derive(Debug, Clone)]
 pub struct LayoutImage {
@@ -100,14 +123,25 @@ impl OciLayout {
         Ok(OciLayout { dir: dir.to_path_buf(), entries: index.manifests })
     }
 
-    /// The tags of the entries, for messages.
-    pub fn tags(&self) -> String {
-        self.entries.iter().filter_map(Descriptor::tag).collect::<Vec<_>>().join(", ")
+    /// The entries that are images (or indexes), not referrers.
+    pub fn images(&self) -> impl Iterator<Item = &Descriptor> {
+        self.entries.iter().filter(|d| d.artifact_type.is_none())
     }
 
-    /// The entries tagged `tag`; all of them without one.
+    /// The entries that are referrers (SBOMs, provenance): artifact
+    /// manifests about an image of the layout.
+    pub fn referrers(&self) -> impl Iterator<Item = &Descriptor> {
+        self.entries.iter().filter(|d| d.artifact_type.is_some())
+    }
+
+    /// The tags of the images, for messages.
+    pub fn tags(&self) -> String {
+        self.images().filter_map(Descriptor::tag).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The images tagged `tag`; all of them without one.
     pub fn tagged(&self, tag: Option<&str>) -> Vec<&Descriptor> {
-        self.entries.iter().filter(|d| tag.is_none() || d.tag() == tag).collect()
+        self.images().filter(|d| tag.is_none() || d.tag() == tag).collect()
     }
 
     /// Where a blob is.
@@ -149,7 +183,7 @@ impl OciLayout {
 /// Reads the first image of an OCI layout written by [`write_oci_layout`].
 pub fn read_oci_layout(dir: &Path) -> Result<LayoutImage, ImageError> {
     let layout = OciLayout::open(dir)?;
-    let desc = layout.entries.first().ok_or_else(|| layout.error("index.json names no manifest"))?;
+    let desc = layout.images().next().ok_or_else(|| layout.error("index.json names no manifest"))?;
     let manifest = layout.manifest(&desc.digest)?;
     let config = layout.read_document(&manifest.config.digest)?;
     Ok(LayoutImage { dir: dir.to_path_buf(), config, config_digest: manifest.config.digest, layers: manifest.layers, ref_name: desc.tag().map(str::to_string) })
@@ -165,9 +199,11 @@ pub fn write_index_layout(images: &[PathBuf], name: &str, tag: &str, out: &Path)
     fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
     let mut entries: Vec<Descriptor> = Vec::new();
     let mut recipes: Option<crate::image::stream::StreamDoc> = None;
+    let mut referrers: Vec<Descriptor> = Vec::new();
     for dir in images {
         let layout = OciLayout::open(dir)?;
-        let [desc] = layout.entries.as_slice() else { return Err(layout.error("not a layout of one image")) };
+        let images: Vec<&Descriptor> = layout.images().collect();
+        let [desc] = images.as_slice() else { return Err(layout.error("not a layout of one image")) };
         if desc.media_type != media_type::OCI_MANIFEST {
             return Err(layout.error(format!("an index takes images, not {}", desc.media_type)));
         }
@@ -195,6 +231,8 @@ pub fn write_index_layout(images: &[PathBuf], name: &str, tag: &str, out: &Path)
         let mut entry = Descriptor::new(&desc.media_type, desc.digest.clone(), desc.size);
         entry.platform = Some(platform);
         entries.push(entry);
+        // Each image's referrers stay listed, about that image.
+        referrers.extend(layout.referrers().cloned());
     }
     if entries.is_empty() {
         return Err(ImageError::Layout { dir: out.to_path_buf(), detail: "an index needs at least one image".into() });
@@ -203,7 +241,7 @@ pub fn write_index_layout(images: &[PathBuf], name: &str, tag: &str, out: &Path)
     let digest = Digest::of(&index);
     write_blob(out, &digest, &index)?;
     let desc = Descriptor::new(media_type::OCI_INDEX, digest.clone(), index.len() as u64);
-    oci::write_layout_index(out, vec![desc.tagged(Some(name), tag)])?;
+    oci::write_layout_index(out, std::iter::once(desc.tagged(Some(name), tag)).chain(referrers).collect())?;
     if let Some(r) = recipes {
         let path = out.join(crate::image::stream::STREAM_FILE);
         fs::write(&path, serde_json::to_vec_pretty(&r).expect("json")).map_err(io_err(path))?;

@@ -37,6 +37,10 @@ pub struct Descriptor {
     pub digest: Digest,
     /// The blob's size in bytes.
     pub size: u64,
+    /// What an artifact manifest is (a referrer's type: an SBOM, the
+    /// provenance); none for an image.
+    #[serde(rename = "artifactType", default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
     /// The platform of a manifest in an index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
@@ -48,7 +52,7 @@ pub struct Descriptor {
 impl Descriptor {
     /// A descriptor with no platform and no annotations.
     pub fn new(media_type: &str, digest: Digest, size: u64) -> Descriptor {
-        Descriptor { media_type: media_type.to_string(), digest, size, platform: None, annotations: BTreeMap::new() }
+        Descriptor { media_type: media_type.to_string(), digest, size, artifact_type: None, platform: None, annotations: BTreeMap::new() }
     }
 
     /// The descriptor of `bytes`.

@@ -160,6 +160,9 @@ pub struct Source {
     /// When the source is an image index: its images' manifests (digest,
     /// media type, bytes), pushed by digest before the index.
     pub children: Vec<(Digest, String, Vec<u8>)>,
+    /// The referrers the layout lists of the image or its children (its
+    /// SBOMs and provenance, as the build made them): (subject, artifact).
+    pub referrers: Vec<(Digest, crate::supply_chain::Artifact)>,
     stream: Option<(PackOptions, Vec<LayerRecipe>)>,
     /// Layout blobs whose bytes were checked against their digests.
     checked: Mutex<std::collections::HashSet<Digest>>,
@@ -169,10 +172,51 @@ fn source_error(path: &Path, detail: impl Into<String>) -> PushError {
     PushError::Source { path: path.display().to_string(), detail: detail.into() }
 }
 
+/// The referrers `layout` lists about `subjects`, read with their blobs
+/// (each checked against its digest).
+fn layout_referrers(layout: &OciLayout, subjects: &[Digest]) -> Result<Vec<(Digest, crate::supply_chain::Artifact)>, PushError> {
+    let mut out = Vec::new();
+    for d in layout.referrers() {
+        let manifest = layout.read_document(&d.digest)?;
+        let m = crate::image::oci::ImageManifest::from_slice(&manifest)?;
+        let subject: Option<Digest> =
+            serde_json::from_slice::<serde_json::Value>(&manifest).ok().and_then(|v| v["subject"]["digest"].as_str().and_then(|s| Digest::parse(s).ok()));
+        let Some(subject) = subject.filter(|s| subjects.contains(s)) else { continue };
+        let mut blobs = Vec::new();
+        for b in std::iter::once(&m.config).chain(&m.layers) {
+            blobs.push(crate::supply_chain::Blob { digest: b.digest.clone(), media_type: b.media_type.clone(), bytes: layout.read_document(&b.digest)? });
+        }
+        let artifact = crate::supply_chain::Artifact {
+            manifest,
+            digest: d.digest.clone(),
+            media_type: d.media_type.clone(),
+            artifact_type: d.artifact_type.clone(),
+            blobs,
+        };
+        out.push((subject, artifact));
+    }
+    Ok(out)
+}
+
 impl Source {
+    /// The documents of the image's child `subject` (an index's image),
+    /// from the referrers the layout lists about it.
+    pub fn documents_of(&self, subject: &Digest) -> Vec<(DocumentKind, Vec<u8>)> {
+        self.referrers
+            .iter()
+            .filter(|(s, _)| s == subject)
+            .filter_map(|(_, a)| {
+                let kind = DOCUMENTS.into_iter().find(|k| a.artifact_type.as_deref() == Some(k.artifact_type))?;
+                let blob = a.blobs.iter().find(|b| b.media_type == kind.artifact_type)?;
+                Some((kind, blob.bytes.clone()))
+            })
+            .collect()
+    }
+
     /// The documents the build wrote beside the image, read once for the
-    /// referrers and the attestations (none for an index, nor for an image
-    /// built with `sbom = false`).
+    /// referrers and the attestations (none for an index, whose images
+    /// have theirs: [`Source::documents_of`], nor for an image built with
+    /// `sbom = false`).
     pub fn documents(&self) -> Result<Vec<(DocumentKind, Vec<u8>)>, PushError> {
         if !self.children.is_empty() {
             return Ok(vec![]);
@@ -247,7 +291,10 @@ impl Source {
             Err(_) => None,
         };
         let image_name = chosen.annotations.get(crate::image::oci::annotation::IMAGE_NAME).cloned();
-        let source = Source { media_type: chosen.media_type.clone(), dir, manifest, blobs, image_name, children, stream, checked: Default::default() };
+        let subjects: Vec<Digest> = std::iter::once(chosen.digest.clone()).chain(children.iter().map(|(d, _, _)| d.clone())).collect();
+        let referrers = layout_referrers(&layout, &subjects)?;
+        let source =
+            Source { media_type: chosen.media_type.clone(), dir, manifest, blobs, image_name, children, referrers, stream, checked: Default::default() };
         for b in &source.blobs {
             let path = source.blob_path(&b.digest);
             match std::fs::metadata(&path) {
@@ -472,21 +519,41 @@ pub fn push(source: &Source, dest: &Destination, opts: &PushOptions) -> Result<P
     }
     let digest = client.put_manifest(&dest.tag, &source.media_type, &source.manifest)?;
     let mut report = report.into_inner().expect("lock");
+    // The referrers the layout lists (each image's SBOMs and provenance);
+    // for a layout from before they were listed, made from the documents.
     let documents = source.documents()?;
-    let subject = crate::supply_chain::referrers::subject(&source.media_type, &digest, source.manifest.len());
-    let artifacts = crate::supply_chain::referrers::artifacts(&documents, &subject);
-    referrers::push_referrers(&client, &digest, &artifacts)?;
-    report.referrers = artifacts.iter().map(|a| a.digest.clone()).collect();
+    let mut referrers: Vec<(Digest, crate::supply_chain::Artifact)> = source.referrers.clone();
+    if !referrers.iter().any(|(s, _)| *s == digest) {
+        let subject = crate::supply_chain::referrers::subject(&source.media_type, &digest, source.manifest.len());
+        referrers.extend(crate::supply_chain::referrers::artifacts(&documents, &subject).into_iter().map(|a| (digest.clone(), a)));
+    }
+    let subjects: std::collections::BTreeSet<&Digest> = referrers.iter().map(|(s, _)| s).collect();
+    for subject in subjects {
+        let about: Vec<crate::supply_chain::Artifact> = referrers.iter().filter(|(s, _)| s == subject).map(|(_, a)| a.clone()).collect();
+        referrers::push_referrers(&client, subject, &about)?;
+    }
+    report.referrers = referrers.iter().map(|(_, a)| a.digest.clone()).collect();
     if let Some(key) = &opts.sign_key {
         let repository = format!("{}/{}", dest.registry, dest.repository);
-        let signature = cosign::signature(key, &repository, &digest);
-        referrers::push_artifact(&client, &signature, Some(&cosign::signature_tag(&digest)))?;
-        report.signature = Some(signature.digest);
-        if !documents.is_empty() {
-            let attestations = cosign::attestations(key, &repository, &digest, &documents)
-                .map_err(|detail| PushError::Source { path: source.dir.display().to_string(), detail })?;
-            referrers::push_artifact(&client, &attestations, Some(&cosign::attestation_tag(&digest)))?;
-            report.attestations = Some(attestations.digest);
+        // The image (or index), then an index's images: each signed, each
+        // with documents attested.
+        let mut signed: Vec<(Digest, Vec<(DocumentKind, Vec<u8>)>)> = vec![(digest.clone(), documents)];
+        signed.extend(source.children.iter().map(|(d, _, _)| (d.clone(), source.documents_of(d))));
+        for (subject, documents) in signed {
+            let signature = cosign::signature(key, &repository, &subject);
+            referrers::push_artifact(&client, &signature, Some(&cosign::signature_tag(&subject)))?;
+            let attested = if documents.is_empty() {
+                None
+            } else {
+                let attestations = cosign::attestations(key, &repository, &subject, &documents)
+                    .map_err(|detail| PushError::Source { path: source.dir.display().to_string(), detail })?;
+                referrers::push_artifact(&client, &attestations, Some(&cosign::attestation_tag(&subject)))?;
+                Some(attestations.digest)
+            };
+            if subject == digest {
+                report.signature = Some(signature.digest);
+                report.attestations = attested;
+            }
         }
     }
     report.digest = Some(digest);

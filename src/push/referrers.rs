@@ -24,7 +24,7 @@ pub fn push_artifact(client: &Client, artifact: &Artifact, reference: Option<&st
         client.ensure_blob(&blob.digest, &blob.bytes)?;
     }
     let reference = reference.map_or_else(|| artifact.digest.to_string(), str::to_string);
-    let (_, acked) = client.put_manifest_acked(&reference, artifact.media_type, &artifact.manifest)?;
+    let (_, acked) = client.put_manifest_acked(&reference, &artifact.media_type, &artifact.manifest)?;
     Ok(acked)
 }
 

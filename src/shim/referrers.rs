@@ -46,13 +46,13 @@ pub fn key_id(key: &SigningKey) -> String {
 /// Stores an artifact's blobs, then its manifest (blocking).
 fn store(storage: &dyn Storage, artifact: &Artifact) -> Result<StoredManifest, StorageError> {
     for b in &artifact.blobs {
-        put_bytes(storage, &b.bytes, b.media_type)?;
+        put_bytes(storage, &b.bytes, &b.media_type)?;
     }
-    put_bytes(storage, &artifact.manifest, artifact.media_type)?;
+    put_bytes(storage, &artifact.manifest, &artifact.media_type)?;
     Ok(StoredManifest {
         digest: artifact.digest.clone(),
         size: artifact.manifest.len() as u64,
-        media_type: artifact.media_type.to_string(),
+        media_type: artifact.media_type.clone(),
         bytes: Some(artifact.manifest.clone().into()),
     })
 }

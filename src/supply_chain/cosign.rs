@@ -116,7 +116,7 @@ fn cosign_manifest(layers: Vec<(Vec<u8>, &'static str, Value)>) -> Artifact {
     .expect("json");
     let mut blobs = layers;
     blobs.push(config);
-    Artifact { digest: Digest::of(&manifest), manifest, media_type: media_type::OCI_MANIFEST, artifact_type: None, blobs }
+    Artifact { digest: Digest::of(&manifest), manifest, media_type: media_type::OCI_MANIFEST.to_string(), artifact_type: None, blobs }
 }
 
 /// The signature of manifest `digest` in `repository`, under

@@ -90,9 +90,9 @@ pub struct Artifact {
     /// Their digest.
     pub digest: Digest,
     /// Its media type.
-    pub media_type: &'static str,
+    pub media_type: String,
     /// What it is (a referrer's `artifactType`), for the listings.
-    pub artifact_type: Option<&'static str>,
+    pub artifact_type: Option<String>,
     /// Its config and layers.
     pub blobs: Vec<Blob>,
 }
@@ -103,15 +103,15 @@ pub struct Blob {
     /// Its digest.
     pub digest: Digest,
     /// Its media type, as its descriptor names it.
-    pub media_type: &'static str,
+    pub media_type: String,
     /// Its bytes.
     pub bytes: Vec<u8>,
 }
 
 impl Blob {
     /// A blob of `bytes`.
-    pub fn new(media_type: &'static str, bytes: Vec<u8>) -> Blob {
-        Blob { digest: Digest::of(&bytes), media_type, bytes }
+    pub fn new(media_type: &str, bytes: Vec<u8>) -> Blob {
+        Blob { digest: Digest::of(&bytes), media_type: media_type.to_string(), bytes }
     }
 }
 
@@ -119,8 +119,8 @@ impl Artifact {
     /// Its descriptor as an index lists it (with `artifactType`).
     pub fn descriptor(&self) -> serde_json::Value {
         let mut d = serde_json::json!({ "mediaType": self.media_type, "digest": self.digest.to_string(), "size": self.manifest.len() });
-        if let Some(t) = self.artifact_type {
-            d["artifactType"] = t.into();
+        if let Some(t) = &self.artifact_type {
+            d["artifactType"] = t.as_str().into();
         }
         d
     }

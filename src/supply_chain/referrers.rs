@@ -40,9 +40,12 @@ pub fn artifact(kind: &DocumentKind, document: &[u8], subject: &Value) -> Artifa
     Artifact {
         digest: Digest::of(&manifest),
         manifest,
-        media_type: media_type::OCI_MANIFEST,
-        artifact_type: Some(kind.artifact_type),
-        blobs: vec![Blob::new(EMPTY_MEDIA_TYPE, EMPTY_JSON.to_vec()), Blob { digest: blob, media_type: kind.artifact_type, bytes: document.to_vec() }],
+        media_type: media_type::OCI_MANIFEST.to_string(),
+        artifact_type: Some(kind.artifact_type.to_string()),
+        blobs: vec![
+            Blob::new(EMPTY_MEDIA_TYPE, EMPTY_JSON.to_vec()),
+            Blob { digest: blob, media_type: kind.artifact_type.to_string(), bytes: document.to_vec() },
+        ],
     }
 }
 
