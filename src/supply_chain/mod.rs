@@ -70,9 +70,12 @@ pub fn document_kind(file: &str) -> Option<DocumentKind> {
     DOCUMENTS.into_iter().find(|k| k.file == file)
 }
 
+/// An image's documents, each with its kind.
+pub type Documents = Vec<(DocumentKind, Vec<u8>)>;
+
 /// The documents of an image: its SBOMs and provenance, as the files
 /// beside its layout hold them.
-pub fn documents(facts: &crate::sbom::ImageFacts, invocation: &crate::provenance::Invocation) -> Vec<(DocumentKind, Vec<u8>)> {
+pub fn documents(facts: &crate::sbom::ImageFacts, invocation: &crate::provenance::Invocation) -> Documents {
     let json = |v: serde_json::Value| serde_json::to_vec_pretty(&v).expect("json");
     vec![
         (DOCUMENTS[0], json(crate::sbom::spdx(facts))),
