@@ -25,7 +25,7 @@ use crate::digest::Digest;
 use crate::image::{Descriptor, OciLayout};
 use crate::packing::{LayerContent, PackOptions};
 use crate::supply_chain::key::SigningKey;
-use crate::supply_chain::{cosign, DocumentKind, DOCUMENTS};
+use crate::supply_chain::{cosign, Documents, DOCUMENTS};
 
 pub mod client;
 pub mod credentials;
@@ -201,7 +201,7 @@ fn layout_referrers(layout: &OciLayout, subjects: &[Digest]) -> Result<Vec<(Dige
 impl Source {
     /// The documents of the image's child `subject` (an index's image),
     /// from the referrers the layout lists about it.
-    pub fn documents_of(&self, subject: &Digest) -> crate::supply_chain::Documents {
+    pub fn documents_of(&self, subject: &Digest) -> Documents {
         self.referrers
             .iter()
             .filter(|(s, _)| s == subject)
@@ -217,7 +217,7 @@ impl Source {
     /// referrers and the attestations (none for an index, whose images
     /// have theirs: [`Source::documents_of`], nor for an image built with
     /// `sbom = false`).
-    pub fn documents(&self) -> Result<crate::supply_chain::Documents, PushError> {
+    pub fn documents(&self) -> Result<Documents, PushError> {
         if !self.children.is_empty() {
             return Ok(vec![]);
         }
@@ -537,7 +537,7 @@ pub fn push(source: &Source, dest: &Destination, opts: &PushOptions) -> Result<P
         let repository = format!("{}/{}", dest.registry, dest.repository);
         // The image (or index), then an index's images: each signed, each
         // with documents attested.
-        let mut signed: Vec<(Digest, crate::supply_chain::Documents)> = vec![(digest.clone(), documents)];
+        let mut signed: Vec<(Digest, Documents)> = vec![(digest.clone(), documents)];
         signed.extend(source.children.iter().map(|(d, _, _)| (d.clone(), source.documents_of(d))));
         for (subject, documents) in signed {
             let signature = cosign::signature(key, &repository, &subject);
