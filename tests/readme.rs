@@ -120,6 +120,20 @@ fn walkthroughs_inside() {
     assert!(pushed.contains("sha256:"), "nixery push prints the manifest's digest:\n{pushed}");
     assert!(pushed.contains("Hello from Nix"), "the pushed image runs:\n{pushed}");
 
+    // Signed, and verified with the public key.
+    let signed = {
+        let child = bash(&walkthrough("image-sign"), &work, &env, 600).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let group = child.id();
+        let out = child.wait_with_output().unwrap();
+        let _ = Command::new("kill").arg("--").arg(format!("-{group}")).status();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "the README's signing walkthrough failed:\n{text}");
+        text
+    };
+    for line in ["signature: verified with key.pub", "attestation spdxjson (https://spdx.dev/Document): verified", "referrer application/spdx+json"] {
+        assert!(signed.contains(line), "nixery verify says {line:?}:\n{signed}");
+    }
+
     // The shim: started in one terminal, pulled from in another.
     let log = dir.path().join("serve.log");
     let _server = Group(bash(&walkthrough("shim-serve"), &work, &env, 600).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap());
