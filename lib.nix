@@ -366,6 +366,12 @@ let
     # Default: true.
     sbom ? true,
 
+    # Who supplies the image's packages, named in the SBOMs as each
+    # package's supplier (SPDX `Organization: …`, CycloneDX `supplier`):
+    # "NixOS" for packages from nixpkgs, as a distribution names itself.
+    # Default: null (NOASSERTION: a store path does not say).
+    sbomSupplier ? null,
+
     # Attributes of the result's meta, as for any derivation. Default: {}.
     meta ? { },
 
@@ -415,6 +421,7 @@ let
         else if !(isBool incremental) then fail name "`incremental` must be a boolean"
         else if !(isBool initializeNixDatabase) then fail name "`initializeNixDatabase` must be a boolean"
         else if !(isBool sbom) then fail name "`sbom` must be a boolean"
+        else if !(sbomSupplier == null || isString sbomSupplier && sbomSupplier != "") then fail name "`sbomSupplier` must be an organisation's name (a string, as \"NixOS\") or null"
         else if !(isInt nixUid && isInt nixGid) then fail name "`nixUid` and `nixGid` must be integers"
         else if !(elem layering [ "sharing" "nixery" "popularity-contest" ]) then
           fail name "`layering` must be \"sharing\", \"nixery\" or \"popularity-contest\", got ${toJSON layering}"
@@ -447,7 +454,7 @@ let
 
       spec = {
         version = specVersion;
-        inherit sbom;
+        inherit sbom sbomSupplier;
         packageMeta = if sbom then map packageMeta namedPackages else [ ];
         inherit name tag config maxLayers created format compression compressionLevel layering
           users groups initializeNixDatabase nixUid nixGid fromImageTag imageSystem architecture variant;

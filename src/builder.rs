@@ -186,6 +186,9 @@ pub struct BuildSpec {
     /// The meta of the packages the expression named, for the SBOMs.
     #[serde(default)]
     pub package_meta: Vec<crate::sbom::PackageMeta>,
+    /// Who supplies the packages, for the SBOMs (`sbomSupplier`).
+    #[serde(default)]
+    pub sbom_supplier: Option<String>,
     /// Who owns the Nix database (and the store, when not root).
     #[serde(default)]
     pub nix_uid: u32,
@@ -550,7 +553,16 @@ fn write_sboms(b: &Build, created: &str, tag: &str, docs: &image::ImageDocs, bas
     if !b.spec.sbom {
         return Ok(());
     }
-    let facts = crate::sbom::ImageFacts { name: &b.spec.name, tag, created, manifest, graph: &b.graph, meta: &b.spec.package_meta, base_layers };
+    let facts = crate::sbom::ImageFacts {
+        name: &b.spec.name,
+        tag,
+        created,
+        manifest,
+        graph: &b.graph,
+        meta: &b.spec.package_meta,
+        base_layers,
+        supplier: b.spec.sbom_supplier.as_deref(),
+    };
     let function = if b.spec.format == Format::Stream { "streamNixeryImage" } else { "buildNixeryImage" };
     let helper = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default();
     let invocation = crate::provenance::Invocation::Library { function, helper: &helper };

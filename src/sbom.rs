@@ -68,6 +68,9 @@ pub struct ImageFacts<'a> {
     pub meta: &'a [PackageMeta],
     /// The base image's layers (`fromImage`), bottom first.
     pub base_layers: Vec<Digest>,
+    /// Who supplies the image's packages (`sbomSupplier`: an
+    /// organisation, as `NixOS` for nixpkgs'), when the expression says.
+    pub supplier: Option<&'a str>,
 }
 
 /// A store path's name split as `builtins.parseDrvName` does.
@@ -179,7 +182,10 @@ fn components<'a>(facts: &'a ImageFacts<'a>) -> Vec<Component<'a>> {
             let meta = meta.get(info.path.as_str()).copied();
             let (name, version) = parse_name(full);
             let name = meta.and_then(|m| m.pname.clone()).unwrap_or_else(|| name.to_string());
-            let version = meta.and_then(|m| m.version.clone()).or_else(|| version.map(str::to_string));
+            // A path whose name has no version (a script, a source) is
+            // versioned by its store hash: what tells this build from
+            // any other of the same name.
+            let version = meta.and_then(|m| m.version.clone()).or_else(|| version.map(str::to_string)).or_else(|| Some(hash.to_string()));
             Component { info, hash, name, version, sha256: info.nar_hash.as_deref().and_then(nar_hash_hex), meta }
         })
         .collect()
@@ -198,13 +204,13 @@ fn tool() -> String {
 }
 
 /// An SPDX package with what nothing here asserts said so.
-fn spdx_package(id: &str, name: &str) -> Value {
+fn spdx_package(id: &str, name: &str, supplier: Option<&str>) -> Value {
     json!({
         "SPDXID": id,
         "name": name,
         "downloadLocation": "NOASSERTION",
         "filesAnalyzed": false,
-        "supplier": "NOASSERTION",
+        "supplier": supplier.map_or_else(|| "NOASSERTION".to_string(), |s| format!("Organization: {s}")),
         "licenseConcluded": "NOASSERTION",
         "licenseDeclared": "NOASSERTION",
         "copyrightText": "NOASSERTION",
@@ -215,7 +221,7 @@ fn spdx_package(id: &str, name: &str) -> Value {
 pub fn spdx(facts: &ImageFacts) -> Value {
     let comps = components(facts);
     let image_id = "SPDXRef-Image";
-    let mut image = spdx_package(image_id, facts.name);
+    let mut image = spdx_package(image_id, facts.name, facts.supplier);
     image["versionInfo"] = json!(facts.tag);
     image["primaryPackagePurpose"] = json!("CONTAINER");
     image["checksums"] = json!([{ "algorithm": "SHA256", "checksumValue": facts.manifest.hex() }]);
@@ -227,7 +233,7 @@ pub fn spdx(facts: &ImageFacts) -> Value {
     let mut packages = vec![image];
     let mut relationships = vec![json!({ "spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": image_id })];
     for c in &comps {
-        let mut p = spdx_package(&c.spdx_id(), &c.name);
+        let mut p = spdx_package(&c.spdx_id(), &c.name, facts.supplier);
         p["packageFileName"] = json!(c.info.path);
         p["licenseDeclared"] = json!(c.license().unwrap_or_else(|| "NOASSERTION".into()));
         p["externalRefs"] = json!([{ "referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": c.purl() }]);
@@ -259,7 +265,7 @@ pub fn spdx(facts: &ImageFacts) -> Value {
     }
     for (i, layer) in facts.base_layers.iter().enumerate() {
         let id = format!("SPDXRef-BaseLayer-{i}");
-        let mut p = spdx_package(&id, &format!("base image layer {layer}"));
+        let mut p = spdx_package(&id, &format!("base image layer {layer}"), None);
         p["checksums"] = json!([{ "algorithm": "SHA256", "checksumValue": layer.hex() }]);
         p["comment"] = json!(BASE_LAYER_NOTE);
         packages.push(p);
@@ -303,6 +309,9 @@ pub fn cyclonedx(facts: &ImageFacts) -> Value {
         if let Some(v) = &c.version {
             comp["version"] = json!(v);
         }
+        if let Some(s) = facts.supplier {
+            comp["supplier"] = json!({ "name": s });
+        }
         if let Some(h) = &c.sha256 {
             comp["hashes"] = json!([{ "alg": "SHA-256", "content": h }]);
         }
@@ -330,7 +339,7 @@ pub fn cyclonedx(facts: &ImageFacts) -> Value {
         }));
     }
     dependencies.insert(0, json!({ "ref": image_ref, "dependsOn": root_refs }));
-    json!({
+    let mut doc = json!({
         "bomFormat": "CycloneDX",
         "specVersion": "1.6",
         "serialNumber": format!("urn:uuid:{}", uuid_from(facts.manifest)),
@@ -348,7 +357,12 @@ pub fn cyclonedx(facts: &ImageFacts) -> Value {
         },
         "components": components,
         "dependencies": dependencies,
-    })
+    });
+    if let Some(s) = facts.supplier {
+        doc["metadata"]["supplier"] = json!({ "name": s });
+        doc["metadata"]["component"]["supplier"] = json!({ "name": s });
+    }
+    doc
 }
 
 #[cfg(test)]

@@ -438,11 +438,12 @@ in_both_worlds! {
 
 /// The SBOM validators (scripts/setup installs them from PyPI).
 const SBOM_TOOLS_PYTHON: &str = "/opt/nixery-tools/sbom-tools/bin/python";
+const SBOM_TOOLS_NTIA: &str = "/opt/nixery-tools/sbom-tools/bin/ntia-checker";
 
 #[test]
 fn sboms_and_provenance_list_exactly_the_store_paths_in_the_layers_and_validate() {
     let dir = tempfile::tempdir().unwrap();
-    let body = r#"nixery.buildNixeryImage { name = "sbom"; tag = "v1"; contents = [ pkgs.hello pkgs.jq ]; }"#;
+    let body = r#"nixery.buildNixeryImage { name = "sbom"; tag = "v1"; contents = [ pkgs.hello pkgs.jq pkgs.busybox ]; sbomSupplier = "NixOS"; }"#;
     let image = nix_build_expr(dir.path(), body);
     let spdx_file = image.join("sbom.spdx.json");
     let cdx_file = image.join("sbom.cdx.json");
@@ -455,6 +456,13 @@ fn sboms_and_provenance_list_exactly_the_store_paths_in_the_layers_and_validate(
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // NTIA's minimum elements: every package has a supplier (the one the
+    // expression names) and a version (busybox-static's name has none:
+    // its store hash), and the checker of PyPI says so.
+    let out = Command::new(SBOM_TOOLS_NTIA).arg(&spdx_file).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Conformant: True"), "{text}{}", String::from_utf8_lossy(&out.stderr));
 
     // Each store path in the image's layers is listed once, and nothing else.
     let (manifest, _) = layout_manifest(&image);

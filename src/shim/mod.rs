@@ -676,6 +676,7 @@ impl Shim {
                 graph: &graph,
                 meta: &[],
                 base_layers: Vec::new(),
+                supplier: None,
             };
             let documents = crate::supply_chain::documents(&facts, &crate::provenance::Invocation::Shim { source_type, revision: &revision });
             let referrers = referrers::store_documents(&*this.storage, &img, &documents)?;
