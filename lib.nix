@@ -449,6 +449,9 @@ let
         licenses = licenseIds (p.meta.license or [ ]);
         homepage = stringOr (p.meta.homepage or null);
         description = stringOr (p.meta.description or null);
+        # As a plain string: the provenance names the derivation, and the
+        # image does not depend on it.
+        drvPath = if isString (p.drvPath or null) then builtins.unsafeDiscardStringContext p.drvPath else null;
       };
       namedPackages = filter (p: isAttrs p && p ? outPath) (contents ++ copyToRoot ++ builtins.concatLists layerGroups ++ permPackages);
 

@@ -2,7 +2,8 @@
 //! Statement v1 whose subject is the image's manifest and whose predicate
 //! is SLSA Provenance v1: the build type (the library's function), its
 //! parameters (name, tag, the packages asked for), every store path in the
-//! image as a resolved dependency with its NAR hash, and the builder (this
+//! image as a resolved dependency with its NAR hash, the derivations of the
+//! packages the expression named, and the builder (this
 //! helper, its version and store path). Deterministic like the image: no
 //! wall-clock time, nothing of the build machine.
 //!
@@ -76,6 +77,11 @@ pub fn statement(facts: &ImageFacts, invocation: &Invocation) -> Value {
             d
         })
         .chain(facts.base_layers.iter().map(|l| json!({ "uri": format!("oci-layer:{l}"), "digest": { "sha256": l.hex() } })))
+        // The derivations of the packages the expression named.
+        .chain(facts.meta.iter().filter_map(|m| {
+            let drv = m.drv_path.as_deref()?;
+            Some(json!({ "uri": format!("nix-store:{drv}"), "name": drv.rsplit('/').next().unwrap_or(drv) }))
+        }))
         .collect();
     let mut external = json!({ "name": facts.name, "tag": facts.tag, "packages": facts.graph.roots });
     let builder_dependencies = match invocation {

@@ -46,6 +46,9 @@ pub struct PackageMeta {
     /// `meta.description`.
     #[serde(default)]
     pub description: Option<String>,
+    /// The derivation that built it (`drvPath`), for the provenance.
+    #[serde(default)]
+    pub drv_path: Option<String>,
 }
 
 /// What the documents say of a base image's layer.

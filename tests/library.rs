@@ -508,9 +508,16 @@ fn sboms_and_provenance_list_exactly_the_store_paths_in_the_layers_and_validate(
     assert_eq!(provenance["predicateType"], "https://slsa.dev/provenance/v1");
     assert_eq!(provenance["subject"][0]["digest"]["sha256"], digest[7..]);
     let deps = provenance["predicate"]["buildDefinition"]["resolvedDependencies"].as_array().unwrap();
-    let dep_paths: std::collections::BTreeSet<String> = deps.iter().map(|d| d["uri"].as_str().unwrap().trim_start_matches("nix-store:").to_string()).collect();
-    assert_eq!(dep_paths, in_layers);
-    assert!(deps.iter().all(|d| d["digest"]["sha256"].as_str().is_some_and(|h| h.len() == 64)), "each with its NAR hash");
+    let (drvs, dep_paths): (Vec<String>, Vec<String>) =
+        deps.iter().map(|d| d["uri"].as_str().unwrap().trim_start_matches("nix-store:").to_string()).partition(|p| p.ends_with(".drv"));
+    assert_eq!(dep_paths.into_iter().collect::<std::collections::BTreeSet<_>>(), in_layers);
+    // And the derivations of the three packages the expression named.
+    assert_eq!(drvs.len(), 3, "{drvs:?}");
+    assert!(drvs.iter().any(|d| d.ends_with("-hello-2.10.drv")) && drvs.iter().all(|d| std::path::Path::new(d).exists()), "{drvs:?}");
+    assert!(
+        deps.iter().filter(|d| !d["uri"].as_str().unwrap().ends_with(".drv")).all(|d| d["digest"]["sha256"].as_str().is_some_and(|h| h.len() == 64)),
+        "each path with its NAR hash"
+    );
     assert_eq!(provenance["predicate"]["buildDefinition"]["externalParameters"]["function"], "buildNixeryImage");
 
     // The layout lists the three as referrers of the image, after it:
