@@ -275,6 +275,16 @@ let
     # Which image of fromImage, when it holds several: its tag. Default: null.
     fromImageTag ? null,
 
+    # The layer plan of an earlier release, kept where it can be: a
+    # layers.lock.json (written beside every image; `nixery lock-layers
+    # result > layers.lock.json` to commit one), or an image built before
+    # (a path or a derivation). Locked layers keep their paths and order,
+    # new versions of their paths go where the old ones were, and only
+    # what is new is planned afresh, within maxLayers: clients keep the
+    # layers they have. Read inside the build: pure evaluation, no
+    # import-from-derivation. Default: null.
+    layerLock ? null,
+
     # Users of the image: [ { name; uid; gid ? uid; home ? "/home/<name>";
     # shell ? "/bin/sh"; groups ? [ ]; description ? ""; } ]. They get
     # /etc/passwd, /etc/group, /etc/shadow and /etc/nsswitch.conf entries
@@ -410,6 +420,8 @@ let
         else if groupsIssue != null then fail name groupsIssue
         else if undeclaredGroup != null then fail name undeclaredGroup
         else if permsIssue != null then fail name permsIssue
+        else if !(layerLock == null || isPath layerLock || (isAttrs layerLock && layerLock ? outPath) || (isString layerLock && substring 0 1 layerLock == "/")) then
+          fail name "`layerLock` must be a layer lock: a layers.lock.json file or an image built before (a path or a derivation), got ${describe layerLock}"
         else if !(fromImage == null || isPath fromImage || (isAttrs fromImage && fromImage ? outPath) || (isString fromImage && substring 0 1 fromImage == "/")) then
           fail name "`fromImage` must be an image: a buildNixeryImage result, an OCI layout directory or an image tarball (a path or a derivation), got ${describe fromImage}"
         else if !(elem compression [ "gzip" "zstd" "none" ]) then
@@ -474,6 +486,7 @@ let
           gname = p.gname or null;
         }) perms;
         fromImage = if fromImage == null then null else "${fromImage}";
+        layerLock = if layerLock == null then null else "${layerLock}";
         popularity =
           if popularity == null || isAttrs popularity then popularity
           else "${popularity}";

@@ -24,6 +24,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use nixery::graph::{ClosureGraph, PathInfo, Popularity};
+use nixery::layering::lock::{plan_locked, LayerLock};
 use nixery::layering::{plan_with, Algorithm};
 use sha2::{Digest, Sha256};
 
@@ -418,30 +419,42 @@ fn report(label: &str, images_before: &[ClosureGraph], images_after: &[ClosureGr
         "algorithm", "budget", "content: 1st", "content: after", "chain: 1st", "chain: after", "layers", "plan time"
     );
     for &budget in BUDGETS {
-        for alg in Algorithm::ALL {
+        // Each algorithm plans afresh after the update, then (`+lock`) from
+        // the lock of each image's first plan, as `layerLock` and the shim do.
+        for (alg, locked) in Algorithm::ALL.into_iter().flat_map(|a| [(a, false), (a, true)]) {
             let mut client = Client::default();
             let mut chain_client = Client::chain_store();
             let mut layer_count = 0;
             let mut plan_time = std::time::Duration::ZERO;
-            let mut run = |images: &[ClosureGraph], pop: &Popularity, client: &mut Client, chain_client: &mut Client| -> (u64, u64) {
+            let mut locks: Vec<LayerLock> = Vec::new();
+            let mut run = |images: &[ClosureGraph], pop: &Popularity, client: &mut Client, chain_client: &mut Client, after: bool| -> (u64, u64) {
                 images
                     .iter()
-                    .map(|g| {
+                    .enumerate()
+                    .map(|(i, g)| {
                         let t = Instant::now();
-                        let plan = plan_with(g, pop, budget, alg).expect("plan");
+                        let plan = if after && locked {
+                            plan_locked(g, pop, budget, alg, &locks[i]).expect("plan").0
+                        } else {
+                            plan_with(g, pop, budget, alg).expect("plan")
+                        };
                         plan_time = plan_time.max(t.elapsed());
                         assert!(plan.layers.len() <= budget);
+                        if !after {
+                            locks.push(LayerLock::of_plan(&plan));
+                        }
                         layer_count = layer_count.max(plan.layers.len());
                         let layers: Vec<(Vec<String>, u64)> = plan.layers.into_iter().map(|l| (l.paths, l.size)).collect();
                         (client.pull(layers.clone()), chain_client.pull(layers))
                     })
                     .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
             };
-            let (first, chain_first) = run(images_before, pop_before, &mut client, &mut chain_client);
-            let (update, chain_update) = run(images_after, pop_after, &mut client, &mut chain_client);
+            let (first, chain_first) = run(images_before, pop_before, &mut client, &mut chain_client, false);
+            let (update, chain_update) = run(images_after, pop_after, &mut client, &mut chain_client, true);
+            let name = if locked { format!("{}+lock", alg.name()) } else { alg.name().to_string() };
             println!(
                 "{:<20} {:>6} {:>11.3}x {:>13.3}x {:>13.3}x {:>13.3}x {:>8} {:>8.1}ms",
-                alg.name(),
+                name,
                 budget,
                 first as f64 / ideal_first as f64,
                 update as f64 / ideal_update as f64,

@@ -48,6 +48,7 @@ rec {
     { name = "NIXERY_AUTH_HTPASSWD"; kind = "path"; description = "An htpasswd file (bcrypt): basic authentication."; }
     { name = "NIXERY_AUTH_TOKENS"; kind = "path"; description = "A file of bearer tokens, one a line."; }
     { name = "NIXERY_PLATFORMS"; kind = "list"; description = "Platforms a name is built for (linux/amd64, linux/arm64)."; }
+    { name = "NIXERY_SIGNING_KEY"; kind = "path"; description = "A private key (EC P-256; cosign's own with COSIGN_PASSWORD) that signs every image for cosign."; }
     { name = "NIXERY_DEBUG_ERRORS"; kind = "bool"; description = "Error bodies carry Nix's logs and host paths."; }
   ];
 

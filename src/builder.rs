@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::assembly::{self, AssemblyError, DirStore, ImageSpec, RootSpec};
 use crate::graph::{ClosureGraph, GraphDoc, GraphError, MissingPackage, PathInfo, Popularity, GRAPH_VERSION};
 use crate::image::{self, ImageError, Platform, RuntimeConfig};
+use crate::layering::lock::{LayerLock, LockReport, LOCK_FILE};
 use crate::layering::Algorithm;
 use crate::packing::{self, Compression, LayerContent, Owner, OwnerRule, PackError, PackOptions, PackedLayer, PermRule};
 
@@ -201,6 +202,10 @@ pub struct BuildSpec {
     /// Which image of the base's layout, by tag.
     #[serde(default)]
     pub from_image_tag: Option<String>,
+    /// A layer lock (`layerLock`): a `layers.lock.json`, or an image
+    /// built before that has one.
+    #[serde(default)]
+    pub layer_lock: Option<PathBuf>,
     /// The Nix system the image's contents are for; the build machine's
     /// when absent.
     #[serde(default)]
@@ -321,6 +326,7 @@ impl BuildSpec {
                 nix_db: self.initialize_nix_database.then_some(Owner { uid: self.nix_uid, gid: self.nix_gid, uname: None, gname: None }),
             },
             perms: self.perms.iter().map(PermSpec::rule).collect::<Result<_, _>>().map_err(|e| self.argument("perms")(e.into()))?,
+            layer_lock: self.layer_lock.as_deref().map(LayerLock::read).transpose().map_err(|e| self.argument("layerLock")(e.into()))?,
         })
     }
 }
@@ -576,6 +582,32 @@ fn write_sboms(b: &Build, created: &str, tag: &str, docs: &image::ImageDocs, bas
     Ok(())
 }
 
+/// Writes the image's layer lock beside its `index.json`, and says in
+/// the build log what an earlier lock kept.
+fn write_lock(
+    b: &Build,
+    image: &image::Image,
+    store_layers: &[(usize, Vec<String>)],
+    report: Option<LockReport>,
+    earlier: Option<&LayerLock>,
+) -> Result<(), BuildError> {
+    let lock = assembly::layer_lock(image, store_layers);
+    if let (Some(r), Some(earlier)) = (report, earlier) {
+        let before: std::collections::BTreeSet<&crate::digest::Digest> = earlier.layers.iter().filter_map(|l| l.digest.as_ref()).collect();
+        let same = lock.layers.iter().filter(|l| l.digest.as_ref().is_some_and(|d| before.contains(d))).count();
+        eprintln!(
+            "nixery: the layer lock kept {} of its {} layers ({same} unchanged, {} merged to fit), moved {} paths to where their earlier version was, planned {} new paths",
+            r.kept,
+            earlier.layers.len(),
+            r.merged,
+            r.moved_versions,
+            r.new_paths
+        );
+    }
+    let path = b.out.join(LOCK_FILE);
+    fs::write(&path, lock.to_json()).map_err(|source| BuildError::Write { path: path.clone(), source })
+}
+
 /// Runs a build from an attributes file (`nixery internal build-image`), logging
 /// to stderr.
 pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
@@ -586,6 +618,7 @@ pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     let assembly_error = |source| BuildError::Assembly { name: name.clone(), source };
     let plan = assembly::plan(&spec, &b.graph).map_err(assembly_error)?;
     let base_layers: Vec<crate::digest::Digest> = plan.base_layers.iter().map(|l| l.packed.digest.clone()).collect();
+    let (store_layers, lock_report) = (plan.store_layer_paths(), plan.lock_report);
     for w in &plan.warnings {
         eprintln!("nixery: warning: {w}");
     }
@@ -606,6 +639,7 @@ pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
         let (image, _) = assembly::assemble(plan, &store).map_err(assembly_error)?;
         let docs = image::write_oci_layout(&image, name, &tag, &b.out)?;
         write_sboms(&b, &spec.created, &tag, &docs, base_layers)?;
+        write_lock(&b, &image, &store_layers, lock_report, spec.layer_lock.as_ref())?;
         let recipes = store.recipes();
         let doc = crate::image::stream::StreamDoc {
             version: crate::image::stream::STREAM_VERSION,
@@ -632,6 +666,7 @@ pub fn build_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     let docs = image::write_oci_layout(&image, name, &tag, &layout_dir)?;
     if b.spec.format == Format::OciDir {
         write_sboms(&b, &spec.created, &tag, &docs, base_layers)?;
+        write_lock(&b, &image, &store_layers, lock_report, spec.layer_lock.as_ref())?;
     }
     if b.spec.format == Format::DockerArchive {
         let layout = image::read_oci_layout(&layout_dir)?;

@@ -282,6 +282,18 @@ pub fn package_name(path: &str) -> &str {
     }
 }
 
+/// A store path's name (without its hash) split as `builtins.parseDrvName`
+/// does: `("glibc", Some("2.37-8"))`, `("source", None)`.
+pub fn parse_name(name: &str) -> (&str, Option<&str>) {
+    let bytes = name.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'-' && bytes.get(i + 1).is_some_and(|c| !c.is_ascii_alphabetic()) {
+            return (&name[..i], Some(&name[i + 1..]));
+        }
+    }
+    (name, None)
+}
+
 /// Popularity data: how many packages of a package set refer to each
 /// package name. Names are store path names without the hash.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -76,16 +76,7 @@ pub struct ImageFacts<'a> {
     pub supplier: Option<&'a str>,
 }
 
-/// A store path's name split as `builtins.parseDrvName` does.
-pub fn parse_name(name: &str) -> (&str, Option<&str>) {
-    let bytes = name.as_bytes();
-    for (i, b) in bytes.iter().enumerate() {
-        if *b == b'-' && bytes.get(i + 1).is_some_and(|c| !c.is_ascii_alphabetic()) {
-            return (&name[..i], Some(&name[i + 1..]));
-        }
-    }
-    (name, None)
-}
+pub use crate::graph::parse_name;
 
 /// The hash part and name of a store path.
 fn split_store_path(path: &str) -> (&str, &str) {

@@ -555,3 +555,82 @@ fn manifest_digest_of(layout: &std::path::Path) -> String {
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     index["manifests"][0]["digest"].as_str().unwrap().to_string()
 }
+
+/// A release's layer lock keeps the next release's layers where they were:
+/// the same groups in the same order, a new version of a path in its
+/// predecessor's layer, what is new after them; unchanged layers keep
+/// their digests. `nixery lock-layers` prints the lock an image carries;
+/// an image built before works as the lock too, and neither needs
+/// import-from-derivation.
+#[test]
+fn a_layer_lock_keeps_the_next_releases_layers_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    // libfoo 1.0 → 1.1 changes app's hash too (it refers to libfoo), as a
+    // nixpkgs update does; hello, jq and their libraries stay.
+    let release = |version: &str, lock: &str| {
+        format!(
+            r#"let
+  step = name: refs: derivation {{
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "${{pkgs.busybox}}/bin/sh";
+    args = [ "-c" "mkdir $out && echo ${{toString refs}} > $out/refs" ];
+  }};
+  libfoo = step "libfoo-{version}" [ ];
+  app = step "app-1.0" [ libfoo ];
+in
+nixery.buildNixeryImage {{ name = "locked"; tag = "v1"; contents = [ app pkgs.hello pkgs.jq ]; maxLayers = 4; {lock} }}"#
+        )
+    };
+    let first = nix_build_expr(dir.path(), &release("1.0", ""));
+    let lock_text = std::fs::read_to_string(first.join("layers.lock.json")).unwrap();
+    let lock: serde_json::Value = serde_json::from_str(&lock_text).unwrap();
+    let layers = |lock: &serde_json::Value| -> Vec<(Vec<String>, String)> {
+        lock["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| (l["paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect(), l["digest"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let before = layers(&lock);
+    assert_eq!(before.len(), 3, "maxLayers 4: the root layer and three store layers for seven paths: {lock_text}");
+    // The lock's digests are the image's store layers, in order.
+    let (manifest, _) = layout_manifest(&first);
+    let digests: Vec<&str> = manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap()).collect();
+    assert_eq!(before.iter().map(|(_, d)| d.as_str()).collect::<Vec<_>>(), &digests[..before.len()]);
+    // nixery lock-layers prints it, one layer a line.
+    let printed = run_stdout(Command::new(helper()).arg("lock-layers").arg(&first));
+    assert_eq!(printed, lock_text);
+    let lock_file = dir.path().join("layers.lock.json");
+    std::fs::write(&lock_file, &printed).unwrap();
+
+    // The next release, from the committed lock, without import-from-derivation.
+    let file = expr_file(dir.path(), &release("1.1", &format!("layerLock = {};", lock_file.display())));
+    let out = run(nix_build_cmd(&file).args(["--option", "allow-import-from-derivation", "false"]));
+    let second = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("the layer lock kept 3 of its 3 layers"), "{log}");
+    let after = layers(&serde_json::from_str(&std::fs::read_to_string(second.join("layers.lock.json")).unwrap()).unwrap());
+    assert_eq!(after.len(), 3);
+    for ((names_before, digest_before), (names_after, digest_after)) in before.iter().zip(&after) {
+        // The same names, libfoo's new version where the old one was.
+        let renamed: Vec<String> = names_before.iter().map(|n| n.replace("libfoo-1.0", "libfoo-1.1")).collect();
+        assert_eq!(names_after, &renamed, "{names_before:?} → {names_after:?}");
+        // A layer none of whose paths changed is the same bytes.
+        let changed = names_before.iter().any(|n| n.starts_with("libfoo") || n.starts_with("app"));
+        assert_eq!(digest_before == digest_after, !changed, "{names_before:?}");
+    }
+
+    // An image built before serves as the lock too.
+    let from_image = expr_file(dir.path(), &release("1.1", &format!("layerLock = {};", first.display())));
+    let third = std::path::PathBuf::from(run_stdout(&mut nix_build_cmd(&from_image)).trim());
+    assert_eq!(std::fs::read(third.join("layers.lock.json")).unwrap(), std::fs::read(second.join("layers.lock.json")).unwrap());
+
+    // A lock that is not one is named at build time.
+    std::fs::write(&lock_file, "{\"version\":7,\"layers\":[]}").unwrap();
+    let bad = expr_file(dir.path(), &release("1.2", &format!("layerLock = {};", lock_file.display())));
+    let out = nix_build_cmd(&bad).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("layerLock") && err.contains("version 7"), "{err}");
+}

@@ -330,6 +330,31 @@ fn git_sources_build_each_ref_and_share_unchanged_layers() {
     }
 }
 
+/// The shim keeps each name's last layer plan: after a package-set update
+/// (a new git ref), the name's layers stay where they were, and only the
+/// one holding what changed (nano) is new, with the root layer.
+#[test]
+fn a_rebuild_after_an_update_keeps_the_names_last_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkgs = package_repo(dir.path());
+    let shim = Shim::start(&dir.path().join("store"), &[("NIXERY_PKGS_REPO", pkgs.to_str().unwrap()), ("NIXERY_MAX_LAYERS", "5")]);
+    let (m1, _) = manifest(&shim, "shell/hello", "v1", OCI);
+    let (m2, _) = manifest(&shim, "shell/hello", "v2", OCI);
+    assert!(shim.log_text().contains("planned from the name's last layer lock"), "{}", shim.log_text());
+    let (l1, l2) = (layer_digests(&m1), layer_digests(&m2));
+    assert_eq!(l1.len(), 5);
+    assert_eq!(l2.len(), l1.len());
+    // The lock the shim keeps for the name: each store layer's names.
+    let locks: Vec<_> = std::fs::read_dir(dir.path().join("store/meta/locks")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(locks.len(), 1, "one name, one lock");
+    let lock: serde_json::Value = serde_json::from_slice(&std::fs::read(&locks[0]).unwrap()).unwrap();
+    let held: Vec<String> = lock["layers"].as_array().unwrap().iter().map(|l| l["paths"].to_string()).collect();
+    assert_eq!(held.len(), l1.len() - 1, "every store layer, not the root");
+    for (i, (a, b)) in l1.iter().zip(&l2).enumerate().take(held.len()) {
+        assert_eq!(a == b, !held[i].contains("\"nano"), "store layer {i} ({}) changes only if it holds nano", held[i]);
+    }
+}
+
 #[test]
 fn popularity_from_a_url_and_a_static_web_dir() {
     let dir = tempfile::tempdir().unwrap();
@@ -564,7 +589,7 @@ fn unreachable_object_storage_in_netns() {
 #[test]
 fn the_shim_serves_referrers_and_signs_for_cosign() {
     let dir = tempfile::tempdir().unwrap();
-    let support = repo().join("tests/support");
+    let support = repo().join("src/supply_chain/testdata");
     let shim = Shim::start(
         &dir.path().join("store"),
         &[("NIXERY_SIGNING_KEY", support.join("cosign-2.5.key").to_str().unwrap()), ("COSIGN_PASSWORD", "correct-horse")],

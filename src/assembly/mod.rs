@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use crate::graph::{package_name, ClosureGraph, GraphError, Popularity};
 use crate::image::base::{BaseImage, BaseLayer};
 use crate::image::{Image, ImageLayer, Platform, RuntimeConfig};
+use crate::layering::lock::{LayerLock, LockReport};
 use crate::layering::{self, Algorithm, LayeringError};
 use crate::packing::{self, run_parallel, LayerContent, LayerKey, Owner, PackError, PackOptions, PackedLayer, PermRule};
 
@@ -138,6 +139,9 @@ pub struct ImageSpec {
     pub root: RootSpec,
     /// Mode and ownership rules, over every layer.
     pub perms: Vec<PermRule>,
+    /// The plan of an earlier build, kept where it can be
+    /// ([`crate::layering::lock`]).
+    pub layer_lock: Option<LayerLock>,
 }
 
 /// What the image root holds besides links to the contents (the graph's
@@ -200,6 +204,24 @@ pub struct ImagePlan {
     pub config: RuntimeConfig,
     /// Reports for the build log (conflicts in the root layer).
     pub warnings: Vec<String>,
+    /// What the layer lock did, when there was one.
+    pub lock_report: Option<LockReport>,
+}
+
+impl ImagePlan {
+    /// The store layers' paths, by their index among the jobs: what the
+    /// image's layer lock records ([`layer_lock`]).
+    pub fn store_layer_paths(&self) -> Vec<(usize, Vec<String>)> {
+        self.jobs.iter().enumerate().filter(|(_, j)| j.kind == JobKind::Store).map(|(i, j)| (i, j.content.store_paths.clone())).collect()
+    }
+}
+
+/// The layer lock of `image`, assembled from a plan whose store layers
+/// were `store_layers` ([`ImagePlan::store_layer_paths`]): each with its
+/// digest.
+pub fn layer_lock(image: &Image, store_layers: &[(usize, Vec<String>)]) -> LayerLock {
+    let base = image.layers.iter().filter(|l| l.from_base).count();
+    LayerLock::of(store_layers.iter().map(|(i, paths)| (paths.as_slice(), image.layers.get(base + i).map(|l| l.packed.digest.clone()))))
 }
 
 /// A short description of a layer's store paths for its history entry.
@@ -270,8 +292,17 @@ pub fn plan(spec: &ImageSpec, graph: &ClosureGraph) -> Result<ImagePlan, Assembl
         what.push("the image root".to_string());
         return Err(AssemblyError::Budget { max_layers: spec.max_layers, min, fixed, what: what.join(", ") });
     }
+    let mut lock_report = None;
     if !rest.paths.is_empty() {
-        let layer_plan = layering::plan_with(&rest, &spec.popularity, spec.max_layers - fixed, spec.layering)?;
+        let budget = spec.max_layers - fixed;
+        let layer_plan = match &spec.layer_lock {
+            Some(lock) => {
+                let (plan, report) = layering::lock::plan_locked(&rest, &spec.popularity, budget, spec.layering, lock)?;
+                lock_report = Some(report);
+                plan
+            }
+            None => layering::plan_with(&rest, &spec.popularity, budget, spec.layering)?,
+        };
         jobs.extend(layer_plan.layers.into_iter().map(|l| job(JobKind::Store, store_layer(l.paths.clone()), layer_comment(&l.paths))));
     }
 
@@ -306,6 +337,7 @@ pub fn plan(spec: &ImageSpec, graph: &ClosureGraph) -> Result<ImagePlan, Assembl
         created: spec.created.clone(),
         config: config.with_default_path(),
         warnings: root.warnings,
+        lock_report,
     })
 }
 

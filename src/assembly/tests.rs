@@ -23,6 +23,7 @@ fn spec(store_root: &Path, max_layers: usize) -> ImageSpec {
         layer_groups: Vec::new(),
         root: RootSpec::default(),
         perms: Vec::new(),
+        layer_lock: None,
     }
 }
 

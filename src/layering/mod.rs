@@ -14,6 +14,9 @@
 //! - [`nixery`]: the original Nixery's dominator-tree algorithm.
 //! - [`popularity_contest`]: nixpkgs' `buildLayeredImage`.
 //!
+//! A layer lock ([`lock`]), the plan of an earlier build, makes the next
+//! plan keep that one's layers where it can.
+//!
 //! Every algorithm is a pure function of the graph, the popularity data and
 //! the budget; paths inside a layer are sorted, so a layer's bytes depend
 //! only on its set of paths.
@@ -24,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::graph::{ClosureGraph, Popularity};
 
+pub mod lock;
 pub mod nixery;
 pub mod popularity_contest;
 pub mod sharing;

@@ -557,6 +557,30 @@ impl Shim {
         ])
     }
 
+    /// The meta key of the layer lock of `request`'s images: the plan its
+    /// last build used, whatever the package set's revision, so that a
+    /// rebuild after an update keeps the layers clients have.
+    fn lock_key(&self, request: &ImageRequest) -> String {
+        let packages = serde_json::to_string(&request.packages).expect("json");
+        let bases = serde_json::to_string(&self.config.base_packages).expect("json");
+        format!("locks/{}.json", hex_sha256(&["layer lock", &packages, &bases, &request.system]))
+    }
+
+    /// The last layer lock of `request`'s images, if any (one that cannot
+    /// be read is ignored: the plan is then made afresh).
+    async fn last_lock(&self, request: &ImageRequest) -> Option<crate::layering::lock::LayerLock> {
+        let bytes = match self.storage.get_meta(&self.lock_key(request)).await {
+            Ok(b) => b?,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the layer lock: planning afresh");
+                return None;
+            }
+        };
+        crate::layering::lock::LayerLock::from_json(&String::from_utf8_lossy(&bytes))
+            .inspect_err(|e| tracing::warn!(error = %e, "a stored layer lock is not one: planning afresh"))
+            .ok()
+    }
+
     async fn load_or_build(
         self: &Arc<Self>,
         key: &str,
@@ -654,18 +678,24 @@ impl Shim {
             layer_groups: Vec::new(),
             root: Default::default(),
             perms: Vec::new(),
+            layer_lock: self.last_lock(request).await,
         };
         let this = self.clone();
         let runtime = tokio::runtime::Handle::current();
         let assembling = Instant::now();
         let (name, source_type, revision) = (name.clone(), source.src_type, source.revision.clone());
-        let built = tokio::task::spawn_blocking(move || -> Result<(BuiltImage, assembly::AssemblyStats, Vec<_>), ShimError> {
+        let built = tokio::task::spawn_blocking(move || -> Result<(BuiltImage, assembly::AssemblyStats, Vec<_>, _), ShimError> {
             let plan = assembly::plan(&spec, &graph)?;
             for w in &plan.warnings {
                 tracing::warn!("{w}");
             }
+            if let Some(r) = plan.lock_report {
+                tracing::info!(image = %name.name, kept = r.kept, dropped = r.dropped, merged = r.merged, moved_versions = r.moved_versions, new_paths = r.new_paths, "planned from the name's last layer lock");
+            }
+            let store_layers = plan.store_layer_paths();
             let store = layers::StorageLayers { storage: &this.storage, cache: &this.layers, runtime };
             let (image, stats) = assembly::assemble(plan, &store)?;
+            let lock = assembly::layer_lock(&image, &store_layers);
             let img = store_manifests(&*this.storage, &image)?;
             // Its SBOMs and provenance, as referrers of both manifests.
             let facts = crate::sbom::ImageFacts {
@@ -680,15 +710,16 @@ impl Shim {
             };
             let documents = crate::supply_chain::documents(&facts, &crate::provenance::Invocation::Shim { source_type, revision: &revision });
             let referrers = referrers::store_documents(&*this.storage, &img, &documents)?;
-            Ok((img, stats, referrers))
+            Ok((img, stats, referrers, lock))
         })
         .await?
         .inspect_err(|e| {
             tracing::error!(image = label, error = %e, "building the image failed");
             self.record_error(label, e);
         })?;
-        let (img, stats, listed) = built;
+        let (img, stats, listed, lock) = built;
         referrers::record(&*self.storage, &listed).await?;
+        self.storage.put_meta(&self.lock_key(request), lock.to_json().as_bytes()).await?;
         self.storage.put_meta(&meta_key, &serde_json::to_vec(&img).expect("json")).await?;
         self.metrics.build_duration.observe(started.elapsed().as_secs_f64());
         self.metrics.layers.get_or_create(&metrics::ResultLabel { result: "reused" }).inc_by(stats.reused as u64);

@@ -227,7 +227,7 @@ mod tests {
     use crate::supply_chain::DOCUMENTS;
 
     fn key() -> SigningKey {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/cosign-2.5.key");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/supply_chain/testdata/cosign-2.5.key");
         SigningKey::from_file(&root, Some("correct-horse")).unwrap()
     }
 

@@ -237,7 +237,7 @@ mod tests {
     /// (cosign 2.5), with its public half.
     #[test]
     fn cosigns_encrypted_key_opens_with_its_password_only() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/supply_chain/testdata");
         let (key_path, pub_path) = (root.join("cosign-2.5.key"), root.join("cosign-2.5.pub"));
         let key = SigningKey::from_file(&key_path, Some("correct-horse")).unwrap();
         let public = VerifyingKey::from_file(&pub_path).unwrap();

@@ -22,6 +22,11 @@ pub struct Args {
     /// The layering algorithm.
     #[arg(long, value_enum, default_value_t = layering::Algorithm::default())]
     algorithm: layering::Algorithm,
+    /// What this command printed for the previous release of the same
+    /// image (or a layers.lock.json): its layers are kept where they can
+    /// be, as `layerLock` keeps them.
+    #[arg(long, value_name = "FILE")]
+    previous: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -30,7 +35,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(p) => Popularity::from_json(&read(p)?).with_context(|| p.display().to_string())?,
         None => Popularity::default(),
     };
-    let plan = layering::plan_with(&g, &pop, args.max_layers, args.algorithm)?;
+    let plan = match &args.previous {
+        Some(p) => {
+            let lock = layering::lock::LayerLock::read(p).map_err(anyhow::Error::msg).context("--previous")?;
+            layering::lock::plan_locked(&g, &pop, args.max_layers, args.algorithm, &lock)?.0
+        }
+        None => layering::plan_with(&g, &pop, args.max_layers, args.algorithm)?,
+    };
     println!("{}", serde_json::to_string_pretty(&plan)?);
     Ok(())
 }

@@ -6,6 +6,7 @@ use clap::Subcommand;
 pub mod internal;
 pub mod layers;
 pub mod load;
+pub mod lock_layers;
 pub mod pack;
 pub mod popcount;
 pub mod programs;
@@ -20,6 +21,11 @@ pub enum Command {
     /// `__structuredAttrs` (`{"graph": [{"path", "narSize", "references"}…],
     /// "exportReferencesGraph": {"graph": [roots…]}}`).
     Layers(layers::Args),
+    /// Print the layer lock of a built image (`layers.lock.json`): each
+    /// store layer's paths, by name, and digest, in image order. Commit it
+    /// and pass it as `layerLock`, so the next release keeps the layers
+    /// clients have.
+    LockLayers(lock_layers::Args),
     /// Pack the layers of a plan (as `nixery layers` prints it) into
     /// `OUT/<digest>` blobs, in parallel; prints each layer's digest,
     /// diff_id and sizes as JSON.
@@ -58,6 +64,7 @@ impl Command {
     pub fn run(self) -> anyhow::Result<()> {
         match self {
             Command::Layers(args) => layers::run(args),
+            Command::LockLayers(args) => lock_layers::run(args),
             Command::Pack(args) => pack::run(args),
             Command::Popcount(args) => popcount::run(args),
             Command::Push(args) => push::run(args),
