@@ -13,8 +13,10 @@
 //!
 //! The workload: one image per common tool (several dozen), pulled in
 //! turn by one client that keeps every layer it downloaded; then a
-//! package-set update that changes a few libraries, and with them, as in
-//! Nix, every path that depends on them; then the same images again.
+//! package-set update that changes a few libraries (each a quarter larger),
+//! and with them, as in Nix, every path that depends on them; then the same
+//! images again: planned afresh, and (`+lock`) from each image's first plan
+//! as its layer lock, as `layerLock` and the shim plan them.
 //!
 //! Run: `cargo bench --bench sharing` (or `bench/sharing`). Optional
 //! argument: a Packages file (default: the largest in /var/lib/apt/lists).
@@ -259,7 +261,9 @@ fn build_store(pkgs: &BTreeMap<String, Pkg>, provides: &HashMap<String, Vec<Stri
         let mut members: Vec<&str> = c.iter().map(|&i| names[i].as_str()).collect();
         members.sort();
         let name = members[0].to_string();
-        let size = c.iter().map(|&i| pkgs[names[i]].size).sum::<u64>().max(1);
+        // An updated package's new version is a quarter larger, as new
+        // versions often are: the plan's ranking by size may shift.
+        let size = c.iter().map(|&i| if bumped.contains(names[i].as_str()) { pkgs[names[i]].size * 5 / 4 } else { pkgs[names[i]].size }).sum::<u64>().max(1);
         let mut refs: Vec<usize> = c.iter().flat_map(|&i| edges[i].iter().map(|&w| comp[w])).filter(|&k| k != comp[c[0]]).collect();
         refs.sort_unstable();
         refs.dedup();

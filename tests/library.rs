@@ -558,8 +558,7 @@ fn manifest_digest_of(layout: &std::path::Path) -> String {
 
 /// A release's layer lock keeps the next release's layers where they were:
 /// the same groups in the same order, a new version of a path in its
-/// predecessor's layer, what is new after them; unchanged layers keep
-/// their digests. `nixery lock-layers` prints the lock an image carries;
+/// predecessor's layer; unchanged layers keep their digests. `nixery lock-layers` prints the lock an image carries;
 /// an image built before works as the lock too, and neither needs
 /// import-from-derivation.
 #[test]

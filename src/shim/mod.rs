@@ -690,7 +690,7 @@ impl Shim {
                 tracing::warn!("{w}");
             }
             if let Some(r) = plan.lock_report {
-                tracing::info!(image = %name.name, kept = r.kept, dropped = r.dropped, merged = r.merged, moved_versions = r.moved_versions, new_paths = r.new_paths, "planned from the name's last layer lock");
+                tracing::info!(image = %name.name, kept = r.kept, unchanged = r.unchanged, dropped = r.dropped, merged = r.merged, moved_versions = r.moved_versions, new_paths = r.new_paths, "planned from the name's last layer lock");
             }
             let store_layers = plan.store_layer_paths();
             let store = layers::StorageLayers { storage: &this.storage, cache: &this.layers, runtime };
