@@ -23,6 +23,12 @@ fn artifact_type(query: Option<&str>) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == "artifactType").map(|(_, v)| v.into_owned())
 }
 
+/// Whether `h` is `host[:port]` (a name, an IPv4 address or a bracketed
+/// IPv6 one): what may stand in a signed payload.
+fn is_host(h: &str) -> bool {
+    !h.is_empty() && h.len() <= 255 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+}
+
 /// `GET`/`HEAD /v2/<name>/referrers/<digest>`.
 pub async fn get_referrers(state: &AppState, method: &Method, digest: &str, query: Option<&str>) -> Result<Response, RegistryError> {
     let digest = digest_param(digest)?;
@@ -55,8 +61,11 @@ pub async fn get_signed(
     let Some(key) = &state.shim.config().signing_key else {
         return Err(unknown_tag("this registry signs nothing: its operator has not set NIXERY_SIGNING_KEY"));
     };
-    // The payload names the image as the client does: this host, the name.
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    // The payload names the image as the client does: this host, the name
+    // (a Host that is not a host name, or none, is `localhost`). The first
+    // request for a signature decides it: cosign checks the digest, not
+    // this name.
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).filter(|h| is_host(h)).unwrap_or("localhost");
     let repository = format!("{host}/{name}");
     let stored = referrers::signed(state.shim.storage(), key, &repository, digest, kind).await.map_err(|e| unknown(state, e))?;
     let Some(stored) = stored else {
@@ -83,5 +92,7 @@ mod tests {
         assert_eq!(artifact_type(Some("other=1")), None);
         assert_eq!(artifact_type(None), None);
         assert_eq!(artifact_type(Some("artifactType=%zz%2")).as_deref(), Some("%zz%2"));
+        assert!(is_host("127.0.0.1:8080") && is_host("[::1]:5000") && is_host("registry.example"));
+        assert!(!is_host("evil.example/other") && !is_host("a b") && !is_host(""));
     }
 }
