@@ -55,18 +55,23 @@ in_both_worlds! {
     }
 }
 
-in_both_worlds! {
-    fn an_index_of_two_systems_pushes_as_one_name_and_pulls_per_platform() {
-        let dir = tempfile::tempdir().unwrap();
-        let expr = format!(
-            r#"let
+/// `hello:v1` as an index of an amd64 and an arm64 image of hello and
+/// busybox (the same derivations in every test that builds it).
+fn two_platform_index() -> String {
+    format!(
+        r#"let
       arm = import {}/tests/pkgs {{ system = "aarch64-linux"; }};
       image = p: nixery.buildNixeryImage {{ name = "hello"; tag = "v1"; contents = [ p.hello p.busybox ]; config.Cmd = [ "/bin/hello" ]; }};
     in
     nixery.buildNixeryIndex {{ name = "hello"; tag = "v1"; images = [ (image pkgs) (image arm) ]; }}"#,
-            repo().display()
-        );
-        let index = nix_build_expr(dir.path(), &expr);
+        repo().display()
+    )
+}
+
+in_both_worlds! {
+    fn an_index_of_two_systems_pushes_as_one_name_and_pulls_per_platform() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = nix_build_expr(dir.path(), &two_platform_index());
         let registry = Registry::start();
         let dest = format!("docker://{}/hello:v1", registry.host());
         run(skopeo().args(["copy", "--all", "--dest-tls-verify=false"]).arg(format!("oci:{}:v1", index.display())).arg(&dest));
@@ -138,15 +143,7 @@ in_both_worlds! {
 #[test]
 fn an_index_pushes_each_images_referrers_and_signs_each_image() {
     let dir = tempfile::tempdir().unwrap();
-    let expr = format!(
-        r#"let
-      arm = import {}/tests/pkgs {{ system = "aarch64-linux"; }};
-      image = p: nixery.buildNixeryImage {{ name = "hello"; tag = "v1"; contents = [ p.hello p.busybox ]; config.Cmd = [ "/bin/hello" ]; }};
-    in
-    nixery.buildNixeryIndex {{ name = "hello"; tag = "v1"; images = [ (image pkgs) (image arm) ]; }}"#,
-        repo().display()
-    );
-    let index = nix_build_expr(dir.path(), &expr);
+    let index = nix_build_expr(dir.path(), &two_platform_index());
     let listed: serde_json::Value = serde_json::from_slice(&std::fs::read(index.join("index.json")).unwrap()).unwrap();
     let entries = listed["manifests"].as_array().unwrap();
     assert_eq!(entries.len(), 7, "the index, then three documents of each of its two images");

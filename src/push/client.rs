@@ -457,12 +457,7 @@ impl Client {
     /// The manifest under `reference` (its bytes), or None when the
     /// registry has none there.
     pub fn get_manifest(&self, reference: &str, accept: &str) -> Result<Option<Vec<u8>>, PushError> {
-        let url = format!("{}/v2/{}/manifests/{reference}", self.base, self.repository);
-        let r = with_retries(&format!("GET {url}"), || self.call(self.request("GET", &url).header("Accept", accept)).and_then(|r| self.fail_transient(r)))?;
-        match r.status {
-            404 => Ok(None),
-            _ => self.expect(format!("GET {url}"), r, &[200]).map(|r| Some(r.body.into_bytes())),
-        }
+        self.get_document(&format!("manifests/{reference}"), accept)
     }
 
     /// The document at `/v2/<repository>/<what>` (a manifest, a blob) as

@@ -743,16 +743,7 @@ impl Shim {
     /// image is then built again). Its size is what was read, whatever the
     /// cache entry said.
     async fn load_bytes(&self, m: &mut StoredManifest) -> Result<bool, ShimError> {
-        let Some(info) = self.storage.stat_blob(&m.digest).await? else { return Ok(false) };
-        if info.size > crate::image::layout::MAX_DOCUMENT {
-            return Ok(false);
-        }
-        let stream = self.storage.read_blob(&m.digest, 0, info.size).await?;
-        let bytes = crate::storage::collect(stream).await.map_err(|source| StorageError::Io { path: format!("manifest {}", m.digest), source })?;
-        if Digest::of(&bytes) != m.digest {
-            tracing::warn!(manifest = %m.digest, "a stored manifest does not hold the bytes it is named by: the image is built again");
-            return Ok(false);
-        }
+        let Some(bytes) = read_document(&*self.storage, &m.digest).await? else { return Ok(false) };
         if m.size != bytes.len() as u64 {
             tracing::warn!(manifest = %m.digest, recorded = m.size, actual = bytes.len(), "a manifest cache entry has a wrong size: corrected");
             m.size = bytes.len() as u64;
@@ -780,6 +771,23 @@ impl Shim {
         self.images.invalidate_all();
         self.layers.invalidate_all();
     }
+}
+
+/// A stored document (a manifest, a config, an SBOM) read whole: None when
+/// it is gone, larger than a document may be, or not the bytes its digest
+/// names (said in the log: the caller makes it again).
+pub(crate) async fn read_document(storage: &dyn Storage, digest: &Digest) -> Result<Option<Vec<u8>>, ShimError> {
+    let Some(info) = storage.stat_blob(digest).await? else { return Ok(None) };
+    if info.size > crate::image::layout::MAX_DOCUMENT {
+        return Ok(None);
+    }
+    let stream = storage.read_blob(digest, 0, info.size).await?;
+    let bytes = crate::storage::collect(stream).await.map_err(|source| StorageError::Io { path: format!("blob {digest}"), source })?;
+    if Digest::of(&bytes) != *digest {
+        tracing::warn!(blob = %digest, "a stored document does not hold the bytes it is named by: it is made again");
+        return Ok(None);
+    }
+    Ok(Some(bytes))
 }
 
 /// The blobs a manifest or index names (config and layers, or

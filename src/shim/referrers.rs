@@ -21,7 +21,7 @@
 
 use serde_json::Value;
 
-use super::{BuiltImage, ShimError, StoredManifest};
+use super::{read_document, BuiltImage, ShimError, StoredManifest};
 use crate::digest::Digest;
 use crate::storage::{put_bytes, Storage, StorageError};
 use crate::supply_chain::key::SigningKey;
@@ -102,27 +102,16 @@ pub fn cosign_tag(tag: &str) -> Option<(Digest, &'static str)> {
     Some((Digest::parse(&format!("sha256:{hex}")).ok()?, kind))
 }
 
-/// A stored blob's bytes, checked against its digest.
-async fn read_small(storage: &dyn Storage, digest: &Digest) -> Result<Option<Vec<u8>>, ShimError> {
-    let Some(info) = storage.stat_blob(digest).await? else { return Ok(None) };
-    if info.size > crate::image::layout::MAX_DOCUMENT {
-        return Ok(None);
-    }
-    let stream = storage.read_blob(digest, 0, info.size).await?;
-    let bytes = crate::storage::collect(stream).await.map_err(|source| StorageError::Io { path: format!("blob {digest}"), source })?;
-    Ok((Digest::of(&bytes) == *digest).then_some(bytes))
-}
-
 /// The documents listed as referrers of `digest`, read back from storage.
 async fn documents(storage: &dyn Storage, listed: &[Value]) -> Result<Vec<(DocumentKind, Vec<u8>)>, ShimError> {
     let mut out = Vec::new();
     for d in listed {
         let Some(kind) = crate::supply_chain::DOCUMENTS.into_iter().find(|k| d["artifactType"] == k.artifact_type) else { continue };
         let Some(manifest) = d["digest"].as_str().and_then(|d| Digest::parse(d).ok()) else { continue };
-        let Some(bytes) = read_small(storage, &manifest).await? else { continue };
+        let Some(bytes) = read_document(storage, &manifest).await? else { continue };
         let doc: Value = serde_json::from_slice(&bytes).unwrap_or_default();
         let Some(blob) = doc["layers"][0]["digest"].as_str().and_then(|d| Digest::parse(d).ok()) else { continue };
-        if let Some(document) = read_small(storage, &blob).await? {
+        if let Some(document) = read_document(storage, &blob).await? {
             out.push((kind, document));
         }
     }
@@ -143,7 +132,7 @@ pub async fn signed(
     let meta = signature_key(&key_id(key), digest, kind);
     if let Some(bytes) = storage.get_meta(&meta).await? {
         if let Ok(mut stored) = serde_json::from_slice::<StoredManifest>(&bytes) {
-            if let Some(manifest) = read_small(&**storage, &stored.digest).await? {
+            if let Some(manifest) = read_document(&**storage, &stored.digest).await? {
                 stored.bytes = Some(manifest.into());
                 return Ok(Some(stored));
             }

@@ -65,11 +65,6 @@ pub const DOCUMENTS: [DocumentKind; 3] = [
     },
 ];
 
-/// A document's kind by its file name.
-pub fn document_kind(file: &str) -> Option<DocumentKind> {
-    DOCUMENTS.into_iter().find(|k| k.file == file)
-}
-
 /// An image's documents, each with its kind.
 pub type Documents = Vec<(DocumentKind, Vec<u8>)>;
 

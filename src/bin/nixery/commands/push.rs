@@ -61,13 +61,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     push_image(&args.source, &args.dest, args.flags)
 }
 
+/// The credentials for `registry`: `--creds`, else what `podman login`
+/// and `docker login` wrote.
+pub fn login(creds: Option<&str>, registry: &str) -> anyhow::Result<Option<push::credentials::Login>> {
+    match creds {
+        Some(c) => Ok(Some(push::credentials::Login::parse(c).context("--creds is USER:PASSWORD")?)),
+        None => Ok(push::credentials::find(registry)),
+    }
+}
+
 /// Pushes `source` to `dest` and prints the manifest's digest.
 pub fn push_image(source: &str, dest: &str, flags: Flags) -> anyhow::Result<()> {
     let dest: push::Destination = dest.parse()?;
-    let login = match flags.creds {
-        Some(c) => Some(push::credentials::Login::parse(&c).context("--creds is USER:PASSWORD")?),
-        None => push::credentials::find(&dest.registry),
-    };
+    let login = login(flags.creds.as_deref(), &dest.registry)?;
     // The key is read first: a bad one fails before anything is pushed.
     let sign_key =
         flags.sign_key.as_deref().map(|k| SigningKey::from_file(k, std::env::var("COSIGN_PASSWORD").ok().as_deref())).transpose()?.map(std::sync::Arc::new);

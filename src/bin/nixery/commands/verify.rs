@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use nixery::push;
 use nixery::supply_chain::key::VerifyingKey;
 use nixery::supply_chain::DOCUMENTS;
@@ -35,10 +34,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let key = VerifyingKey::from_file(&args.key)?;
     let (dest, digest) = push::verify::parse_reference(&args.image)?;
-    let login = match args.creds {
-        Some(c) => Some(push::credentials::Login::parse(&c).context("--creds is USER:PASSWORD")?),
-        None => push::credentials::find(&dest.registry),
-    };
+    let login = super::push::login(args.creds.as_deref(), &dest.registry)?;
     let connection = push::Connection { plain_http: args.plain_http, ca_file: args.ca_file, login, stall_timeout: Some(Duration::from_secs(60)) };
     let found = push::verify::verify(&dest, digest.as_ref(), &connection, &key)?;
     let digest = found.digest.clone().expect("verify names the digest");
