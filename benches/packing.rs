@@ -17,6 +17,11 @@
 //! Run: `cargo bench --bench packing` (or `bench/packing`); arguments
 //! replace the default directories; `--rounds N` repeats each command and
 //! keeps the fastest; `--with-gzip` adds single-threaded `gzip -6`.
+//!
+//! Then the deflate engines alone, on the same 1 MiB members of the first
+//! 512 MiB of the stream, on both cores: libdeflate (nixery's) at levels
+//! 4 to 6 against zlib-rs (zlib-ng's algorithms in Rust, flate2's
+//! backend); ISA-L's igzip runs above as a pipeline.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -151,6 +156,9 @@ fn main() {
     rows.push(("tar | pigz -p2 -6".into(), measure(&format!("{tar} | pigz -p2 -6 -n"), rounds, true)));
     rows.push(("tar | pigz -p2 -1".into(), measure(&format!("{tar} | pigz -p2 -1 -n"), rounds, true)));
     rows.push(("tar | zstd -T2 -3".into(), measure(&format!("{tar} | zstd -q -T2 -3"), rounds, true)));
+    // ISA-L's igzip: the fastest deflate there is, at its best level (3).
+    rows.push(("tar | igzip -T2 -3".into(), measure(&format!("{tar} | igzip -c -n -T2 -3"), rounds, true)));
+    rows.push(("tar | igzip -T2 -1".into(), measure(&format!("{tar} | igzip -c -n -T2 -1"), rounds, true)));
     let pigz6 = rows.iter().find(|r| r.0 == "tar | pigz -p2 -6").map(|r| (r.1.time, r.1.bytes.unwrap())).unwrap();
     let zstd3 = rows.iter().find(|r| r.0 == "tar | zstd -T2 -3").map(|r| (r.1.time, r.1.bytes.unwrap())).unwrap();
     rows.push((
@@ -175,6 +183,16 @@ fn main() {
     let zstd_bytes: u64 = std::fs::read_dir(&zblobs).unwrap().flatten().map(|e| e.metadata().unwrap().len()).sum();
     rows.push(("nixery pack --compression zstd (level 3)".into(), Measured { time: ours_zstd.time, bytes: Some(zstd_bytes) }));
 
+    // Everything but compression: tar, both digests, writing.
+    let nblobs = work.join("nblobs");
+    let ours_none = measure(
+        &format!("rm -rf {b} && {nixery} pack --compression none --plan {p} --out {b} > {b}.json", b = nblobs.display(), p = plan_file.display()),
+        rounds,
+        false,
+    );
+    let _ = std::fs::remove_dir_all(&nblobs);
+    rows.push(("nixery pack --compression none (all but deflate)".into(), Measured { time: ours_none.time, bytes: None }));
+
     println!("{:<50} {:>9} {:>10} {:>12} {:>14}", "what", "time", "input MB/s", "output MB", "vs pigz -6");
     for (what, m) in &rows {
         let rate = input_bytes as f64 / 1e6 / m.time.as_secs_f64();
@@ -198,5 +216,75 @@ fn main() {
         ours_zstd.time.as_secs_f64() / zstd3.0.as_secs_f64(),
         (zstd_bytes as f64 / zstd3.1 as f64 - 1.0) * 100.0
     );
+    engines(&tar, rounds);
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// The deflate engines side by side on the same members: the first
+/// [`ENGINE_SAMPLE`] bytes of the tar stream, cut into nixery's 1 MiB
+/// chunks, each compressed into a gzip member on rayon's pool (both
+/// cores), as `nixery pack` does; nothing else is timed.
+fn engines(tar: &str, rounds: usize) {
+    use rayon::prelude::*;
+    let out = Command::new("bash").args(["-c", &format!("set -o pipefail; {tar} | head -c {ENGINE_SAMPLE}")]).output().expect("tar");
+    let sample = out.stdout;
+    let chunks: Vec<&[u8]> = sample.chunks(nixery::packing::gzip::GZIP_CHUNK).collect();
+    // An engine makes one compressor per worker; the compressor returns
+    // the size of the member it made.
+    type Compress = Box<dyn FnMut(&[u8]) -> usize>;
+    type Engine = Box<dyn Fn() -> Compress + Sync>;
+    let libdeflate = |level: i32| -> Engine {
+        Box::new(move || {
+            let mut z = libdeflater::Compressor::new(libdeflater::CompressionLvl::new(level).unwrap());
+            let mut out = Vec::new();
+            Box::new(move |c: &[u8]| {
+                out.resize(z.gzip_compress_bound(c.len()), 0);
+                z.gzip_compress(c, &mut out).unwrap()
+            })
+        })
+    };
+    let zlib_rs = |level: u32| -> Engine {
+        Box::new(move || {
+            Box::new(move |c: &[u8]| {
+                let mut z = flate2::write::GzEncoder::new(Vec::with_capacity(c.len()), flate2::Compression::new(level));
+                z.write_all(c).unwrap();
+                z.finish().unwrap().len()
+            })
+        })
+    };
+    let engines: Vec<(&str, Engine)> = vec![
+        ("libdeflate 4", libdeflate(4)),
+        ("libdeflate 5 (nixery's default)", libdeflate(5)),
+        ("libdeflate 6", libdeflate(6)),
+        ("zlib-rs 4 (zlib-ng's algorithms)", zlib_rs(4)),
+        ("zlib-rs 5", zlib_rs(5)),
+        ("zlib-rs 6", zlib_rs(6)),
+    ];
+    println!("\ndeflate engines, the same 1 MiB members of the first {:.0} MB, both cores:", sample.len() as f64 / 1e6);
+    println!("{:<36} {:>9} {:>10} {:>12} {:>16}", "engine", "time", "MB/s", "output MB", "vs libdeflate 5");
+    let mut results = Vec::new();
+    for (name, engine) in &engines {
+        let mut best = Duration::MAX;
+        let mut bytes = 0;
+        for _ in 0..rounds {
+            let start = Instant::now();
+            bytes = chunks.par_iter().map_init(engine, |z, c| z(c)).sum::<usize>();
+            best = best.min(start.elapsed());
+        }
+        results.push((name, best, bytes));
+    }
+    let base = results[1];
+    for (name, time, bytes) in &results {
+        println!(
+            "{name:<36} {:>8.2}s {:>10.0} {:>12.1} {:>8.2}x {:+.2}%",
+            time.as_secs_f64(),
+            sample.len() as f64 / 1e6 / time.as_secs_f64(),
+            *bytes as f64 / 1e6,
+            time.as_secs_f64() / base.1.as_secs_f64(),
+            (*bytes as f64 / base.2 as f64 - 1.0) * 100.0
+        );
+    }
+}
+
+/// How much of the tar stream the engine comparison compresses.
+const ENGINE_SAMPLE: usize = 512 << 20;

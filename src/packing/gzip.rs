@@ -29,8 +29,16 @@ thread_local! {
     static COMPRESSORS: RefCell<Vec<(u32, libdeflater::Compressor)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// One gzip member holding `input`, at `level` (0 to [`MAX_LEVEL`]).
-fn compress_member(input: &[u8], level: u32) -> io::Result<Vec<u8>> {
+/// A compressed member: `bytes[..len]`. The buffer keeps its full size so
+/// that it can be reused without being cleared again.
+struct Member {
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+/// Compresses `input` into one gzip member at `level` (0 to
+/// [`MAX_LEVEL`]), in `out` (grown to libdeflate's bound if it is smaller).
+fn compress_member(input: &[u8], level: u32, mut out: Vec<u8>) -> io::Result<Member> {
     COMPRESSORS.with(|cell| {
         let mut compressors = cell.borrow_mut();
         let i = match compressors.iter().position(|(l, _)| *l == level) {
@@ -42,12 +50,18 @@ fn compress_member(input: &[u8], level: u32) -> io::Result<Vec<u8>> {
             }
         };
         let c = &mut compressors[i].1;
-        let mut out = vec![0u8; c.gzip_compress_bound(input.len())];
-        let n = c.gzip_compress(input, &mut out).map_err(|e| io::Error::other(format!("libdeflate: {e:?}")))?;
-        out.truncate(n);
-        Ok(out)
+        let bound = c.gzip_compress_bound(input.len());
+        if out.len() < bound {
+            out.resize(bound, 0);
+        }
+        let len = c.gzip_compress(input, &mut out).map_err(|e| io::Error::other(format!("libdeflate: {e:?}")))?;
+        Ok(Member { bytes: out, len })
     })
 }
+
+/// What a compression task sends back: the member, and the input buffer
+/// for the next chunk.
+type Compressed = (io::Result<Member>, Vec<u8>);
 
 /// A gzip writer that compresses fixed-size chunks on rayon's thread pool
 /// into gzip members (see the module documentation). Output is identical
@@ -58,8 +72,12 @@ pub struct ParallelGzWriter<W: Write> {
     level: u32,
     chunk: Vec<u8>,
     members: u64,
-    pending: VecDeque<mpsc::Receiver<io::Result<Vec<u8>>>>,
+    pending: VecDeque<mpsc::Receiver<Compressed>>,
     max_pending: usize,
+    /// Buffers back from compression tasks, reused: input chunks and
+    /// output members (at most `max_pending + 1` of each, 1 MiB apiece).
+    spare_inputs: Vec<Vec<u8>>,
+    spare_outputs: Vec<Vec<u8>>,
 }
 
 impl<W: Write> std::fmt::Debug for ParallelGzWriter<W> {
@@ -81,6 +99,8 @@ impl<W: Write> ParallelGzWriter<W> {
             members: 0,
             pending: VecDeque::new(),
             max_pending: 2 * rayon::current_num_threads() + 1,
+            spare_inputs: Vec::new(),
+            spare_outputs: Vec::new(),
         })
     }
 
@@ -90,15 +110,19 @@ impl<W: Write> ParallelGzWriter<W> {
     }
 
     fn submit(&mut self) -> io::Result<()> {
-        let input = std::mem::replace(&mut self.chunk, Vec::with_capacity(GZIP_CHUNK));
+        let next = self.spare_inputs.pop().unwrap_or_else(|| Vec::with_capacity(GZIP_CHUNK));
+        let input = std::mem::replace(&mut self.chunk, next);
+        let out = self.spare_outputs.pop().unwrap_or_default();
         let level = self.level;
         let (tx, rx) = mpsc::sync_channel(1);
+        let task = move || {
+            let member = compress_member(&input, level, out);
+            let _ = tx.send((member, input));
+        };
         if rayon::current_thread_index().is_some() {
-            let _ = tx.send(compress_member(&input, level));
+            task();
         } else {
-            rayon::spawn(move || {
-                let _ = tx.send(compress_member(&input, level));
-            });
+            rayon::spawn(task);
         }
         self.members += 1;
         self.pending.push_back(rx);
@@ -110,8 +134,13 @@ impl<W: Write> ParallelGzWriter<W> {
 
     fn write_oldest(&mut self) -> io::Result<()> {
         let rx = self.pending.pop_front().expect("a pending member");
-        let bytes = rx.recv().map_err(|_| io::Error::other("a compression task failed"))??;
-        self.inner.write_all(&bytes)
+        let (member, mut input) = rx.recv().map_err(|_| io::Error::other("a compression task failed"))?;
+        let member = member?;
+        self.inner.write_all(&member.bytes[..member.len])?;
+        input.clear();
+        self.spare_inputs.push(input);
+        self.spare_outputs.push(member.bytes);
+        Ok(())
     }
 
     /// Compresses what is left and returns the inner writer.

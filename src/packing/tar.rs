@@ -127,6 +127,7 @@ pub fn write_tar<W: Write>(content: &LayerContent, out: W) -> Result<W, PackErro
 
     let mut tar = tar::Builder::new(out);
     let root = &content.store_root;
+    let mut buf = ReadBuffer::default();
     for item in items {
         match item {
             Item::Parent(p) => {
@@ -136,15 +137,15 @@ pub fn write_tar<W: Write>(content: &LayerContent, out: W) -> Result<W, PackErro
             }
             Item::StorePath(p) => {
                 let source = root.join(p.trim_start_matches('/'));
-                write_tree(&mut tar, &source, p, &rules)?;
+                write_tree(&mut tar, &source, p, &rules, &mut buf)?;
             }
-            Item::Entry(e) => write_entry(&mut tar, e, &rules)?,
+            Item::Entry(e) => write_entry(&mut tar, e, &rules, &mut buf)?,
         }
     }
     tar.into_inner().map_err(PackError::io("<tar>"))
 }
 
-fn write_entry<W: Write>(tar: &mut tar::Builder<W>, e: &TreeEntry, rules: &Rules) -> Result<(), PackError> {
+fn write_entry<W: Write>(tar: &mut tar::Builder<W>, e: &TreeEntry, rules: &Rules, buf: &mut ReadBuffer) -> Result<(), PackError> {
     let image_path = format!("/{}", e.path());
     match e {
         TreeEntry::Dir { path, mode, owner } => {
@@ -167,7 +168,7 @@ fn write_entry<W: Write>(tar: &mut tar::Builder<W>, e: &TreeEntry, rules: &Rules
                 let f = File::open(source).map_err(PackError::io(source))?;
                 let len = f.metadata().map_err(PackError::io(source))?.len();
                 let mut h = tar_header(tar::EntryType::Regular, mode, len, &owner);
-                tar.append_data(&mut h, path, f).map_err(PackError::io(source))
+                tar.append_data(&mut h, path, buf.body(f, len)).map_err(PackError::io(source))
             }
         },
     }
@@ -175,7 +176,7 @@ fn write_entry<W: Write>(tar: &mut tar::Builder<W>, e: &TreeEntry, rules: &Rules
 
 /// Writes `source` (a file, directory or symlink on disk) and, for a
 /// directory, everything below it, under the image path `name` (absolute).
-fn write_tree<W: Write>(tar: &mut tar::Builder<W>, source: &Path, name: &str, rules: &Rules) -> Result<(), PackError> {
+fn write_tree<W: Write>(tar: &mut tar::Builder<W>, source: &Path, name: &str, rules: &Rules, buf: &mut ReadBuffer) -> Result<(), PackError> {
     let walk = walkdir::WalkDir::new(source).follow_links(false).follow_root_links(false).sort_by(|a, b| a.file_name().cmp(b.file_name()));
     for entry in walk {
         let entry = entry.map_err(|e| PackError::Walk(source.to_path_buf(), e))?;
@@ -200,12 +201,70 @@ fn write_tree<W: Write>(tar: &mut tar::Builder<W>, source: &Path, name: &str, ru
         } else if ft.is_file() {
             let f = File::open(path).map_err(PackError::io(path))?;
             let mut h = tar_header(tar::EntryType::Regular, mode, meta.len(), &owner);
-            tar.append_data(&mut h, tar_path, f).map_err(PackError::io(path))?;
+            tar.append_data(&mut h, tar_path, buf.body(f, meta.len())).map_err(PackError::io(path))?;
         } else {
             return Err(PackError::UnsupportedFileType(path.to_path_buf()));
         }
     }
     Ok(())
+}
+
+/// The size of one read from a source file. The tar writer takes data in
+/// small pieces; reading in large ones makes a few system calls per file
+/// rather than one per 8 KiB (and one for a small file, not two).
+const READ_SIZE: usize = 256 * 1024;
+
+/// One buffer for reading source files, reused for every file of a layer.
+#[derive(Default)]
+struct ReadBuffer {
+    bytes: Vec<u8>,
+}
+
+impl ReadBuffer {
+    /// The `len` bytes of `file`, as its tar header declared them.
+    fn body(&mut self, file: File, len: u64) -> FileBody<'_> {
+        if self.bytes.is_empty() {
+            self.bytes = vec![0; READ_SIZE];
+        }
+        FileBody { file, left: len, buf: &mut self.bytes, start: 0, end: 0 }
+    }
+}
+
+/// Exactly the bytes a header declared: a file that has shrunk since its
+/// size was read is an error rather than a tar stream out of step with its
+/// headers; a file that has grown is read to its declared size.
+struct FileBody<'a> {
+    file: File,
+    left: u64,
+    buf: &'a mut Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl io::Read for FileBody<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.start == self.end {
+            if self.left == 0 {
+                return Ok(0);
+            }
+            let want = self.buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+            let n = loop {
+                match self.file.read(&mut self.buf[..want]) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    r => break r?,
+                }
+            };
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("the file shrank while it was packed ({} bytes missing)", self.left)));
+            }
+            self.left -= n as u64;
+            (self.start, self.end) = (0, n);
+        }
+        let n = out.len().min(self.end - self.start);
+        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -261,6 +320,42 @@ mod tests {
         let store_path = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-pkg".to_string();
         tree_fixture(&tmp.join(store_path.trim_start_matches('/')));
         (tmp.to_path_buf(), store_path)
+    }
+
+    #[test]
+    fn files_are_read_whole_and_a_file_that_shrank_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Larger than one read, and not a multiple of it.
+        let big: Vec<u8> = (0..2 * READ_SIZE + 12_345).map(|i| (i * 7 % 251) as u8).collect();
+        let store_path = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-big".to_string();
+        let dir = tmp.path().join(store_path.trim_start_matches('/'));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("data"), &big).unwrap();
+        fs::write(dir.join("small"), b"small").unwrap();
+        let content = LayerContent { store_root: tmp.path().to_path_buf(), ..LayerContent::store_paths(vec![store_path.clone()]) };
+        let bytes = write_tar(&content, Vec::new()).unwrap();
+        let mut ar = tar::Archive::new(&bytes[..]);
+        let mut bodies = Vec::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut body = Vec::new();
+            e.read_to_end(&mut body).unwrap();
+            bodies.push((e.path().unwrap().to_string_lossy().into_owned(), body));
+        }
+        assert!(bodies.contains(&(format!("{}/data", store_path.trim_start_matches('/')), big.clone())));
+        assert!(bodies.contains(&(format!("{}/small", store_path.trim_start_matches('/')), b"small".to_vec())));
+
+        // A header that declared more than the file holds.
+        let mut buf = ReadBuffer::default();
+        let f = File::open(dir.join("small")).unwrap();
+        let err = io::copy(&mut buf.body(f, 9), &mut io::sink()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(err.to_string().contains("shrank"), "{err}");
+        // A file that grew is read to its declared size.
+        let f = File::open(dir.join("data")).unwrap();
+        let mut out = Vec::new();
+        io::copy(&mut buf.body(f, 1000), &mut out).unwrap();
+        assert_eq!(out, big[..1000]);
     }
 
     #[test]
