@@ -41,6 +41,7 @@
 
 pub mod assembly;
 pub mod builder;
+pub mod closest_name;
 pub mod digest;
 pub mod fuzz;
 pub mod graph;

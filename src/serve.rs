@@ -279,13 +279,7 @@ pub fn stray_variables(names: impl IntoIterator<Item = String>) -> Vec<StrayVari
     // The known variable of at least `min_len` characters closest to
     // `name`, within `most` edits.
     let closest = |name: &str, most: usize, min_len: usize| {
-        known
-            .iter()
-            .filter(|k| k.len() >= min_len)
-            .map(|k| (strsim::damerau_levenshtein(name, k), k))
-            .filter(|(d, _)| (1..=most).contains(d))
-            .min()
-            .map(|(_, k)| k.clone())
+        crate::closest_name::closest(name, known.iter().map(String::as_str).filter(|k| k.len() >= min_len), most).map(str::to_string)
     };
     let mut stray: Vec<StrayVariable> = names
         .into_iter()

@@ -46,12 +46,8 @@ impl std::str::FromStr for Target {
             "podman" => Ok(Target::Podman),
             "docker" => Ok(Target::Docker),
             _ => {
-                let near = ["podman", "docker", "oci:", "docker-archive:"]
-                    .into_iter()
-                    .map(|t| (strsim::damerau_levenshtein(&s.to_ascii_lowercase(), t), t))
-                    .filter(|(d, _)| *d <= 2)
-                    .min();
-                let suggestion = near.map(|(_, t)| format!("; did you mean {t}?")).unwrap_or_default();
+                let near = crate::closest_name::closest(s, ["podman", "docker", "oci:", "docker-archive:"], 2);
+                let suggestion = near.map(|t| format!("; did you mean {t}?")).unwrap_or_default();
                 Err(PushError::LoadTarget { given: s.to_string(), suggestion })
             }
         }

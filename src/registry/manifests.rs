@@ -10,8 +10,8 @@ use super::errors::{ErrorCode, RegistryError};
 use super::AppState;
 use crate::image::media_type;
 use crate::image_name::{is_digest_reference, valid_tag};
-use crate::nix::NixError;
-use crate::shim::{explain, BuiltImage, ShimError, StoredManifest};
+use crate::shim::explain::FailureKind;
+use crate::shim::{BuiltImage, ShimError, StoredManifest};
 
 /// Seconds a client is told to wait when the build queue is full.
 const BUSY_RETRY_AFTER: u64 = 5;
@@ -59,32 +59,22 @@ fn is_manifest_type(t: &str) -> bool {
 /// always has them.
 pub fn shim_error(e: &ShimError, name: &str, tag: &str, failure_ttl: std::time::Duration, debug: bool) -> RegistryError {
     let image = format!("{name}:{tag}");
-    let line = e.explain(&image, failure_ttl);
-    let detail = |extra: serde_json::Value| {
-        let mut d = serde_json::json!({ "Name": name, "Tag": tag });
-        if debug {
-            d["Error"] = serde_json::Value::String(e.to_string());
+    let (kind, line) = e.explanation(&image, failure_ttl);
+    let mut detail = serde_json::json!({ "Name": name, "Tag": tag });
+    if debug {
+        detail["Error"] = serde_json::Value::String(e.to_string());
+    }
+    let error = match kind {
+        FailureKind::BadName => ErrorCode::NameInvalid.with_detail(serde_json::json!({ "Name": name })),
+        FailureKind::Busy => ErrorCode::TooManyRequests.with_detail(detail).retry_after(BUSY_RETRY_AFTER),
+        FailureKind::NotFound => {
+            if let ShimError::NotFound(missing) = e {
+                detail["NotFound"] = missing.iter().map(|m| m.name.as_str()).collect();
+            }
+            ErrorCode::ManifestUnknown.with_detail(detail)
         }
-        if let (Some(d), Some(extra)) = (d.as_object_mut(), extra.as_object()) {
-            d.extend(extra.clone());
-        }
-        d
-    };
-    let none = serde_json::Value::Null;
-    let error = match e {
-        ShimError::Name(_) | ShimError::TooManyPackages { .. } => ErrorCode::NameInvalid.with_detail(serde_json::json!({ "Name": name })),
-        ShimError::Busy { .. } => ErrorCode::TooManyRequests.with_detail(detail(none)).retry_after(BUSY_RETRY_AFTER),
-        ShimError::NotFound(missing) => {
-            let names: Vec<&str> = missing.iter().map(|m| m.name.as_str()).collect();
-            ErrorCode::ManifestUnknown.with_detail(detail(serde_json::json!({ "NotFound": names })))
-        }
-        e => match e.nix() {
-            Some(NixError::UnknownRef(_)) => ErrorCode::ManifestUnknown.with_detail(detail(none)),
-            Some(NixError::Timeout { .. }) => ErrorCode::ManifestUnknown.with_detail(detail(none)),
-            Some(n) if matches!(e, ShimError::Nix(_)) && explain::failed_package(n).is_some() => ErrorCode::ManifestUnknown.with_detail(detail(none)),
-            Some(_) if matches!(e, ShimError::Source(_)) => ErrorCode::Unavailable.with_detail(detail(none)),
-            _ => ErrorCode::Unknown.with_detail(detail(none)),
-        },
+        FailureKind::Unavailable => ErrorCode::Unavailable.with_detail(detail),
+        FailureKind::Internal => ErrorCode::Unknown.with_detail(detail),
     };
     error.message(line)
 }

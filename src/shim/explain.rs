@@ -48,19 +48,8 @@ pub fn failed_package(e: &NixError) -> Option<&str> {
 /// a third of its length (one edit for short names), ties to the first in
 /// sort order.
 pub fn suggestion(m: &MissingPackage) -> Option<String> {
-    let wanted = m.component.to_lowercase();
-    let allowed = (wanted.chars().count() / 3).max(1);
-    let mut best: Option<(usize, &str)> = None;
-    for c in &m.candidates {
-        let d = strsim::damerau_levenshtein(&wanted, &c.to_lowercase());
-        if d == 0 || d > allowed {
-            continue;
-        }
-        if best.is_none_or(|(bd, bc)| (d, c.as_str()) < (bd, bc)) {
-            best = Some((d, c));
-        }
-    }
-    let (_, c) = best?;
+    let allowed = (m.component.chars().count() / 3).max(1);
+    let c = crate::closest_name::closest(&m.component, m.candidates.iter().map(String::as_str), allowed)?;
     Some(if m.within.is_empty() { c.to_string() } else { format!("{}.{c}", m.within) })
 }
 
@@ -76,33 +65,60 @@ fn missing_clause(m: &MissingPackage) -> String {
     }
 }
 
+/// What kind of failure an image's is, for the registry's error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The name is not one the shim can build (`NAME_INVALID`).
+    BadName,
+    /// The build queue is full: try again soon (`TOOMANYREQUESTS`).
+    Busy,
+    /// The image does not exist: an unknown package or ref, a package that
+    /// failed to build, a build stopped at its time limit
+    /// (`MANIFEST_UNKNOWN`).
+    NotFound,
+    /// The package set cannot be reached or pinned (`UNAVAILABLE`).
+    Unavailable,
+    /// The server failed (`UNKNOWN`).
+    Internal,
+}
+
 impl ShimError {
     /// What failed for `image` (`name:tag`), in one line for the people
     /// pulling it. `retry` is how long a failure is remembered
     /// (`NIXERY_FAILURE_TTL`): when pulling again builds again.
     pub fn explain(&self, image: &str, retry: Duration) -> String {
+        self.explanation(image, retry).1
+    }
+
+    /// The kind of failure and [`ShimError::explain`]'s line, decided
+    /// together so that the status and the words never disagree.
+    pub fn explanation(&self, image: &str, retry: Duration) -> (FailureKind, String) {
+        use FailureKind::*;
         let log = "the server's log has the details";
         if let Some(NixError::UnknownRef(r)) = self.nix() {
-            return format!("the package set has no git ref {r:?}: the tag names a branch, tag or commit of the server's package repository");
+            return (NotFound, format!("the package set has no git ref {r:?}: the tag names a branch, tag or commit of the server's package repository"));
         }
         match self {
-            ShimError::Name(e) => format!("{e}: an image name is a list of package attribute names, as shell/hello"),
-            ShimError::NotFound(missing) => missing.iter().map(missing_clause).collect::<Vec<_>>().join("; "),
-            ShimError::TooManyPackages { .. } => format!("{self}: split it into smaller images"),
-            ShimError::Busy { queued } => format!("{image} is not built yet and {queued} images wait to be built already; try again in a few seconds"),
-            ShimError::Nix(NixError::Timeout { timeout, .. }) => format!(
-                "building {image} took longer than NIX_TIMEOUT ({} s) and was stopped; what Nix built so far is kept: pull again in {} s to go on, or have the server's NIX_TIMEOUT raised",
-                timeout.as_secs(),
-                retry.as_secs().max(1)
+            ShimError::Name(e) => (BadName, format!("{e}: an image name is a list of package attribute names, as shell/hello")),
+            ShimError::TooManyPackages { .. } => (BadName, format!("{self}: split it into smaller images")),
+            ShimError::NotFound(missing) => (NotFound, missing.iter().map(missing_clause).collect::<Vec<_>>().join("; ")),
+            ShimError::Busy { queued } => (Busy, format!("{image} is not built yet and {queued} images wait to be built already; try again in a few seconds")),
+            ShimError::Nix(NixError::Timeout { timeout, .. }) => (
+                NotFound,
+                format!(
+                    "building {image} took longer than NIX_TIMEOUT ({} s) and was stopped; what Nix built so far is kept: pull again in {} s to go on, or have the server's NIX_TIMEOUT raised",
+                    timeout.as_secs(),
+                    retry.as_secs().max(1)
+                ),
             ),
-            ShimError::Source(_) => format!("the server cannot pin its package set (NIXERY_PKGS_REPO, NIXERY_PKGS_PATH or NIXERY_CHANNEL); {log}"),
+            ShimError::Source(_) => (Unavailable, format!("the server cannot pin its package set (NIXERY_PKGS_REPO, NIXERY_PKGS_PATH or NIXERY_CHANNEL); {log}")),
             ShimError::Nix(e) => match failed_package(e) {
-                Some(p) => format!("cannot build {image}: its package {p} failed to build in Nix; the server's log has Nix's output"),
-                None => format!("the nix build of {image} failed; {log}"),
+                Some(p) => (NotFound, format!("cannot build {image}: its package {p} failed to build in Nix; the server's log has Nix's output")),
+                None => (Internal, format!("the nix build of {image} failed; {log}")),
             },
-            ShimError::Storage(_) => format!("the server's storage failed while making {image}; {log}"),
-            ShimError::Assembly(_) | ShimError::Task(_) | ShimError::Attach(_) => format!("assembling {image} failed; {log}"),
-            ShimError::Image(e) => format!("{e}"),
+            ShimError::Storage(_) => (Internal, format!("the server's storage failed while making {image}; {log}")),
+            ShimError::Assembly(_) | ShimError::Task(_) | ShimError::Attach(_) => (Internal, format!("assembling {image} failed; {log}")),
+            ShimError::Image(e) => (Internal, format!("{e}")),
         }
     }
 }
