@@ -51,6 +51,9 @@
         in
         {
           hello = import ./examples/hello.nix { inherit helper pkgs system; };
+          # The same image planned from the first one's layer lock, in pure
+          # evaluation and without import-from-derivation.
+          hello-locked = import ./examples/hello.nix { inherit helper pkgs system; layerLock = self.checks.${system}.hello; };
           app = import ./examples/app.nix { inherit helper pkgs system; };
         });
     };

@@ -11,6 +11,8 @@
   # The build machine's system (needed in pure evaluation with a path helper).
   system ? null,
   maxLayers ? 20,
+  # A layer lock: an image built before, or a layers.lock.json.
+  layerLock ? null,
 }:
 
 let
@@ -25,5 +27,5 @@ nixery.buildNixeryImage {
     Env = [ "FOO=bar" ];
     Labels."org.opencontainers.image.source" = "nixery/examples/hello.nix";
   };
-  inherit maxLayers;
+  inherit maxLayers layerLock;
 }

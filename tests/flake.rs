@@ -97,6 +97,16 @@ fn the_flake_builds_its_helper_as_nixpkgs_does_and_flake_check_passes() {
     let check = run(&mut nix(&host, &["flake", "check"]));
     let check_log = String::from_utf8_lossy(&check.stderr);
     assert!(!check_log.contains("error:"), "{check_log}");
+    // The check planned from the first image's lock (pure evaluation, no
+    // import-from-derivation) kept its layers: the same lock comes out.
+    let outs = run_stdout(&mut nix(&host, &["build", ".#checks.x86_64-linux.hello", ".#checks.x86_64-linux.hello-locked", "--print-out-paths", "--no-link"]));
+    let outs: Vec<PathBuf> = outs.lines().map(PathBuf::from).collect();
+    assert_eq!(outs.len(), 2, "{outs:?}");
+    let locks: Vec<String> = outs.iter().map(|o| run_stdout(debian13_command("cat", &[]).arg(o.join("layers.lock.json")))).collect();
+    assert_eq!(locks[0], locks[1], "the locked build kept the first one's layers");
+    let deriver = run_stdout(debian13_command("nix-store", &[]).arg("-qd").arg(&outs[1]));
+    let log = run_stdout(debian13_command("nix-store", &[]).arg("-l").arg(deriver.trim()));
+    assert!(log.contains("the layer lock kept"), "{log}");
 
     // nix run of a passthru program: it runs under its own name.
     let help = run_stdout(&mut nix(&host, &["run", ".#nixery-image.copyToRegistry", "--", "--help"]));
