@@ -450,21 +450,8 @@ let
       permPackages = map (p: p.path) (filter (p: isAttrs p.path || builtins.hasContext (toString p.path)) perms);
       closureRoots = contents ++ copyToRoot ++ builtins.concatLists layerGroups ++ referencedPaths config ++ permPackages;
 
-      # What the SBOMs say of the packages named here, from their meta
-      # (only strings of the types expected, so any package set works).
-      stringOr = v: if isString v then v else if isList v && v != [ ] && isString (head v) then head v else null;
-      licenseIds = l: filter isString (map (x: if isAttrs x then x.spdxId or null else null) (if isList l then l else [ l ]));
-      packageMeta = p: {
-        path = toString p;
-        pname = stringOr (p.pname or null);
-        version = stringOr (p.version or null);
-        licenses = licenseIds (p.meta.license or [ ]);
-        homepage = stringOr (p.meta.homepage or null);
-        description = stringOr (p.meta.description or null);
-        # As a plain string: the provenance names the derivation, and the
-        # image does not depend on it.
-        drvPath = if isString (p.drvPath or null) then builtins.unsafeDiscardStringContext p.drvPath else null;
-      };
+      # What the SBOMs say of the packages named here, from their meta.
+      packageMeta = import ./prepare-image/package-meta.nix;
       namedPackages = filter (p: isAttrs p && p ? outPath) (contents ++ copyToRoot ++ builtins.concatLists layerGroups ++ permPackages);
 
       spec = {

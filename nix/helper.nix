@@ -14,7 +14,7 @@ rustPlatform.buildRustPackage {
     filter = path: type:
       let rel = lib.removePrefix (toString ../. + "/") (toString path);
       in rel == "Cargo.toml" || rel == "Cargo.lock" || rel == "src" || lib.hasPrefix "src/" rel
-        || rel == "prepare-image" || rel == "prepare-image/default.nix"
+        || rel == "prepare-image" || rel == "prepare-image/default.nix" || rel == "prepare-image/package-meta.nix"
         || rel == "nix" || rel == "nix/top-level-outputs.nix"
         || rel == "benches" || lib.hasPrefix "benches/" rel
         || rel == "tests" || rel == "tests/support"

@@ -49,6 +49,7 @@ rec {
     { name = "NIXERY_AUTH_TOKENS"; kind = "path"; description = "A file of bearer tokens, one a line."; }
     { name = "NIXERY_PLATFORMS"; kind = "list"; description = "Platforms a name is built for (linux/amd64, linux/arm64)."; }
     { name = "NIXERY_SIGNING_KEY"; kind = "path"; description = "A private key (EC P-256; cosign's own with COSIGN_PASSWORD) that signs every image for cosign."; }
+    { name = "NIXERY_SBOM_SUPPLIER"; kind = "str"; description = "Named as every package's supplier in the SBOMs (NixOS, or your organisation)."; }
     { name = "NIXERY_DEBUG_ERRORS"; kind = "bool"; description = "Error bodies carry Nix's logs and host paths."; }
   ];
 

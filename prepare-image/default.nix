@@ -125,6 +125,14 @@ let
   # The base packages first: every image has them, and layers are ordered
   # by the contents they come from.
   contents = map (x: x.value) (bases ++ requestedFound);
+
+  # What the SBOMs say of each package (as buildNixeryImage says it). A
+  # package whose meta fails to evaluate is named by its path alone.
+  packageMeta = map
+    (p:
+      let m = import ./package-meta.nix p; tried = builtins.tryEval (builtins.deepSeq m m); in
+      if tried.success then tried.value else { path = toString p; })
+    (if notFound == [ ] then contents else [ ]);
 in
 let
   # The helper as the builder. In the store (a nixpkgs-built helper), it
@@ -144,6 +152,6 @@ derivation {
   args = [ "internal" "write-graph" ];
   __structuredAttrs = true;
   exportReferencesGraph.graph = if notFound == [ ] then contents else [ ];
-  nixeryGraph = { version = 1; inherit notFound missing; };
+  nixeryGraph = { version = 1; inherit notFound missing packageMeta; };
   allowSubstitutes = false;
 }

@@ -701,6 +701,8 @@ struct WriteGraphSpec {
     not_found: Vec<String>,
     #[serde(default)]
     missing: Vec<MissingPackage>,
+    #[serde(default)]
+    package_meta: Vec<crate::graph::PackageMeta>,
 }
 
 /// The builder of prepare-image's graph derivation (`nixery internal write-graph`):
@@ -713,7 +715,14 @@ pub fn write_graph_from_attrs(attrs_path: &Path) -> Result<(), BuildError> {
     }
     let out = attrs.outputs.get("out").ok_or_else(|| BuildError::Invalid { name: "graph".into(), message: "the derivation has no `out` output".into() })?;
     let roots = attrs.export.and_then(|mut e| e.remove("graph")).unwrap_or_default();
-    let doc = GraphDoc { version: GRAPH_VERSION, not_found: attrs.spec.not_found, missing: attrs.spec.missing, roots, graph: attrs.graph };
+    let doc = GraphDoc {
+        version: GRAPH_VERSION,
+        not_found: attrs.spec.not_found,
+        missing: attrs.spec.missing,
+        roots,
+        graph: attrs.graph,
+        package_meta: attrs.spec.package_meta,
+    };
     write_out(out, &serde_json::to_vec(&doc).expect("a graph serialises"))
 }
 

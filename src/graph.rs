@@ -59,6 +59,33 @@ pub enum GraphError {
     Popularity(serde_json::Error),
 }
 
+/// What an image's SBOMs say of a package it names, from its `meta`
+/// (prepare-image/package-meta.nix, for lib.nix and prepare-image alike).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PackageMeta {
+    /// The package's output path.
+    pub path: String,
+    /// `pname`, when it has one.
+    #[serde(default)]
+    pub pname: Option<String>,
+    /// `version`, when it has one.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// SPDX identifiers of `meta.license` (nixpkgs' `spdxId`s).
+    #[serde(default)]
+    pub licenses: Vec<String>,
+    /// `meta.homepage`.
+    #[serde(default)]
+    pub homepage: Option<String>,
+    /// `meta.description`.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The derivation that built it (`drvPath`), for the provenance.
+    #[serde(default)]
+    pub drv_path: Option<String>,
+}
+
 /// Version of the graph document `internal write-graph` writes.
 pub const GRAPH_VERSION: u32 = 1;
 
@@ -80,6 +107,10 @@ pub struct GraphDoc {
     pub roots: Vec<String>,
     /// Their closure.
     pub graph: Vec<PathInfo>,
+    /// What the SBOMs say of the packages found (absent from older
+    /// documents).
+    #[serde(default)]
+    pub package_meta: Vec<PackageMeta>,
 }
 
 impl GraphDoc {

@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::digest::Digest;
@@ -25,31 +24,7 @@ pub const SPDX_FILE: &str = "sbom.spdx.json";
 /// See [`SPDX_FILE`].
 pub const CYCLONEDX_FILE: &str = "sbom.cdx.json";
 
-/// What lib.nix knows of a package the expression named (its `meta`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PackageMeta {
-    /// The package's output path.
-    pub path: String,
-    /// `pname`, when it has one.
-    #[serde(default)]
-    pub pname: Option<String>,
-    /// `version`, when it has one.
-    #[serde(default)]
-    pub version: Option<String>,
-    /// SPDX identifiers of `meta.license` (nixpkgs' `spdxId`s).
-    #[serde(default)]
-    pub licenses: Vec<String>,
-    /// `meta.homepage`.
-    #[serde(default)]
-    pub homepage: Option<String>,
-    /// `meta.description`.
-    #[serde(default)]
-    pub description: Option<String>,
-    /// The derivation that built it (`drvPath`), for the provenance.
-    #[serde(default)]
-    pub drv_path: Option<String>,
-}
+pub use crate::graph::PackageMeta;
 
 /// What the documents say of a base image's layer.
 const BASE_LAYER_NOTE: &str = "a layer of the base image (fromImage), listed as what it is: its contents are not known to this build";

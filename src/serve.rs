@@ -134,6 +134,11 @@ pub struct Settings {
     /// cosign: `sha256-<hex>.sig` and `.att` resolve under each name.
     #[arg(long, env = "NIXERY_SIGNING_KEY", value_name = "FILE")]
     pub signing_key: Option<PathBuf>,
+    /// Who supplies the packages, named as each package's supplier in the
+    /// SBOMs (`NixOS`, or your organisation), as the library's
+    /// `sbomSupplier`: NTIA's minimum elements ask for one.
+    #[arg(long, env = "NIXERY_SBOM_SUPPLIER", value_name = "NAME")]
+    pub sbom_supplier: Option<String>,
     /// Error bodies and the start page carry Nix's logs and host paths
     /// (for debugging; off, they say what failed and the log has the rest).
     #[arg(long, env = "NIXERY_DEBUG_ERRORS", default_value_t = false, action = clap::ArgAction::Set)]
@@ -409,6 +414,7 @@ pub fn run(settings: Settings) -> Result<(), ServeError> {
         max_queued_builds: settings.max_queued_builds as usize,
         platforms,
         signing_key,
+        sbom_supplier: settings.sbom_supplier.clone().filter(|s| !s.trim().is_empty()),
     };
     let max_builds = config.max_builds;
     let shim = crate::shim::Shim::new(config, storage);

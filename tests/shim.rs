@@ -592,7 +592,11 @@ fn the_shim_serves_referrers_and_signs_for_cosign() {
     let support = repo().join("src/supply_chain/testdata");
     let shim = Shim::start(
         &dir.path().join("store"),
-        &[("NIXERY_SIGNING_KEY", support.join("cosign-2.5.key").to_str().unwrap()), ("COSIGN_PASSWORD", "correct-horse")],
+        &[
+            ("NIXERY_SIGNING_KEY", support.join("cosign-2.5.key").to_str().unwrap()),
+            ("COSIGN_PASSWORD", "correct-horse"),
+            ("NIXERY_SBOM_SUPPLIER", "Nixery Tests"),
+        ],
     );
     assert!(shim.log_text().contains("images are signed for cosign"), "{}", shim.log_text());
     let image = format!("{}/shell/hello:latest", shim.host());
@@ -640,7 +644,13 @@ fn the_shim_serves_referrers_and_signs_for_cosign() {
     let spdx: serde_json::Value =
         http().get(shim.url(&format!("/v2/shell/hello/blobs/{}", spdx_manifest["layers"][0]["digest"].as_str().unwrap()))).send().unwrap().json().unwrap();
     assert_eq!(spdx["spdxVersion"], "SPDX-2.3");
-    assert!(spdx["packages"].as_array().unwrap().iter().any(|p| p["name"] == "hello"), "{spdx}");
+    // The package the name asks for, as its meta says (the same
+    // expression as the library's), from the supplier the operator named.
+    let hello = spdx["packages"].as_array().unwrap().iter().find(|p| p["name"] == "hello").unwrap_or_else(|| panic!("{spdx}"));
+    assert_eq!(hello["licenseDeclared"], "GPL-3.0-or-later", "{hello}");
+    assert_eq!(hello["versionInfo"], "2.10", "{hello}");
+    assert_eq!(hello["supplier"], "Organization: Nixery Tests", "{hello}");
+    assert_eq!(hello["homepage"], "https://www.gnu.org/software/hello/manual/", "{hello}");
     // An unknown image has none.
     let none: serde_json::Value = http().get(shim.url(&format!("/v2/shell/hello/referrers/sha256:{}", "0".repeat(64)))).send().unwrap().json().unwrap();
     assert_eq!(none["manifests"], serde_json::json!([]));

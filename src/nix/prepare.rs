@@ -14,12 +14,16 @@ use crate::graph::{ClosureGraph, GraphDoc, MissingKind, MissingPackage};
 
 /// The prepare-image expression, embedded so the binary is self-contained.
 pub const PREPARE_IMAGE_NIX: &str = include_str!("../../prepare-image/default.nix");
+/// What the SBOMs say of a package, which prepare-image imports from
+/// beside it (lib.nix imports the same file).
+pub const PACKAGE_META_NIX: &str = include_str!("../../prepare-image/package-meta.nix");
 
 /// What `prepare-image` found.
 #[derive(Debug, Clone)]
 pub enum Prepared {
-    /// The closure graph of the image's packages (roots: the packages).
-    Graph(ClosureGraph),
+    /// The closure graph of the image's packages (roots: the packages),
+    /// and what their meta says.
+    Graph(ClosureGraph, Vec<crate::graph::PackageMeta>),
     /// These names are not packages of the set, and why.
     NotFound(Vec<MissingPackage>),
 }
@@ -100,6 +104,7 @@ impl Prepare {
         std::fs::create_dir_all(dir)?;
         let expression = dir.join("prepare-image.nix");
         std::fs::write(&expression, PREPARE_IMAGE_NIX)?;
+        std::fs::write(dir.join("package-meta.nix"), PACKAGE_META_NIX)?;
         Ok(Prepare { expression, helper, timeout, containment: Containment::probe() })
     }
 
@@ -188,7 +193,7 @@ impl Prepare {
             }
             return Ok(Prepared::NotFound(missing));
         }
-        Ok(Prepared::Graph(ClosureGraph::new(doc.graph, Some(doc.roots))?))
+        Ok(Prepared::Graph(ClosureGraph::new(doc.graph, Some(doc.roots))?, doc.package_meta))
     }
 }
 

@@ -180,6 +180,8 @@ pub struct ShimConfig {
     pub max_queued_builds: usize,
     /// Signs images for cosign ([`referrers::signed`]).
     pub signing_key: Option<Arc<crate::supply_chain::key::SigningKey>>,
+    /// Named as every package's supplier in the SBOMs.
+    pub sbom_supplier: Option<String>,
 }
 
 /// A stored manifest.
@@ -650,8 +652,8 @@ impl Shim {
         self.metrics.builds_running.dec();
         drop(permit);
         entry.stage("assembling");
-        let graph = match prepared {
-            Ok(Prepared::Graph(g)) => g,
+        let (graph, package_meta) = match prepared {
+            Ok(Prepared::Graph(g, meta)) => (g, meta),
             Ok(Prepared::NotFound(missing)) => {
                 let names: Vec<&str> = missing.iter().map(|m| m.name.as_str()).collect();
                 tracing::info!(image = label, not_found = ?names, "packages not found");
@@ -704,9 +706,9 @@ impl Shim {
                 created: &spec.created,
                 manifest: &img.oci.digest,
                 graph: &graph,
-                meta: &[],
+                meta: &package_meta,
                 base_layers: Vec::new(),
-                supplier: None,
+                supplier: this.config.sbom_supplier.as_deref(),
             };
             let documents = crate::supply_chain::documents(&facts, &crate::provenance::Invocation::Shim { source_type, revision: &revision });
             let referrers = referrers::store_documents(&*this.storage, &img, &documents)?;
