@@ -7,7 +7,7 @@
 #       NIXERY_BIND = "0.0.0.0";
 #       NIXERY_PLATFORMS = [ "linux/amd64" "linux/arm64" ];
 #     };
-#     environmentFile = "/run/secrets/nixery";   # AWS_SECRET_ACCESS_KEY=…
+#     environmentFile = "/run/secrets/nixery";   # AWS_SECRET_ACCESS_KEY=…, COSIGN_PASSWORD=…
 #     openFirewall = true;
 #   };
 #
