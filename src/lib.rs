@@ -26,8 +26,8 @@
 //!                                       registry   the distribution API
 //! push        a built image out: to a registry, podman, docker, a layout
 //!
-//! scratch (temporary names a process owns) and fuzz (the properties the
-//! fuzz targets check) stand aside.
+//! scratch (temporary names a process owns), closest_name ("did you mean")
+//! and fuzz (the properties the fuzz targets check) stand aside.
 //! ```
 //!
 //! Both entry points call [`assembly::plan`] and [`assembly::assemble`];
