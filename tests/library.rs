@@ -437,9 +437,6 @@ in_both_worlds! {
 }
 
 /// The SBOM validators (scripts/setup installs them from PyPI).
-const SBOM_TOOLS_PYTHON: &str = "/opt/nixery-tools/sbom-tools/bin/python";
-const SBOM_TOOLS_NTIA: &str = "/opt/nixery-tools/sbom-tools/bin/ntia-checker";
-
 #[test]
 fn sboms_and_provenance_list_exactly_the_store_paths_in_the_layers_and_validate() {
     let dir = tempfile::tempdir().unwrap();

@@ -651,6 +651,24 @@ fn the_shim_serves_referrers_and_signs_for_cosign() {
     assert_eq!(hello["versionInfo"], "2.10", "{hello}");
     assert_eq!(hello["supplier"], "Organization: Nixery Tests", "{hello}");
     assert_eq!(hello["homepage"], "https://www.gnu.org/software/hello/manual/", "{hello}");
+    // Both SBOMs validate, and the SPDX one meets NTIA's minimum elements
+    // (a supplier and a version for every package), as the library's do.
+    let document = |artifact_type: &str| -> String {
+        let url = format!("/v2/shell/hello/referrers/{digest}?artifactType={}", artifact_type.replace('/', "%2F").replace('+', "%2B"));
+        let index: serde_json::Value = http().get(shim.url(&url)).send().unwrap().json().unwrap();
+        let manifest: serde_json::Value =
+            http().get(shim.url(&format!("/v2/shell/hello/manifests/{}", index["manifests"][0]["digest"].as_str().unwrap()))).send().unwrap().json().unwrap();
+        http().get(shim.url(&format!("/v2/shell/hello/blobs/{}", manifest["layers"][0]["digest"].as_str().unwrap()))).send().unwrap().text().unwrap()
+    };
+    let (spdx_file, cdx_file) = (dir.path().join("sbom.spdx.json"), dir.path().join("sbom.cdx.json"));
+    std::fs::write(&spdx_file, document("application/spdx+json")).unwrap();
+    std::fs::write(&cdx_file, document("application/vnd.cyclonedx+json")).unwrap();
+    let out = Command::new(SBOM_TOOLS_PYTHON).arg(repo().join("tests/support/validate_sbom.py")).arg(&spdx_file).arg(&cdx_file).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("spdx-tools: 0 problems") && text.contains("cyclonedx schema 1.6: valid"), "{text}");
+    let out = Command::new(SBOM_TOOLS_NTIA).arg(&spdx_file).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Conformant: True"), "{text}{}", String::from_utf8_lossy(&out.stderr));
     // An unknown image has none.
     let none: serde_json::Value = http().get(shim.url(&format!("/v2/shell/hello/referrers/sha256:{}", "0".repeat(64)))).send().unwrap().json().unwrap();
     assert_eq!(none["manifests"], serde_json::json!([]));

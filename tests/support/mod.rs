@@ -50,6 +50,13 @@ pub fn run_stdout(cmd: &mut Command) -> String {
     String::from_utf8(run(cmd).stdout).expect("utf-8 output")
 }
 
+/// The SBOM validators scripts/setup installs from PyPI: spdx-tools and
+/// cyclonedx-python-lib (through tests/support/validate_sbom.py), and
+/// ntia-conformance-checker.
+pub const SBOM_TOOLS_PYTHON: &str = "/opt/nixery-tools/sbom-tools/bin/python";
+/// See [`SBOM_TOOLS_PYTHON`].
+pub const SBOM_TOOLS_NTIA: &str = "/opt/nixery-tools/sbom-tools/bin/ntia-checker";
+
 /// A `nix-build` command with the test settings.
 pub fn nix_build_cmd(file: &Path) -> Command {
     let mut c = Command::new("nix-build");
