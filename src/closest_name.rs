@@ -5,8 +5,8 @@
 //! case by Damerau-Levenshtein distance; a candidate is offered when it is
 //! between 1 and `most` edits away, the closest first and, among equals,
 //! the first in byte order. A name that differs only in case is not
-//! offered: wherever these hints appear, case is already ignored or cannot
-//! be typed otherwise.
+//! offered: the shim's lookup folds case already (and registry names are
+//! lower-case), and the other errors list the names they take.
 
 /// The candidate closest to `wanted`, within `most` edits (see the module
 /// documentation).
