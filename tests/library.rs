@@ -436,7 +436,6 @@ in_both_worlds! {
     }
 }
 
-/// The SBOM validators (scripts/setup installs them from PyPI).
 #[test]
 fn sboms_and_provenance_list_exactly_the_store_paths_in_the_layers_and_validate() {
     let dir = tempfile::tempdir().unwrap();
