@@ -26,8 +26,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use nixery::graph::{ClosureGraph, PathInfo, Popularity};
-use nixery::layering::lock::{plan_locked, LayerLock};
-use nixery::layering::{plan_with, Algorithm};
+use nixery::layering::lock::{self, LayerLock};
+use nixery::layering::Algorithm;
 use sha2::{Digest, Sha256};
 
 /// The images: common tools, one image each.
@@ -437,11 +437,8 @@ fn report(label: &str, images_before: &[ClosureGraph], images_after: &[ClosureGr
                     .enumerate()
                     .map(|(i, g)| {
                         let t = Instant::now();
-                        let plan = if after && locked {
-                            plan_locked(g, pop, budget, alg, &locks[i]).expect("plan").0
-                        } else {
-                            plan_with(g, pop, budget, alg).expect("plan")
-                        };
+                        let lock = (after && locked).then(|| &locks[i]);
+                        let (plan, _) = lock::plan(g, pop, budget, alg, lock).expect("plan");
                         plan_time = plan_time.max(t.elapsed());
                         assert!(plan.layers.len() <= budget);
                         if !after {

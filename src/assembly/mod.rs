@@ -294,15 +294,8 @@ pub fn plan(spec: &ImageSpec, graph: &ClosureGraph) -> Result<ImagePlan, Assembl
     }
     let mut lock_report = None;
     if !rest.paths.is_empty() {
-        let budget = spec.max_layers - fixed;
-        let layer_plan = match &spec.layer_lock {
-            Some(lock) => {
-                let (plan, report) = layering::lock::plan_locked(&rest, &spec.popularity, budget, spec.layering, lock)?;
-                lock_report = Some(report);
-                plan
-            }
-            None => layering::plan_with(&rest, &spec.popularity, budget, spec.layering)?,
-        };
+        let (layer_plan, report) = layering::lock::plan(&rest, &spec.popularity, spec.max_layers - fixed, spec.layering, spec.layer_lock.as_ref())?;
+        lock_report = report;
         jobs.extend(layer_plan.layers.into_iter().map(|l| job(JobKind::Store, store_layer(l.paths.clone()), layer_comment(&l.paths))));
     }
 

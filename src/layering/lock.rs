@@ -151,6 +151,21 @@ pub struct LockReport {
     pub merged: usize,
 }
 
+/// Plans `graph` within `budget` layers: from `lock` when there is one
+/// ([`plan_locked`], with what it did), afresh otherwise.
+pub fn plan(
+    graph: &ClosureGraph,
+    popularity: &Popularity,
+    budget: usize,
+    algorithm: Algorithm,
+    lock: Option<&LayerLock>,
+) -> Result<(LayerPlan, Option<LockReport>), LayeringError> {
+    match lock {
+        Some(lock) => plan_locked(graph, popularity, budget, algorithm, lock).map(|(plan, report)| (plan, Some(report))),
+        None => plan_with(graph, popularity, budget, algorithm).map(|plan| (plan, None)),
+    }
+}
+
 /// Plans `graph` within `budget` layers starting from `lock` (see the
 /// module documentation).
 pub fn plan_locked(

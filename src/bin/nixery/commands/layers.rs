@@ -35,13 +35,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(p) => Popularity::from_json(&read(p)?).with_context(|| p.display().to_string())?,
         None => Popularity::default(),
     };
-    let plan = match &args.previous {
-        Some(p) => {
-            let lock = layering::lock::LayerLock::read(p).map_err(anyhow::Error::msg).context("--previous")?;
-            layering::lock::plan_locked(&g, &pop, args.max_layers, args.algorithm, &lock)?.0
-        }
-        None => layering::plan_with(&g, &pop, args.max_layers, args.algorithm)?,
-    };
+    let previous = args.previous.as_deref().map(layering::lock::LayerLock::read).transpose().map_err(anyhow::Error::msg).context("--previous")?;
+    let (plan, _) = layering::lock::plan(&g, &pop, args.max_layers, args.algorithm, previous.as_ref())?;
     println!("{}", serde_json::to_string_pretty(&plan)?);
     Ok(())
 }
